@@ -1,0 +1,219 @@
+"""The `search` command: each subcommand parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from search import storage as storage_mod
+from search.datasets import DATASETS, DataError
+from search.presets import PresetError
+from search.storage import StorageError
+from search.study import StudyError
+
+USER_ERRORS = (DataError, PresetError, StorageError, StudyError)
+
+
+class Group(click.Group):
+    """Turns every failure into one sentence and exit code 1; --debug shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted. The study is consistent; rerun the same command to "
+                       "resume.", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            else:
+                first = str(e).splitlines()[0] if str(e) else ""
+                click.echo(f"Error: unexpected {type(e).__name__}: {first} "
+                           "(rerun with --debug for the full traceback).", err=True)
+            sys.exit(1)
+
+
+def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--study", "study_name", metavar="NAME",
+                     help="Study name. Defaults to the preset's name (the dataset's).")(f)
+    f = click.option("--storage", "url", metavar="URL", envvar=storage_mod.ENV_URL,
+                     show_envvar=True,
+                     help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
+                     "Defaults to storage/search.db.")(f)
+    return f
+
+
+def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, str]:
+    """Load a study for a read-only command, never creating an empty database."""
+    from search import study as study_mod
+
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url, must_exist=True)
+    if study_name is None:
+        available = study_mod.names(rdb)
+        if len(available) != 1:
+            raise StudyError(
+                "Pass --study NAME; this storage holds "
+                + (f"{len(available)} studies: {', '.join(available)}." if available
+                   else "no studies.")
+            )
+        study_name = available[0]
+    study, preset = study_mod.load(rdb, study_name)
+    return study, preset, url
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="search")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Hyperparameter search for small Keras convnets on MNIST-like data.
+
+    \b
+    Example:
+      search start --dataset fashion_mnist --trials 50
+      search status
+      search retrain-best
+    """
+    import optuna
+
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    if debug:
+        os.environ["SEARCH_DEBUG"] = "1"
+    # Progress lines are ours; Optuna's per-trial INFO log would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(sorted(DATASETS)), help="Dataset to search on.")
+@click.option("--preset", metavar="NAME|FILE",
+              help="Preset in studies/ (NAME) or a .toml file. Defaults to the dataset's.")
+@click.option("--trials", type=click.IntRange(min=1, max=100_000),
+              help="The study's total of finished trials (default: the preset's).")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder with the four IDX .gz files or Keras's .npz.")
+@storage_options
+def start(dataset: str | None, preset: str | None, trials: int | None, data_dir: Path | None,
+          url: str | None, study_name: str | None) -> None:
+    """Start or resume a search; rerunning the same command resumes to the same total.
+
+    \b
+    Example:
+      search start --dataset fashion_mnist --trials 50
+      search start --preset demo
+      search start --dataset mnist --trials 30 --study digits --data-dir ~/mnist
+    """
+    from search import presets
+    from search import study as study_mod
+
+    if dataset is None and preset is None:
+        raise click.UsageError("Pass --dataset or --preset.")
+    chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
+    if dataset and chosen.dataset != dataset:
+        raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
+    total = trials or chosen.trials
+    name = study_name or chosen.name
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url)
+    study, created = study_mod.create_or_load(rdb, name, chosen)
+    done = study_mod.finished(study)
+    click.echo(f"Storage: {storage_mod.describe(url)}")
+    click.echo(f"Study '{name}' ({'new' if created else f'resuming, {done} finished'}): "
+               f"{total} trials, preset {chosen.name}, pruner {chosen.pruner}.")
+    study_mod.run_worker(study, chosen, total, data_dir=str(data_dir) if data_dir else None,
+                         log=click.echo)
+    _print_best(study)
+    click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
+
+
+def _print_best(study: Any) -> None:
+    from search import study as study_mod
+
+    b = study_mod.best(study)
+    if b is None:
+        click.echo("No trial has completed yet.")
+        return
+    a = b.user_attrs
+    click.echo(f"Best: trial #{b.number} val_loss {b.value:.4f} val_accuracy "
+               f"{a.get('val_accuracy', float('nan')):.4f} at epoch {a.get('best_epoch')}, "
+               f"{a.get('params', 0):,} params, {a.get('architecture', '')}")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@cli.command()
+@storage_options
+def status(url: str | None, study_name: str | None) -> None:
+    """Show a study's trials, counts by state, and the best trial.
+
+    \b
+    Example:
+      search status --study fashion_mnist
+    """
+    from search import study as study_mod
+    from search.objective import summary
+
+    study, preset, url = open_existing(url, study_name)
+    click.echo(f"Study '{study.study_name}' on {preset.dataset} (preset {preset.name}), "
+               f"{storage_mod.describe(url)}")
+    header = (f"{'#':>4} {'state':<8} {'val_loss':>8} {'val_acc':>7} {'params':>10} "
+              f"{'epochs':>6} {'seconds':>8}  architecture")
+    click.echo(header)
+    for trial in study.get_trials(deepcopy=False):
+        s = summary(trial)
+        line = (f"{s['number']:>4} {s['state']:<8} {_fmt(s['val_loss'], '.4f'):>8} "
+                f"{_fmt(s['val_accuracy'], '.4f'):>7} {_fmt(s['params'], ',d'):>10} "
+                f"{s['epochs']:>6} {_fmt(s['seconds'], '.0f'):>8}  {s['architecture']}")
+        if s["reason"] and s["state"] != "COMPLETE":
+            line += f"  ({s['reason']})"
+        click.echo(line)
+    counts = {k: v for k, v in study_mod.counts(study).items() if v}
+    click.echo("Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none"))
+    _print_best(study)
+    if "test_accuracy" in study.user_attrs:
+        click.echo(f"Retrained: test accuracy {study.user_attrs['test_accuracy']:.4f}")
+
+
+@cli.command("retrain-best")
+@click.option("--trial", "number", type=click.IntRange(min=0),
+              help="Retrain this trial instead of the best one.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder with the four IDX .gz files or Keras's .npz.")
+@storage_options
+def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
+                 study_name: str | None) -> None:
+    """Retrain the best trial on all training images, test it once, and save the model.
+
+    \b
+    Example:
+      search retrain-best --study fashion_mnist
+    """
+    from search.retrain import retrain
+
+    study, preset, url = open_existing(url, study_name)
+    result = retrain(study, preset, out_dir=storage_mod.home(), number=number,
+                     data_dir=str(data_dir) if data_dir else None, log=click.echo)
+    delta = (result.test_accuracy - result.lab_test_accuracy) * 100
+    click.echo(f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
+               f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points.")
+    click.echo(f"Model saved to {result.model_path}")
+
+
+def main() -> None:  # pragma: no cover
+    cli()

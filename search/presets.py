@@ -1,0 +1,229 @@
+"""Presets: the declarative studies/*.toml files, read and checked strictly.
+
+A preset names the dataset, the training budget, the bounds of the search space and the lab's
+own configurations, which become a new study's first trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from search import datasets
+from search.space import (
+    DROPOUT_PLACEMENTS,
+    MAX_CONV_LAYERS,
+    MAX_DENSE_LAYERS,
+    OPTIMIZERS,
+    PADDINGS,
+    Config,
+    Conv,
+    Space,
+    impossible,
+    outside,
+    size,
+)
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+PRUNERS = ("hyperband", "median", "none")
+
+
+class PresetError(Exception):
+    """A preset file is missing or malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    config: Config
+    params: int  # the count the lab reported; checked against the builder
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    space: Space
+    description: str = ""
+    trials: int = 50  # the default total for `search start`
+    val_size: int = 5000  # the first images of the training set validate
+    train_size: int | None = None  # a prefix of the remaining images, or all of them
+    epochs: int = 20  # the most a trial trains
+    patience: int = 3  # early stopping on val_loss
+    seed: int = 0
+    pruner: str = "hyperband"
+    max_params: int | None = None  # the cost guard: larger configurations are pruned untrained
+    max_mflops: float | None = None  # forward MFLOPs per image, same guard
+    steps_per_execution: int = 1
+    baselines: tuple[Baseline, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A hash of everything that makes two trials comparable: data, budget and space."""
+        data = asdict(self)
+        for key in ("name", "description", "trials", "max_params", "max_mflops",
+                    "steps_per_execution"):
+            data.pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+_TOP_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "description": (str,), "trials": (int,), "val_size": (int,),
+    "train_size": (int,), "epochs": (int,), "patience": (int,), "seed": (int,), "pruner": (str,),
+    "max_params": (int,), "max_mflops": (int, float), "steps_per_execution": (int,),
+    "space": (dict,), "baseline": (list,),
+}
+_RANGES = {"conv_layers", "dense_layers", "dropout_rate", "learning_rate"}
+_ALLOWED: dict[str, tuple[Any, ...]] = {
+    "dropout": DROPOUT_PLACEMENTS, "optimizer": OPTIMIZERS, "padding": PADDINGS,
+    "pool": (True, False), "batchnorm": (True, False), "augment": (True, False),
+}
+
+
+def _fail(path: Path, key: str, problem: str) -> PresetError:
+    return PresetError(f"{path}: '{key}' {problem}.")
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    # bool is a subclass of int in Python; a preset's `true` is never a number.
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _space(path: Path, table: dict[str, Any]) -> Space:
+    names = {f.name: f for f in fields(Space)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"space.{key}"
+        if key not in names:
+            raise _fail(path, where, f"is not a known axis (known: {', '.join(names)})")
+        if not isinstance(value, list) or not value:
+            raise _fail(path, where, "must be a non-empty list")
+        default = getattr(Space(), key)
+        kinds: tuple[type, ...] = (type(default[0]),)
+        if kinds == (float,):
+            kinds = (int, float)
+        for item in value:
+            if not _is(item, kinds):
+                raise _fail(path, where, f"holds {item!r}, expected {kinds[0].__name__} values")
+        if key in _RANGES:
+            if len(value) != 2:
+                raise _fail(path, where, "must be [min, max]")
+            lo, hi = value
+            if lo > hi:
+                raise _fail(path, where, f"has min {lo} greater than max {hi}")
+            values[key] = (lo, hi)
+        else:
+            if len(set(value)) != len(value):
+                raise _fail(path, where, "lists a value twice")
+            values[key] = tuple(value)
+        if key in _ALLOWED and not set(value) <= set(_ALLOWED[key]):
+            raise _fail(path, where, f"must take values from {list(_ALLOWED[key])}")
+    space = Space(**values)
+    checks = [
+        ("space.conv_layers",
+         1 <= space.conv_layers[0] and space.conv_layers[1] <= MAX_CONV_LAYERS,
+         f"must lie within [1, {MAX_CONV_LAYERS}]"),
+        ("space.dense_layers",
+         1 <= space.dense_layers[0] and space.dense_layers[1] <= MAX_DENSE_LAYERS,
+         f"must lie within [1, {MAX_DENSE_LAYERS}]"),
+        ("space.kernel", all(k >= 1 and k % 2 == 1 for k in space.kernel),
+         "must hold odd sizes of at least 1"),
+        ("space.filters", all(f >= 1 for f in space.filters), "must be positive"),
+        ("space.dense_units", all(u >= 1 for u in space.dense_units), "must be positive"),
+        ("space.batch_size", all(b >= 1 for b in space.batch_size), "must be positive"),
+        ("space.dropout_rate", 0 <= space.dropout_rate[0] and space.dropout_rate[1] < 1,
+         "must lie within [0, 1)"),
+        ("space.learning_rate", space.learning_rate[0] > 0, "must be positive"),
+    ]
+    for key, ok, problem in checks:
+        if not ok:
+            raise _fail(path, key, problem)
+    return space
+
+
+def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
+    where = f"baseline[{i}]"
+    if not isinstance(table, dict):
+        raise _fail(path, where, "must be a table")
+    known = {f.name for f in fields(Config)} | {"name", "params"}
+    for key in table:
+        if key not in known:
+            raise _fail(path, f"{where}.{key}", f"is not a known field (known: {sorted(known)})")
+    try:
+        config = Config.from_dict({k: v for k, v in table.items() if k not in ("name", "params")})
+        if not all(isinstance(c, Conv) for c in config.convs):
+            raise TypeError("convs")
+    except (TypeError, KeyError, ValueError) as e:
+        raise _fail(path, where, f"is not a valid configuration ({e})") from e
+    reason = impossible(config)
+    if reason:
+        raise _fail(path, where, f"cannot be built: {reason}")
+    params = table.get("params", size(config).params)
+    return Baseline(name=str(table.get("name", f"baseline {i}")), config=config, params=params)
+
+
+def parse(path: Path, data: dict[str, Any]) -> Preset:
+    for key, value in data.items():
+        if key not in _TOP_TYPES:
+            raise _fail(path, key, f"is not a known setting (known: {', '.join(_TOP_TYPES)})")
+        if not _is(value, _TOP_TYPES[key]):
+            raise _fail(path, key, f"must be of type {_TOP_TYPES[key][0].__name__}")
+    if "dataset" not in data:
+        raise _fail(path, "dataset", "is required")
+    try:
+        datasets.info(data["dataset"])
+    except datasets.DataError as e:
+        raise PresetError(f"{path}: {e}") from None
+    for key in ("trials", "val_size", "epochs", "steps_per_execution", "train_size", "max_params",
+                "max_mflops"):
+        if key in data and data[key] <= 0:
+            raise _fail(path, key, "must be positive")
+    for key in ("patience", "seed"):
+        if key in data and data[key] < 0:
+            raise _fail(path, key, "must not be negative")
+    if data.get("pruner", "hyperband") not in PRUNERS:
+        raise _fail(path, "pruner", f"must be one of {list(PRUNERS)}")
+    if data.get("val_size", 5000) >= 60_000:
+        raise _fail(path, "val_size", "must leave training images (at most 59,999)")
+    space = _space(path, data.get("space", {}))
+    baselines = tuple(_baseline(path, i, t) for i, t in enumerate(data.get("baseline", [])))
+    for b in baselines:
+        why = outside(b.config, space)
+        if why:
+            raise _fail(path, f"baseline '{b.name}'", f"lies outside the space: {why}")
+    top = {k: v for k, v in data.items() if k not in ("space", "baseline")}
+    return Preset(name=path.stem, space=space, baselines=baselines, **top)
+
+
+def load(name_or_path: str | Path) -> Preset:
+    """A preset by name (studies/NAME.toml) or by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = STUDIES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
+        raise PresetError(f"No preset file {path}; known presets: {known}.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PresetError(f"{path}: not valid TOML ({e}).") from e
+    return parse(path, data)
+
+
+def from_json(text: str) -> Preset:
+    """The preset stored on a study (see study.py), so any worker can rebuild it."""
+    data = json.loads(text)
+    space = Space(**{k: tuple(v) for k, v in data.pop("space").items()})
+    baselines = tuple(
+        Baseline(name=b["name"], config=Config.from_dict(b["config"]), params=b["params"])
+        for b in data.pop("baselines")
+    )
+    return Preset(space=space, baselines=baselines, **data)

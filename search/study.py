@@ -1,0 +1,208 @@
+"""Studies: create or load one from a preset, enqueue the lab's runs, and run a worker."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import datasets, presets
+from search.objective import Log, Objective, configure_tensorflow, summary
+from search.presets import Preset
+from search.space import to_params
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class StudyError(Exception):
+    """The study does not exist, or does not match what the user asked for."""
+
+
+def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
+    # Each worker gets its own seed so parallel workers do not suggest the same configuration.
+    return optuna.samplers.TPESampler(seed=preset.seed + worker, n_startup_trials=10)
+
+
+def pruner(preset: Preset) -> optuna.pruners.BasePruner:
+    if preset.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=preset.epochs,
+                                              reduction_factor=3)
+    if preset.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def stored_preset(study: optuna.Study) -> Preset:
+    text = study.user_attrs.get("preset")
+    if text is None:
+        raise StudyError(f"Study '{study.study_name}' was not made by 'search start'.")
+    try:
+        return presets.from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise StudyError(
+            f"Study '{study.study_name}' was made by an incompatible version of search ({e})."
+        ) from None
+
+
+def names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def load(storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
+         ) -> tuple[optuna.Study, Preset]:
+    """An existing study and the preset it was made with."""
+    if name not in names(storage):
+        known = ", ".join(names(storage)) or "none yet"
+        raise StudyError(f"No study named '{name}' in this storage (studies: {known}).")
+    # The creator writes the preset just after creating the study; wait a moment for it.
+    for _ in range(50):
+        study = optuna.load_study(study_name=name, storage=storage)
+        if "preset" in study.user_attrs:
+            break
+        time.sleep(0.2)
+    preset = stored_preset(study)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler(preset, worker),
+                              pruner=pruner(preset))
+    return study, preset
+
+
+def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Preset,
+                   *, worker: int = 0) -> tuple[optuna.Study, bool]:
+    """The study `name`, created from `preset` with the lab's runs enqueued if it is new.
+
+    An existing study must have been made with the same dataset and search space: trials of
+    different spaces are never mixed in one study.
+    """
+    if name in names(storage):
+        study, old = load(storage, name, worker=worker)
+        if old.dataset != preset.dataset:
+            raise StudyError(
+                f"Study '{name}' searches {old.dataset}, not {preset.dataset}; pass "
+                f"--study NEW_NAME to start a new study."
+            )
+        if old.fingerprint() != preset.fingerprint():
+            raise StudyError(
+                f"Study '{name}' was made with a different preset or search space "
+                f"({old.name}); pass --study NEW_NAME to start a new study, or restore the "
+                "preset to continue this one."
+            )
+        return study, False
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="minimize",
+            sampler=sampler(preset, worker), pruner=pruner(preset),
+        )
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
+        return create_or_load(storage, name, preset, worker=worker)
+    study.set_user_attr("dataset", preset.dataset)
+    study.set_user_attr("objective", "minimize val_loss")
+    study.set_user_attr("preset_name", preset.name)
+    for baseline in preset.baselines:
+        study.enqueue_trial(to_params(baseline.config, preset.space),
+                            user_attrs={"baseline": baseline.name})
+    study.set_user_attr("preset", preset.to_json())  # written last: load() waits for it
+    return study, True
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    result = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state.name] += 1
+    return result
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def best(study: optuna.Study) -> FrozenTrial | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda t: t.value) if done else None  # type: ignore[arg-type,return-value]
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a worker the way Ctrl-C does, so its running trial is not left RUNNING."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class Progress:
+    """One line per finished trial: n/N, state, this trial and the best so far."""
+
+    total: int
+    log: Log
+    failures_in_a_row: int = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        s = summary(trial)
+        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {s['state']}"
+        if trial.state == TrialState.COMPLETE:
+            head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
+        elif s["reason"]:
+            head += f": {s['reason']}"
+        b = best(study)
+        tail = ""
+        if b is not None:
+            tail = (f" | best #{b.number} val_loss {b.value:.4f} "
+                    f"val_accuracy {b.user_attrs.get('val_accuracy', float('nan')):.4f}")
+        self.log(f"{head} | {s['architecture']}{tail}")
+        if trial.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
+                         "worker (see 'search status' for the reasons).")
+                study.stop()
+        else:
+            self.failures_in_a_row = 0
+
+
+def run_worker(
+    study: optuna.Study,
+    preset: Preset,
+    total: int,
+    *,
+    data_dir: str | None = None,
+    log: Log = print,
+    threads: int | None = None,
+    on_data: Callable[[datasets.Split], None] | None = None,
+) -> None:
+    """Run trials until the study holds `total` finished (complete or pruned) trials."""
+    if finished(study) >= total:
+        log(f"Study '{study.study_name}' already has {finished(study)} finished trials "
+            f"(of {total}); nothing to do.")
+        return
+    configure_tensorflow(threads)
+    images, labels = datasets.load_train(preset.dataset, data_dir)
+    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    if on_data:
+        on_data(data)
+    log(f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
+        f"of {preset.dataset}.")
+    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
+    progress = Progress(total, log)
+    with sigterm_as_interrupt():
+        study.optimize(
+            objective,
+            n_trials=None,  # MaxTrialsCallback stops at the total, failed trials not counted
+            catch=(Exception,),  # a failing trial is recorded as FAIL and the worker goes on
+            callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), progress],
+            gc_after_trial=True,
+        )
