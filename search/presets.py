@@ -29,7 +29,7 @@ from search.space import (
 )
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("hyperband", "sha", "median", "none")
 
 
 class PresetError(Exception):
@@ -195,10 +195,10 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
         raise _fail(path, "val_size", "must leave training images (at most 59,999)")
     space = _space(path, data.get("space", {}))
     baselines = tuple(_baseline(path, i, t) for i, t in enumerate(data.get("baseline", [])))
-    for b in baselines:
+    for i, b in enumerate(baselines):
         why = outside(b.config, space)
         if why:
-            raise _fail(path, f"baseline '{b.name}'", f"lies outside the space: {why}")
+            raise _fail(path, f"baseline[{i}]", f"({b.name}) lies outside the space: {why}")
     top = {k: v for k, v in data.items() if k not in ("space", "baseline")}
     return Preset(name=path.stem, space=space, baselines=baselines, **top)
 

@@ -18,9 +18,6 @@ HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
 SQLITE_BUSY_SECONDS = 300
 
-# Heartbeats have been stable since Optuna 2.8 but are still flagged experimental.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 
 class StorageError(Exception):
     """The storage URL is wrong or the database cannot be reached; the message says which."""
@@ -107,13 +104,16 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                 raise StorageError(f"The storage folder {path.parent} is not writable; fix its "
                                    "permissions or pass --storage.")
     try:
-        return optuna.storages.RDBStorage(
-            parsed.render_as_string(hide_password=False),
-            engine_kwargs=engine_kwargs(parsed),
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-        )
+        with warnings.catch_warnings():
+            # Heartbeats have worked since Optuna 2.8 but are still flagged experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs(parsed),
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         # The driver's message can quote the URL; keep only its first line, without secrets.
         detail = str(e.orig if getattr(e, "orig", None) else e).splitlines()[0]

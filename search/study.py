@@ -33,6 +33,8 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
     if preset.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=preset.epochs,
                                               reduction_factor=3)
+    if preset.pruner == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if preset.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return optuna.pruners.NopPruner()

@@ -1,0 +1,140 @@
+"""The commands end to end on real Fashion-MNIST subsets and real SQLite files."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner, Result
+
+from search.cli import cli
+from tests.conftest import write_preset
+
+OPENED: list[str] = []
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and isinstance(args[0], str | bytes | Path):
+        OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_audit)  # records every file this process opens; cannot be removed
+
+
+def run(*args: str) -> Result:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def db(home: Path) -> str:
+    return f"sqlite:///{home / 'search.db'}"
+
+
+def trials(home: Path, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=db(home)).get_trials()
+
+
+def test_search_prunes_records_and_resumes_to_the_same_total(
+    tiny_preset: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    result = run("start", "--preset", str(tiny_preset), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    assert str(private_storage / "search.db") in result.output  # the absolute path is printed
+    assert "trial 3/3" in result.output and "Best: trial #" in result.output
+
+    done = trials(private_storage)
+    assert [t.state.name for t in done][:2] == ["COMPLETE", "PRUNED"]
+    # The starved baseline was stopped by the pruner at its first rung, before the last epoch.
+    starved = done[1]
+    assert starved.user_attrs["baseline"] == "starved"
+    assert starved.user_attrs["epochs_trained"] == 2 and len(starved.intermediate_values) == 2
+    first = done[0].user_attrs
+    assert first["architecture"] == "C32k3-P-F-D64" and first["params"] == 347_146
+    assert first["mflops"] > 0 and first["seed"] == 3 * 100_003 + 0
+    assert first["best_epoch"] in (1, 2, 3) and first["seconds_per_epoch"] > 0
+    assert first["val_accuracy"] > 0.6  # it learned: chance is 0.1
+    assert done[0].value == pytest.approx(first["val_loss"])
+
+    result = run("start", "--preset", str(tiny_preset), "--trials", "5")
+    assert "resuming, 3 finished" in result.output and "trial 5/5" in result.output
+    assert len(trials(private_storage)) == 5
+    result = run("start", "--preset", str(tiny_preset), "--trials", "5")
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    assert len(trials(private_storage)) == 5
+
+    status = run("status", "--study", "tiny")
+    assert status.exit_code == 0
+    assert "C32k3-P-F-D64" in status.output and "347,146" in status.output
+    assert "Best: trial #" in status.output and "pruned" in status.output
+
+
+def test_the_search_never_reads_the_test_set(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    data = tmp_path / "train-only"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(fashion_dir / name, data / name)
+    preset = write_preset(tmp_path)
+    OPENED.clear()
+    result = run("start", "--preset", str(preset), "--trials", "2", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    assert any("train-images" in p for p in OPENED)  # the hook does see the data files
+    assert not [p for p in OPENED if "t10k" in p]
+    # Only retrain-best asks for the test set, and here it is not there.
+    result = run("retrain-best", "--study", "tiny", "--data-dir", str(data))
+    assert result.exit_code == 1
+    assert "missing t10k-images-idx3-ubyte.gz" in result.output
+
+
+def test_retrain_best_tests_once_well_above_chance_and_saves_the_model(
+    tiny_preset: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    assert run("start", "--preset", str(tiny_preset), "--trials", "2").exit_code == 0
+    result = run("retrain-best", "--study", "tiny")
+    assert result.exit_code == 0, result.output
+    assert "against the lab's 90.70%" in result.output
+    attrs = optuna.load_study(study_name="tiny", storage=db(private_storage)).user_attrs
+    assert attrs["test_accuracy"] > 0.70
+    retrain = attrs["retrain"]
+    assert retrain["train_images"] == 6000 and retrain["trial"] == 0
+    assert Path(retrain["model_path"]).is_file()
+
+    import keras
+
+    model = keras.models.load_model(retrain["model_path"])
+    assert model.count_params() == retrain["params"]
+
+
+def test_a_study_name_is_not_reused_for_another_space(
+    tmp_path: Path, tiny_preset: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    assert run("start", "--preset", str(tiny_preset), "--trials", "1").exit_code == 0
+    before = [(t.number, t.state, t.params) for t in trials(private_storage)]
+    changed = write_preset(tmp_path / "..", name="tiny",
+                           **{"[0.0001, 0.003]": "[0.0001, 0.005]"})
+    result = run("start", "--preset", str(changed), "--trials", "2")
+    assert result.exit_code == 1
+    assert "different preset or search space" in result.output
+    assert "Traceback" not in result.output
+    after = [(t.number, t.state, t.params) for t in trials(private_storage)]
+    assert after == before  # nothing was added or lost
+
+
+def test_read_only_commands_do_not_create_a_database(private_storage: Path) -> None:
+    for command in ("status", "retrain-best"):
+        result = run(command, "--study", "nothing")
+        assert result.exit_code == 1
+        assert "No study database" in result.output
+    assert not (private_storage / "search.db").exists()
+
+
+def test_help_shows_an_example_for_every_command() -> None:
+    assert "Example:" in run("--help").output
+    for name in cli.commands:
+        result = run(name, "--help")
+        assert result.exit_code == 0 and "Example:" in result.output, name
