@@ -94,8 +94,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
     if debug:
         os.environ["SEARCH_DEBUG"] = "1"
-    # Progress lines are ours; Optuna's per-trial INFO log would repeat them.
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.WARNING)
+    # Progress lines are ours: Optuna's per-trial log would repeat them, and for a failed trial
+    # it prints the traceback that the progress line sums up in one reason.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
 
 
 @cli.command()

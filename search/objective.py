@@ -131,6 +131,25 @@ def fit(
     return history
 
 
+MEMORY_SHARE = 0.5  # a trial may plan to use at most this share of the available memory
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where that file does not exist."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _is_oom(error: Exception) -> bool:
+    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError"
+
+
 def reject(trial: optuna.Trial, reason: str) -> None:
     """End a trial before training, as pruned, with the reason on record."""
     trial.set_user_attr("reason", reason)
@@ -176,12 +195,20 @@ class Objective:
             reject(trial, f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of "
                           f"{self.preset.max_mflops:,} MFLOPs")
 
+        need, available = cost.training_bytes(config.batch_size), available_memory()
+        if available and need > MEMORY_SHARE * available:
+            reject(trial, f"training would need about {need / 2**30:.1f} GiB, more than "
+                          f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available")
+
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(seed)
         model = build(config, flip=self.flip, steps_per_execution=self.preset.steps_per_execution)
         history = History()
 
         def on_epoch(epoch: int) -> None:
+            if not all(math.isfinite(v) for v in (history.loss[-1], history.val_loss[-1])):
+                trial.set_user_attr("reason", f"the loss became NaN or infinite at epoch "
+                                    f"{epoch + 1}; the learning rate is likely too high")
             # Stored every epoch, so a pruned or interrupted trial keeps its record too.
             best = history.best_epoch
             trial.set_user_attr("epochs_trained", epoch + 1)
@@ -200,17 +227,27 @@ class Objective:
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience),
             KerasPruningCallback(trial, "val_loss"),
         ]
-        fit(
-            model, config, self.data.x_train, self.data.y_train,
-            epochs=self.preset.epochs,
-            validation=(self.data.x_val, self.data.y_val),
-            callbacks=callbacks,
-            on_epoch=on_epoch,
-            history=history,
-        )
-        del model
-        if not history.val_loss or not all(math.isfinite(v) for v in history.loss[-1:]):
-            reject(trial, "the loss became NaN or infinite; the learning rate is likely too high")
+        try:
+            fit(
+                model, config, self.data.x_train, self.data.y_train,
+                epochs=self.preset.epochs,
+                validation=(self.data.x_val, self.data.y_val),
+                callbacks=callbacks,
+                on_epoch=on_epoch,
+                history=history,
+            )
+        except (optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            # Recorded where the dashboard and `status` show it; the worker goes on (FAIL).
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            kind = "out of memory" if _is_oom(e) else type(e).__name__
+            trial.set_user_attr("reason", f"training failed: {kind}: {first}"[:500])
+            raise
+        finally:
+            del model
+        if "reason" in trial.user_attrs or not history.val_loss:
+            reject(trial, trial.user_attrs.get("reason", "no epoch finished"))
         return history.val_loss[history.best_epoch - 1]
 
 

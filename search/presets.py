@@ -21,7 +21,6 @@ from search.space import (
     OPTIMIZERS,
     PADDINGS,
     Config,
-    Conv,
     Space,
     impossible,
     outside,
@@ -159,15 +158,33 @@ def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
             raise _fail(path, f"{where}.{key}", f"is not a known field (known: {sorted(known)})")
     try:
         config = Config.from_dict({k: v for k, v in table.items() if k not in ("name", "params")})
-        if not all(isinstance(c, Conv) for c in config.convs):
-            raise TypeError("convs")
     except (TypeError, KeyError, ValueError) as e:
         raise _fail(path, where, f"is not a valid configuration ({e})") from e
+    for key, value in _config_values(config):
+        expected = {"pool": bool}.get(key) or (
+            type(getattr(_LAB, key)) if key in _LAB_FIELDS else int)
+        if not _is(value, (expected,) if expected is not float else (int, float)):
+            raise _fail(path, f"{where}.{key}", f"holds {value!r}, expected {expected.__name__}")
+        if expected in (int, float) and not isinstance(value, bool) and value < 0:
+            raise _fail(path, f"{where}.{key}", "must not be negative")
     reason = impossible(config)
     if reason:
         raise _fail(path, where, f"cannot be built: {reason}")
     params = table.get("params", size(config).params)
     return Baseline(name=str(table.get("name", f"baseline {i}")), config=config, params=params)
+
+
+_LAB = Config(convs=())
+_LAB_FIELDS = {f.name for f in fields(Config)} - {"convs", "dense"}
+
+
+def _config_values(config: Config) -> list[tuple[str, Any]]:
+    """Every scalar of a configuration with its field name, for type checks."""
+    values = [(k, getattr(config, k)) for k in sorted(_LAB_FIELDS)]
+    for conv in config.convs:
+        values += [("filters", conv.filters), ("kernel", conv.kernel), ("pool", conv.pool)]
+    values += [("dense", units) for units in config.dense]
+    return values
 
 
 def parse(path: Path, data: dict[str, Any]) -> Preset:

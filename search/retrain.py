@@ -75,6 +75,10 @@ def _save(model: object, path: Path) -> None:
     try:
         model.save(tmp)  # type: ignore[attr-defined]
         os.replace(tmp, path)
+    except OSError:
+        raise
+    except Exception as e:  # h5py and zipfile report a full disk in their own exception types
+        raise OSError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

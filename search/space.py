@@ -205,6 +205,15 @@ def outside(config: Config, space: Space) -> str | None:
 class Size:
     params: int
     flops: int  # floating-point operations of one forward pass of one image (2 per multiply-add)
+    activations: int = 0  # floats of layer outputs for one image (conv, BN, pool, dense)
+
+    def training_bytes(self, batch_size: int) -> int:
+        """A generous estimate of the memory a training step needs, for the cost guard.
+
+        Weights, gradients and two optimiser slots per parameter; each activation kept for the
+        backward pass, its gradient and a temporary, in float32.
+        """
+        return 4 * (4 * self.params + 3 * batch_size * self.activations)
 
 
 def feature_maps(config: Config) -> list[int]:
@@ -241,22 +250,25 @@ def impossible(config: Config) -> str | None:
 
 def size(config: Config) -> Size:
     """Parameter count (as keras' count_params) and forward FLOPs per image."""
-    side, channels, params, flops = SIDE, 1, 0, 0
+    side, channels, params, flops, acts = SIDE, 1, 0, 0, SIDE * SIDE
     for conv in config.convs:
         out = side - conv.kernel + 1 if config.padding == "valid" else side
         params += (conv.kernel * conv.kernel * channels + 1) * conv.filters
         flops += 2 * out * out * conv.kernel * conv.kernel * channels * conv.filters
+        acts += out * out * conv.filters * (3 if config.batchnorm else 1)
         if config.batchnorm:
             params += 4 * conv.filters  # gamma, beta, moving mean and variance
         channels, side = conv.filters, out
         if conv.pool:
             side //= 2
+            acts += side * side * channels
     width = side * side * channels
     for units in (*config.dense, NUM_CLASSES):
         params += (width + 1) * units
         flops += 2 * width * units
+        acts += units
         width = units
-    return Size(params=params, flops=flops)
+    return Size(params=params, flops=flops, activations=acts)
 
 
 def describe(config: Config) -> str:
