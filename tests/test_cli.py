@@ -109,6 +109,12 @@ def test_retrain_best_tests_once_well_above_chance_and_saves_the_model(
     model = keras.models.load_model(retrain["model_path"])
     assert model.count_params() == retrain["params"]
 
+    # Reproducible: the same trial, retrained with its recorded seed, tests the same.
+    assert run("retrain-best", "--study", "tiny").exit_code == 0
+    again = optuna.load_study(study_name="tiny", storage=db(private_storage)).user_attrs
+    assert again["retrain"]["test_accuracy"] == retrain["test_accuracy"]
+    assert again["retrain"]["history"] == retrain["history"]
+
 
 def test_a_study_name_is_not_reused_for_another_space(
     tmp_path: Path, tiny_preset: Path, private_storage: Path, fashion_dir: Path
