@@ -216,5 +216,79 @@ def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
     click.echo(f"Model saved to {result.model_path}")
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The dashboard has no authentication: any other "
+              "address lets whoever reaches it read and delete studies.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@storage_options
+def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> None:
+    """Browse the studies in optuna-dashboard, served on the search's storage.
+
+    \b
+    Example:
+      search dashboard --study fashion_mnist
+      search dashboard --port 8081
+    """
+    from search import study as study_mod
+    from search.dashboard import DashboardError, open_dashboard
+    from search.study import sigterm_as_interrupt
+
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url, must_exist=True)
+    if study_name is None and len(study_mod.names(rdb)) == 1:
+        study_name = study_mod.names(rdb)[0]
+    elif study_name is not None:
+        study_mod.load(rdb, study_name)  # a clear error for a name that is not there
+    try:
+        board = open_dashboard(rdb, host, port, study_name)
+    except DashboardError as e:
+        raise click.ClickException(str(e)) from None
+    if board.exposed:
+        click.echo(f"Warning: listening on {host}, beyond this machine. optuna-dashboard has no "
+                   "authentication: anyone who can reach this port can read and delete studies.",
+                   err=True)
+    click.echo(f"Storage: {storage_mod.describe(url)}")
+    click.echo(f"optuna-dashboard: {board.url}", nl=False)
+    click.echo(" (and this machine's other addresses)" if host in ("0.0.0.0", "::") else "")
+    click.echo("Ctrl-C stops it.")
+    try:
+        with sigterm_as_interrupt():
+            board.serve()
+    except KeyboardInterrupt:
+        click.echo("Dashboard stopped.")
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for REPORT.md and the figures. Defaults to storage/reports/STUDY/.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder with the four IDX .gz files or Keras's .npz (for the test figures).")
+@storage_options
+def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
+           study_name: str | None) -> None:
+    """Write figures and REPORT.md: the search against the lab's runs, and the final model.
+
+    \b
+    Example:
+      search report --study fashion_mnist
+      search report --study demo --out reports/demo
+    """
+    from search import report as report_mod
+
+    study, preset, url = open_existing(url, study_name)
+    folder = (out_dir or report_mod.default_dir(study.study_name)).resolve()
+    click.echo(f"Report on study '{study.study_name}' ({storage_mod.describe(url)}) in {folder}")
+    try:
+        written = report_mod.write(study, preset, folder,
+                                   data_dir=str(data_dir) if data_dir else None, log=click.echo)
+    except report_mod.ReportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote {written.markdown} and {len(written.figures)} figures"
+               + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped
+                  else "."))
+
+
 def main() -> None:  # pragma: no cover
     cli()

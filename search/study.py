@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from search.space import to_params
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
+METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimised
 
 
 class StudyError(Exception):
@@ -94,6 +96,7 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
                 f"({old.name}); pass --study NEW_NAME to start a new study, or restore the "
                 "preset to continue this one."
             )
+        name_metric(study)
         return study, False
     try:
         study = optuna.create_study(
@@ -102,6 +105,7 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
         )
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
         return create_or_load(storage, name, preset, worker=worker)
+    name_metric(study)
     study.set_user_attr("dataset", preset.dataset)
     study.set_user_attr("objective", "minimize val_loss")
     study.set_user_attr("preset_name", preset.name)
@@ -110,6 +114,15 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
                             user_attrs={"baseline": baseline.name})
     study.set_user_attr("preset", preset.to_json())  # written last: load() waits for it
     return study, True
+
+
+def name_metric(study: optuna.Study) -> None:
+    """Name the objective, so optuna-dashboard and plots say val_loss, not "Objective 0"."""
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            # Metric names have been stable since Optuna 3.2 but are still flagged experimental.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
