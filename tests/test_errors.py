@@ -1,4 +1,4 @@
-"""Every user mistake and fault ends in one clear sentence, and stored studies stay as they were."""
+"""Every user mistake and fault ends in one clear sentence; stored studies stay as they were."""
 
 from __future__ import annotations
 
@@ -260,7 +260,7 @@ def test_storage_folder_that_cannot_be_created(tmp_path: Path, tiny_preset: Path
     assert_one_sentence(result, 1, "Cannot create the storage folder")
 
 
-# --debug --------------------------------------------------------------------------------------------
+# --debug -------------------------------------------------------------------------------------
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     preset = write_preset(tmp_path, **{"epochs = 3": 'epochs = "x"'})
     result = run("--debug", "start", "--preset", str(preset))
