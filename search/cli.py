@@ -56,6 +56,32 @@ def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+class WorkerCount(click.ParamType):
+    """`--workers`: a positive number, or `auto`."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | int:
+        if isinstance(value, int) or value == "auto":
+            return value
+        if str(value).isdigit() and int(value) >= 1:
+            return int(value)
+        self.fail(f"'{value}' is neither a positive number nor 'auto'.", param, ctx)
+
+
+def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--threads", type=click.IntRange(min=1), envvar="SEARCH_THREADS",
+                     show_envvar=True,
+                     help="TensorFlow threads per worker process. Defaults to the cores shared "
+                     "out among the workers.")(f)
+    f = click.option("--workers", "workers", type=WorkerCount(), default="1", metavar="N|auto",
+                     envvar="SEARCH_WORKERS", show_envvar=True, show_default=True,
+                     help="Worker processes on this machine, or auto: one per core, as memory "
+                     "allows (at most 64 on SQLite).")(f)
+    return f
+
+
 def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, str]:
     """Load a study for a read-only command, never creating an empty database."""
     from search import study as study_mod
@@ -107,19 +133,25 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="The study's total of finished trials (default: the preset's).")
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Folder with the four IDX .gz files or Keras's .npz.")
+@worker_options
 @storage_options
 def start(dataset: str | None, preset: str | None, trials: int | None, data_dir: Path | None,
-          url: str | None, study_name: str | None) -> None:
+          workers: str | int, threads: int | None, url: str | None,
+          study_name: str | None) -> None:
     """Start or resume a search; rerunning the same command resumes to the same total.
+
+    Several copies, on this machine or on others sharing the storage, work on one study.
 
     \b
     Example:
       search start --dataset fashion_mnist --trials 50
+      search start --dataset fashion_mnist --trials 200 --workers auto
       search start --preset demo
       search start --dataset mnist --trials 30 --study digits --data-dir ~/mnist
     """
     from search import presets
     from search import study as study_mod
+    from search import workers as workers_mod
 
     if dataset is None and preset is None:
         raise click.UsageError("Pass --dataset or --preset.")
@@ -131,14 +163,68 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     url = storage_mod.resolve(url)
     rdb = storage_mod.open_storage(url)
     study, created = study_mod.create_or_load(rdb, name, chosen)
+    study_mod.set_total(study, total)
+    lost = study_mod.recover(study)
     done = study_mod.finished(study)
     click.echo(f"Storage: {storage_mod.describe(url)}")
     click.echo(f"Study '{name}' ({'new' if created else f'resuming, {done} finished'}): "
                f"{total} trials, preset {chosen.name}, pruner {chosen.pruner}.")
-    study_mod.run_worker(study, chosen, total, data_dir=str(data_dir) if data_dir else None,
-                         log=click.echo)
+    _echo_lost(lost)
+    workers_mod.run_study(study, chosen, total, storage=rdb, url=url,
+                          workers=workers_mod.count(workers, url), threads=threads,
+                          fresh=created, data_dir=str(data_dir) if data_dir else None,
+                          log=click.echo)
     _print_best(study)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder with the four IDX .gz files or Keras's .npz.")
+@worker_options
+@storage_options
+def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: str | None,
+           study_name: str | None) -> None:
+    """Join a study under way from any machine that reaches its storage, and help finish it.
+
+    Runs trials until the study reaches the total its 'search start' set.
+
+    \b
+    Example:
+      export SEARCH_STORAGE=postgresql+psycopg://search@db-host/search
+      search worker --study fashion_mnist --workers auto
+    """
+    from search import study as study_mod
+    from search import workers as workers_mod
+
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url, must_exist=True)
+    if study_name is None:
+        available = study_mod.names(rdb)
+        if len(available) != 1:
+            raise StudyError("Pass --study NAME; this storage holds "
+                             + (f"{len(available)} studies: {', '.join(available)}."
+                                if available else "no studies."))
+        study_name = available[0]
+    study, preset = study_mod.load(rdb, study_name)
+    total = study_mod.stored_total(study)
+    lost = study_mod.recover(study)
+    counts = study_mod.counts(study)
+    click.echo(f"Storage: {storage_mod.describe(url)}")
+    click.echo(f"Joining study '{study_name}': {study_mod.finished(study)} of {total} trials "
+               f"finished, {counts['RUNNING']} running.")
+    _echo_lost(lost)
+    workers_mod.run_study(study, preset, total, storage=rdb, url=url,
+                          workers=workers_mod.count(workers, url), threads=threads,
+                          fresh=False, data_dir=str(data_dir) if data_dir else None,
+                          log=click.echo)
+    _print_best(study)
+
+
+def _echo_lost(numbers: list[int]) -> None:
+    if numbers:
+        click.echo(f"Trial(s) {', '.join(f'#{n}' for n in numbers)} had lost their worker: "
+                   "failed, and queued again.")
 
 
 def _print_best(study: Any) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -16,6 +21,10 @@ ENV_DIR = "SEARCH_DIR"
 DEFAULT_FILE = "search.db"
 HEARTBEAT_SECONDS = 30
 GRACE_SECONDS = 120
+# Both may be shortened through these variables (the tests kill workers and wait for recovery).
+ENV_HEARTBEAT = "SEARCH_HEARTBEAT_SECONDS"
+ENV_GRACE = "SEARCH_GRACE_SECONDS"
+MAX_RETRIES = 3  # a configuration that kills its worker every time is not retried forever
 SQLITE_BUSY_SECONDS = 300
 
 
@@ -84,6 +93,86 @@ def engine_kwargs(url: URL) -> dict[str, object]:
     return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
 
 
+def heartbeat() -> tuple[int, int]:
+    """The heartbeat interval and the grace period after which a silent trial is failed."""
+    values = []
+    for env, default in ((ENV_HEARTBEAT, HEARTBEAT_SECONDS), (ENV_GRACE, GRACE_SECONDS)):
+        text = os.environ.get(env, "").strip()
+        value = int(text) if text.isdigit() else (default if not text else 0)
+        if value <= 0:
+            raise StorageError(f"${env} must be a whole number of seconds, not '{text}'.")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise StorageError(f"${ENV_GRACE} ({grace}) must be longer than ${ENV_HEARTBEAT} "
+                           f"({interval}), or live trials would be failed as stale.")
+    return interval, grace
+
+
+def scrub(text: str, url: str | None = None) -> str:
+    """`text` with the database password (in the URL or in $PGPASSWORD) replaced by ***.
+
+    For messages that did not come from `masked`: driver errors and worker processes' output.
+    """
+    secrets = {os.environ.get("PGPASSWORD", "")}
+    if url:
+        try:
+            password = make_url(url).password
+        except (ArgumentError, ValueError):
+            password = None
+        if password:
+            secrets |= {str(password), quote(str(password), safe="")}
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _lock_key(name: str) -> int:
+    # PostgreSQL advisory locks are keyed by a signed 64-bit integer.
+    digest = hashlib.sha256(f"search:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Iterator[None]:
+    """A lock called `name` that every process on this storage, on any machine, respects.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: an exclusive flock on a file beside
+    the database. Either is released when the section ends or its holder dies, so a killed
+    worker never leaves it taken. `engine` reuses a storage's connection pool.
+    """
+    parsed = parse(url)
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            handle = open(path.with_name(path.name + ".lock"), "a")
+        except OSError as e:
+            raise StorageError(f"Cannot write beside the database {path}: {e.strerror}.") \
+                from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+        return
+    if parsed.get_backend_name() != "postgresql":
+        yield  # an in-memory SQLite database lives in one process
+        return
+    own = engine is None
+    if engine is None:
+        engine = sqlalchemy.create_engine(
+            parsed, poolclass=sqlalchemy.pool.NullPool,
+            connect_args=engine_kwargs(parsed).get("connect_args", {}),
+        )
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": _lock_key(name)})
+            yield  # leaving the block rolls the transaction back, which releases the lock
+    finally:
+        if own:
+            engine.dispose()
+
+
 def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats on, so trials of killed workers are failed and retried.
 
@@ -103,20 +192,24 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             if not os.access(path.parent, os.W_OK):
                 raise StorageError(f"The storage folder {path.parent} is not writable; fix its "
                                    "permissions or pass --storage.")
+    interval, grace = heartbeat()
+    # Many workers may open a fresh database at once; Optuna's table creation is not safe
+    # against itself, so one process creates the schema while the others wait and then find it.
+    # A read-only command on an SQLite file creates nothing and needs no lock.
+    schema_lock = exclusive(url, "schema") if not (path and must_exist) else nullcontext()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), schema_lock:
             # Heartbeats have worked since Optuna 2.8 but are still flagged experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 parsed.render_as_string(hide_password=False),
                 engine_kwargs=engine_kwargs(parsed),
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRIES),
             )
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         # The driver's message can quote the URL; keep only its first line, without secrets.
-        detail = str(e.orig if getattr(e, "orig", None) else e).splitlines()[0]
-        if parsed.password:
-            detail = detail.replace(parsed.password, "***")
+        detail = scrub(str(e.orig if getattr(e, "orig", None) else e).splitlines()[0], url)
         raise StorageError(f"Cannot open the storage {masked(url)}: {detail}") from None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import datasets, presets
+from search import storage as storage_mod
 from search.objective import Log, Objective, configure_tensorflow, summary
 from search.presets import Preset
 from search.space import to_params
@@ -125,6 +128,20 @@ def name_metric(study: optuna.Study) -> None:
             study.set_metric_names([METRIC])
 
 
+def set_total(study: optuna.Study, total: int) -> None:
+    """Record the study's trial total, so workers that join it know when to stop."""
+    if study.user_attrs.get("trials") != total:
+        study.set_user_attr("trials", total)
+
+
+def stored_total(study: optuna.Study) -> int:
+    total = study.user_attrs.get("trials")
+    if not isinstance(total, int):
+        raise StudyError(f"Study '{study.study_name}' has no trial total yet; run 'search start "
+                         "--trials N' for it once.")
+    return total
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     result = {state.name: 0 for state in TrialState}
     for trial in study.get_trials(deepcopy=False):
@@ -189,17 +206,105 @@ class Progress:
             self.failures_in_a_row = 0
 
 
+def recover(study: optuna.Study) -> list[int]:
+    """Fail the trials of dead workers (silent for the grace period); return their numbers.
+
+    The storage's RetryHeartbeatStaleTrialCallback queues a retry of each (storage.py).
+    """
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sorted(running & failed)
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    total: int,
+    *,
+    storage: optuna.storages.RDBStorage,
+    log: Log = print,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run trials until the study holds exactly `total` finished trials, beside other workers.
+
+    Exactly, not at least. A worker takes a new trial only while the finished and running
+    trials leave a free slot, and it counts and creates that trial under a lock that every
+    worker on the storage respects (storage.exclusive), so two workers never both take the
+    last slot. The lock is let go in the objective's first line, once the trial exists, so
+    trials still train in parallel. A worker that finds every slot taken by running trials
+    waits instead of leaving: if one of those workers dies, its trial is failed when its
+    heartbeat goes stale, a retry is queued, and a waiting worker runs it.
+    """
+    grace = storage.grace_period or storage_mod.GRACE_SECONDS
+    poll = min(5, storage.heartbeat_interval or 5)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    waiting = False
+    while not stop():
+        slot = ExitStack()
+        slot.enter_context(storage_mod.exclusive(storage.url, f"trials:{study.study_name}",
+                                                 storage.engine))
+        try:
+            for number in recover(study):
+                log(f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
+                    "a retry is queued.")
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            done = sum(state in FINISHED for state in states)
+            running = states.count(TrialState.RUNNING)
+            if done >= total:
+                return
+            if done + running >= total:
+                if not waiting:
+                    log(f"{done}/{total} finished; waiting for the {running} running trial(s) "
+                        "of other workers (a lost one is retried here).")
+                waiting = True
+                slot.close()
+                time.sleep(poll)
+                continue
+            waiting = False
+
+            def take(trial: optuna.Trial, slot: ExitStack = slot) -> float:
+                slot.close()  # the trial exists: other workers may take theirs
+                trial.set_user_attr("worker", holder)
+                return objective(trial)
+
+            try:
+                study.optimize(
+                    take,
+                    n_trials=1,
+                    catch=(Exception,),  # a failing trial is recorded as FAIL; the worker goes on
+                    callbacks=list(callbacks),
+                    gc_after_trial=True,
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # This worker went silent past the grace period (a stalled machine) and
+                # another worker failed its trial; that trial's retry is already queued.
+                log("This worker's trial was failed by another worker after missed "
+                    "heartbeats; going on.")
+        finally:
+            slot.close()
+
+
 def run_worker(
     study: optuna.Study,
     preset: Preset,
     total: int,
     *,
+    storage: optuna.storages.RDBStorage,
     data_dir: str | None = None,
     log: Log = print,
     threads: int | None = None,
     on_data: Callable[[datasets.Split], None] | None = None,
 ) -> None:
-    """Run trials until the study holds `total` finished (complete or pruned) trials."""
+    """Run trials until the study holds `total` finished (complete or pruned) trials.
+
+    Other workers, in this process's siblings or on other machines, may share the study.
+    """
     if finished(study) >= total:
         log(f"Study '{study.study_name}' already has {finished(study)} finished trials "
             f"(of {total}); nothing to do.")
@@ -214,10 +319,5 @@ def run_worker(
     objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
     progress = Progress(total, log)
     with sigterm_as_interrupt():
-        study.optimize(
-            objective,
-            n_trials=None,  # MaxTrialsCallback stops at the total, failed trials not counted
-            catch=(Exception,),  # a failing trial is recorded as FAIL and the worker goes on
-            callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), progress],
-            gc_after_trial=True,
-        )
+        run_trials(study, objective, total, storage=storage, log=log, callbacks=[progress],
+                   stop=lambda: progress.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES)

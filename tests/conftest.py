@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import pg_url, postgres  # noqa: F401  (fixtures: a throwaway PostgreSQL)
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
