@@ -1,0 +1,190 @@
+"""Worker scaling: processes against threads, and how many workers one SQLite file serves.
+
+    .venv/bin/python benchmarks/worker_scaling.py scaling
+    .venv/bin/python benchmarks/worker_scaling.py sqlite-limit --workers 2 4 8 16
+
+`scaling` runs the same small Fashion-MNIST search twice through `search start`: one worker
+process with two TensorFlow threads, then two processes with one thread each. Every trial
+trains the lab's test-7 network for a fixed number of epochs (no pruning, no early stop), and
+the rate is the epochs trained per minute between the first trial's start and the last one's
+end, read from the study. It prints the ratio, which is what transfers to another machine.
+
+`sqlite-limit` starts N processes at once on one fresh SQLite file. Each opens the storage,
+creates or joins the study and runs the real trial loop (study.run_trials, heartbeat on) with
+an objective that writes what a real trial writes per epoch (an intermediate value and six
+user attributes) without training, many times faster than training would. It reports the
+storage errors ("database is locked") per N: a real search writes far less often.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from search import presets, storage, study  # noqa: E402
+
+SCALING_PRESET = """
+dataset = "fashion_mnist"
+trials = {trials}
+val_size = 1000
+train_size = {images}
+epochs = {epochs}
+patience = {epochs}
+seed = 1
+pruner = "none"
+
+# One fixed network, the lab's test 7 (130,890 parameters), so both runs do the same work.
+[space]
+conv_layers = [3, 3]
+filters = [32, 64]
+kernel = [3]
+pool = [true, false]
+dropout = ["none"]
+dense_layers = [1, 1]
+dense_units = [128]
+learning_rate = [0.001, 0.001]
+optimizer = ["rmsprop"]
+batchnorm = [false]
+padding = ["valid"]
+augment = [false]
+batch_size = [64]
+
+{baselines}
+"""
+LAB_TEST_7 = """[[baseline]]
+name = "lab test 7 ({i})"
+convs = [[32, 3, true], [64, 3, true], [64, 3, false]]
+dense = [128]
+learning_rate = 0.001
+"""
+
+
+def scaling(args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="worker-scaling-"))
+    # Every trial is an enqueued copy of the same network, so no sampler choice differs.
+    text = SCALING_PRESET.format(
+        trials=args.trials, images=args.images, epochs=args.epochs,
+        baselines="\n".join(LAB_TEST_7.format(i=i) for i in range(args.trials)))
+    preset_path = folder / "scaling.toml"
+    preset_path.write_text(text)
+    rates = {}
+    for label, workers, threads in (("1 worker x 2 threads", 1, 2),
+                                    ("2 workers x 1 thread", 2, 1)):
+        url = f"sqlite:///{folder / (label.replace(' ', '_') + '.db')}"
+        command = [str(ROOT / ".venv/bin/search"), "start", "--preset", str(preset_path),
+                   "--storage", url, "--workers", str(workers), "--threads", str(threads)]
+        print(f"{label}: {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
+        assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
+        epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
+        first = min(t.datetime_start for t in trials)
+        last = max(t.datetime_complete for t in trials)
+        minutes = (last - first).total_seconds() / 60
+        rates[label] = epochs / minutes
+        print(f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
+              f"({wall:.0f} s with start-up): {rates[label]:.2f} epochs/min", flush=True)
+    one, two = rates.values()
+    print(f"2 workers x 1 thread / 1 worker x 2 threads: {two / one:.2f}x epochs per minute "
+          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+
+
+class Writes:
+    """What a real trial writes per epoch, without the training in between."""
+
+    def __init__(self, epochs: int, pause: float) -> None:
+        self.epochs, self.pause = epochs, pause
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -10, 10)
+        for epoch in range(self.epochs):
+            time.sleep(self.pause)
+            trial.report(x * x + 1 / (epoch + 1), epoch)
+            for key in ("epochs_trained", "best_epoch", "val_loss", "val_accuracy",
+                        "seconds_per_epoch", "curves"):
+                trial.set_user_attr(key, epoch)
+        return x * x
+
+
+def stress_worker(url: str, total: int, epochs: int, pause: float, busy: int | None,
+                  results: multiprocessing.Queue) -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if busy is not None:
+        storage.SQLITE_BUSY_SECONDS = busy
+    errors = []
+    try:
+        rdb = storage.open_storage(url)
+        s, _ = study.create_or_load(rdb, "stress", presets.load("demo"))
+        study.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
+    except Exception as e:  # every storage error counts against this many workers
+        errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+    results.put(errors)
+
+
+def sqlite_limit(args: argparse.Namespace) -> None:
+    os.environ[storage.ENV_HEARTBEAT] = "1"
+    os.environ[storage.ENV_GRACE] = "5"
+    context = multiprocessing.get_context("spawn")
+    print(f"{'workers':>7} {'trials':>6} {'seconds':>7} {'trials/s':>8} {'errors':>6}")
+    for n in args.workers:
+        folder = Path(tempfile.mkdtemp(prefix="sqlite-limit-"))
+        url = f"sqlite:///{folder / 'stress.db'}"
+        if args.wal:
+            import sqlite3
+
+            sqlite3.connect(folder / "stress.db").execute("PRAGMA journal_mode=WAL").close()
+        total = args.trials_per_worker * n
+        results: multiprocessing.Queue = context.Queue()
+        processes = [context.Process(target=stress_worker,
+                                     args=(url, total, args.epochs, args.pause, args.busy,
+                                           results))
+                     for _ in range(n)]
+        started = time.perf_counter()
+        for p in processes:
+            p.start()
+        errors = [e for _ in processes for e in results.get()]
+        for p in processes:
+            p.join()
+        seconds = time.perf_counter() - started
+        s = optuna.load_study(study_name="stress", storage=url)
+        done = len(s.get_trials(states=study.FINISHED))
+        running = len(s.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
+        print(f"{n:>7} {done:>6} {seconds:>7.1f} {done / seconds:>8.2f} {len(errors):>6}"
+              + (f"  running {running}" if running else "")
+              + (f"  exceeded {done - total}" if done > total else "")
+              + (f"  first: {errors[0]}" if errors else ""), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("scaling", help="epochs per minute, 1 process x 2 threads vs 2 x 1")
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--images", type=int, default=10_000)
+    p = sub.add_parser("sqlite-limit", help="storage errors with N workers on one SQLite file")
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
+    p.add_argument("--trials-per-worker", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.05, help="seconds per fake epoch")
+    p.add_argument("--busy", type=int, help="SQLite busy timeout in seconds (default: ours)")
+    p.add_argument("--wal", action="store_true", help="switch the file to WAL first")
+    args = parser.parse_args()
+    scaling(args) if args.command == "scaling" else sqlite_limit(args)
+
+
+if __name__ == "__main__":
+    main()
