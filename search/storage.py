@@ -49,7 +49,7 @@ def resolve(url: str | None) -> str:
 def parse(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise StorageError(
             "The storage URL is malformed; use sqlite:///path/to/file.db or "
             "postgresql+psycopg://user@host/dbname."
@@ -69,7 +69,7 @@ def masked(url: str) -> str:
     """The URL as it may be printed: SQLAlchemy's rendering with the password as ***."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<malformed URL>"
 
 
@@ -90,7 +90,9 @@ def engine_kwargs(url: URL) -> dict[str, object]:
         # Several local workers share one file: wait for the lock instead of failing at once.
         return {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
     # Trials run for minutes between writes: check connections before use and recycle old ones.
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
+    # An unreachable server fails within seconds instead of hanging the command.
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800,
+            "connect_args": {"connect_timeout": 10}}
 
 
 def heartbeat() -> tuple[int, int]:
