@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import traceback
@@ -13,7 +14,7 @@ import click
 
 from search import storage as storage_mod
 from search.datasets import DATASETS, DataError
-from search.presets import PresetError
+from search.presets import OBJECTIVES, PresetError
 from search.storage import StorageError
 from search.study import StudyError
 
@@ -133,11 +134,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="The study's total of finished trials (default: the preset's).")
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Folder with the four IDX .gz files or Keras's .npz.")
+@click.option("--max-params", type=click.IntRange(min=1),
+              help="Parameter budget: larger networks end untrained, as pruned. Overrides the "
+              "preset's max_params; pruning on val_loss is kept.")
+@click.option("--objective", type=click.Choice(OBJECTIVES),
+              help="val_loss (default), or val_loss+params: a multi-objective search for the "
+              "Pareto front of val_loss against size. Optuna cannot prune multi-objective "
+              "studies, so trials then run to early stopping; the cost guard still applies.")
 @worker_options
 @storage_options
 def start(dataset: str | None, preset: str | None, trials: int | None, data_dir: Path | None,
-          workers: str | int, threads: int | None, url: str | None,
-          study_name: str | None) -> None:
+          max_params: int | None, objective: str | None, workers: str | int,
+          threads: int | None, url: str | None, study_name: str | None) -> None:
     """Start or resume a search; rerunning the same command resumes to the same total.
 
     Several copies, on this machine or on others sharing the storage, work on one study.
@@ -158,6 +166,8 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
+    chosen = dataclasses.replace(chosen, max_params=max_params or chosen.max_params,
+                                 objective=objective or chosen.objective)
     total = trials or chosen.trials
     name = study_name or chosen.name
     url = storage_mod.resolve(url)
@@ -168,7 +178,9 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     done = study_mod.finished(study)
     click.echo(f"Storage: {storage_mod.describe(url)}")
     click.echo(f"Study '{name}' ({'new' if created else f'resuming, {done} finished'}): "
-               f"{total} trials, preset {chosen.name}, pruner {chosen.pruner}.")
+               f"{total} trials, preset {chosen.name}, "
+               + ("objectives val_loss and params, no pruning."
+                  if chosen.multi_objective else f"pruner {chosen.pruner}."))
     _echo_lost(lost)
     workers_mod.run_study(study, chosen, total, storage=rdb, url=url,
                           workers=workers_mod.count(workers, url), threads=threads,
@@ -235,7 +247,7 @@ def _print_best(study: Any) -> None:
         click.echo("No trial has completed yet.")
         return
     a = b.user_attrs
-    click.echo(f"Best: trial #{b.number} val_loss {b.value:.4f} val_accuracy "
+    click.echo(f"Best: trial #{b.number} val_loss {b.values[0]:.4f} val_accuracy "
                f"{a.get('val_accuracy', float('nan')):.4f} at epoch {a.get('best_epoch')}, "
                f"{a.get('params', 0):,} params, {a.get('architecture', '')}")
 
@@ -273,6 +285,15 @@ def status(url: str | None, study_name: str | None) -> None:
     counts = {k: v for k, v in study_mod.counts(study).items() if v}
     click.echo("Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none"))
     _print_best(study)
+    front = study_mod.pareto(study)
+    if front:
+        click.echo("Pareto front (val_loss against parameters; retrain any with "
+                   "'search retrain-best --trial N'):")
+        for t in front:
+            a = t.user_attrs
+            click.echo(f"  #{t.number:<4} val_loss {t.values[0]:.4f}  val_accuracy "
+                       f"{a.get('val_accuracy', float('nan')):.4f}  {int(t.values[1]):>10,} "
+                       f"params  {a.get('architecture', '')}")
     if "test_accuracy" in study.user_attrs:
         click.echo(f"Retrained: test accuracy {study.user_attrs['test_accuracy']:.4f}")
 
@@ -286,6 +307,9 @@ def status(url: str | None, study_name: str | None) -> None:
 def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
                  study_name: str | None) -> None:
     """Retrain the best trial on all training images, test it once, and save the model.
+
+    The best trial has the lowest val_loss; in a size-aware (val_loss+params) study that
+    trial is on the Pareto front, and --trial N picks any other.
 
     \b
     Example:

@@ -169,7 +169,7 @@ class Objective:
     flip: bool
     log: Log = print
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         import keras
         from optuna_integration import KerasPruningCallback
 
@@ -224,9 +224,10 @@ class Objective:
             )
 
         callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience),
-            KerasPruningCallback(trial, "val_loss"),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience)
         ]
+        if not self.preset.multi_objective:  # Optuna cannot prune multi-objective studies
+            callbacks.append(KerasPruningCallback(trial, "val_loss"))
         try:
             fit(
                 model, config, self.data.x_train, self.data.y_train,
@@ -248,7 +249,10 @@ class Objective:
             del model
         if "reason" in trial.user_attrs or not history.val_loss:
             reject(trial, trial.user_attrs.get("reason", "no epoch finished"))
-        return history.val_loss[history.best_epoch - 1]
+        best_loss = history.val_loss[history.best_epoch - 1]
+        if self.preset.multi_objective:
+            return best_loss, float(cost.params)
+        return best_loss
 
 
 def summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -29,6 +29,9 @@ from search.space import (
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 PRUNERS = ("hyperband", "sha", "median", "none")
+# "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
+# front of accuracy against size; Optuna cannot prune multi-objective studies.
+OBJECTIVES = ("val_loss", "val_loss+params")
 
 
 class PresetError(Exception):
@@ -55,6 +58,7 @@ class Preset:
     patience: int = 3  # early stopping on val_loss
     seed: int = 0
     pruner: str = "hyperband"
+    objective: str = "val_loss"
     max_params: int | None = None  # the cost guard: larger configurations are pruned untrained
     max_mflops: float | None = None  # forward MFLOPs per image, same guard
     steps_per_execution: int = 1
@@ -71,10 +75,23 @@ class Preset:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "val_loss+params"
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize"] * (2 if self.multi_objective else 1)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return ["val_loss", "params"] if self.multi_objective else ["val_loss"]
+
 
 _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "dataset": (str,), "description": (str,), "trials": (int,), "val_size": (int,),
     "train_size": (int,), "epochs": (int,), "patience": (int,), "seed": (int,), "pruner": (str,),
+    "objective": (str,),
     "max_params": (int,), "max_mflops": (int, float), "steps_per_execution": (int,),
     "space": (dict,), "baseline": (list,),
 }
@@ -208,6 +225,8 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
             raise _fail(path, key, "must not be negative")
     if data.get("pruner", "hyperband") not in PRUNERS:
         raise _fail(path, "pruner", f"must be one of {list(PRUNERS)}")
+    if data.get("objective", "val_loss") not in OBJECTIVES:
+        raise _fail(path, "objective", f"must be one of {list(OBJECTIVES)}")
     if data.get("val_size", 5000) >= 60_000:
         raise _fail(path, "val_size", "must leave training images (at most 59,999)")
     space = _space(path, data.get("space", {}))

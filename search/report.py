@@ -187,7 +187,7 @@ def table_trials(study: optuna.Study) -> list[FrozenTrial]:
     trials = study.get_trials(deepcopy=False)
     lab = [t for t in trials if "baseline" in t.user_attrs and t.state != TrialState.RUNNING]
     ours = sorted((t for t in complete(study) if "baseline" not in t.user_attrs),
-                  key=lambda t: t.value)[:TOP]  # type: ignore[arg-type,return-value]
+                  key=_value_target)[:TOP]
     chosen = [t for t in lab + ours if config_of(t) is not None]
 
     def key(t: FrozenTrial) -> tuple[int, float]:
@@ -285,14 +285,16 @@ def _style(size: tuple[float, float]) -> Iterator[None]:
 
 
 def _value_target(trial: FrozenTrial) -> float:
-    return float(trial.value)  # type: ignore[arg-type]
+    """val_loss, the first objective; a size-aware study also minimises parameters."""
+    return float(trial.values[0])
 
 
 def fig_history(study: optuna.Study) -> Figure:
     if not complete(study):
         raise Skip("no trial has completed yet")
     with _style((9, 5)):
-        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=METRIC)
+        ax = optuna.visualization.matplotlib.plot_optimization_history(
+            study, target=_value_target, target_name=METRIC)
         # Optuna plots completed trials only; the pruned ones show where the search went too.
         pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
                   if t.user_attrs.get("val_loss") is not None]
@@ -308,7 +310,7 @@ def fig_history(study: optuna.Study) -> Figure:
         ax.set_xlabel("trial number")
         ax.set_ylabel(f"{METRIC} (lower is better)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        _log_if_wide(ax, [t.value for t in complete(study)]  # type: ignore[misc]
+        _log_if_wide(ax, [_value_target(t) for t in complete(study)]
                      + [t.user_attrs["val_loss"] for t in pruned])
         return ax.figure  # type: ignore[return-value]
 
@@ -381,14 +383,15 @@ def fig_importances(study: optuna.Study) -> Figure:
         raise Skip("every completed trial has the same parameters, so none can matter more")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, target=_value_target)
     equal = [str(w.message) for w in caught if "will be equal" in str(w.message)]
     if not importances or not any(v > 0 for v in importances.values()) or equal:
         # PED-ANOVA compares the top 10 % of trials with the rest: too few trials give nothing.
         raise Skip(f"too few completed trials ({len(done)}) for PED-ANOVA, Optuna's default "
                    "importance evaluator, to tell the parameters apart")
     with _style((9, max(4.0, 0.35 * len(importances) + 1.5))):
-        ax = optuna.visualization.matplotlib.plot_param_importances(study, target_name=METRIC)
+        ax = optuna.visualization.matplotlib.plot_param_importances(
+            study, target=_value_target, target_name=METRIC)
         title = f"Parameter importances for {METRIC}, PED-ANOVA on {len(done)} completed trials"
         if len(done) < FEW_FOR_IMPORTANCE:
             title += "\n(few trials: a hint, not a finding)"
@@ -407,7 +410,8 @@ def fig_parallel(study: optuna.Study) -> Figure:
     if not names:
         raise Skip("the trials have no searched parameters")
     with _style((max(10.0, 1.1 * len(names) + 2), 6)):
-        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name=METRIC)
+        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(
+            study, target=_value_target, target_name=METRIC)
         for lines in ax.collections:
             # Optuna's Blues fades the worst trials to white; viridis keeps every line visible.
             lines.set_cmap("viridis")
@@ -739,7 +743,7 @@ def markdown(study: optuna.Study, preset: Preset, report: Report,
     if best is not None:
         a = best.user_attrs
         out += ["", f"**Best trial: #{best.number}** `{a.get('architecture', '')}`, {METRIC} "
-                f"{best.value:.4f}, val_accuracy {_pct(a.get('val_accuracy'))}, "
+                f"{_value_target(best):.4f}, val_accuracy {_pct(a.get('val_accuracy'))}, "
                 f"{a.get('params', 0):,} parameters, best epoch {a.get('best_epoch')}."]
 
     out += ["", "## The search against the lab's configurations", ""]

@@ -35,6 +35,8 @@ def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
 
 
 def pruner(preset: Preset) -> optuna.pruners.BasePruner:
+    if preset.multi_objective:
+        return optuna.pruners.NopPruner()  # Optuna does not prune multi-objective studies
     if preset.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=preset.epochs,
                                               reduction_factor=3)
@@ -99,18 +101,22 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
                 f"({old.name}); pass --study NEW_NAME to start a new study, or restore the "
                 "preset to continue this one."
             )
-        name_metric(study)
+        name_metric(study, preset)
+        if old.to_json() != preset.to_json():
+            # Only what the fingerprint leaves out differs (budget, trial total, description):
+            # record it, so workers that join later use this run's budget.
+            study.set_user_attr("preset", preset.to_json())
         return study, False
     try:
         study = optuna.create_study(
-            storage=storage, study_name=name, direction="minimize",
+            storage=storage, study_name=name, directions=preset.directions,
             sampler=sampler(preset, worker), pruner=pruner(preset),
         )
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
         return create_or_load(storage, name, preset, worker=worker)
-    name_metric(study)
+    name_metric(study, preset)
     study.set_user_attr("dataset", preset.dataset)
-    study.set_user_attr("objective", "minimize val_loss")
+    study.set_user_attr("objective", "minimize " + " and ".join(preset.metric_names))
     study.set_user_attr("preset_name", preset.name)
     for baseline in preset.baselines:
         study.enqueue_trial(to_params(baseline.config, preset.space),
@@ -119,13 +125,13 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
     return study, True
 
 
-def name_metric(study: optuna.Study) -> None:
-    """Name the objective, so optuna-dashboard and plots say val_loss, not "Objective 0"."""
+def name_metric(study: optuna.Study, preset: Preset) -> None:
+    """Name the objectives, so optuna-dashboard and plots say val_loss, not "Objective 0"."""
     if study.metric_names is None:
         with warnings.catch_warnings():
             # Metric names have been stable since Optuna 3.2 but are still flagged experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])
+            study.set_metric_names(preset.metric_names)
 
 
 def set_total(study: optuna.Study, total: int) -> None:
@@ -154,8 +160,20 @@ def finished(study: optuna.Study) -> int:
 
 
 def best(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial of lowest val_loss (the first objective).
+
+    In a multi-objective study this trial is always on the Pareto front: nothing beats its
+    val_loss.
+    """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(done, key=lambda t: t.value) if done else None  # type: ignore[arg-type,return-value]
+    return min(done, key=lambda t: t.values[0]) if done else None
+
+
+def pareto(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of val_loss against parameters, by val_loss; empty for one objective."""
+    if len(study.directions) < 2:
+        return []
+    return sorted(study.best_trials, key=lambda t: t.values[0])
 
 
 @contextmanager
@@ -193,7 +211,7 @@ class Progress:
         b = best(study)
         tail = ""
         if b is not None:
-            tail = (f" | best #{b.number} val_loss {b.value:.4f} "
+            tail = (f" | best #{b.number} val_loss {b.values[0]:.4f} "
                     f"val_accuracy {b.user_attrs.get('val_accuracy', float('nan')):.4f}")
         self.log(f"{head} | {s['architecture']}{tail}")
         if trial.state == TrialState.FAIL:
