@@ -1,0 +1,145 @@
+"""Shared by the benchmarks: the machine's description, medians, and RESULTS.md sections.
+
+Every benchmark prints its figures and replaces its own section of benchmarks/RESULTS.md, so
+the file always holds the latest run of each, with the command, date and machine beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+CLOSING = "## Targets"  # the hand-written closing note; sections go before it
+
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def nproc() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine() -> str:
+    """`nproc`, the CPU model and the load when the run started: the figures' context."""
+    return (f"{nproc()} cores (nproc), {cpu_model()}, load average "
+            f"{os.getloadavg()[0]:.1f} at the start")
+
+
+def today() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command() -> str:
+    """The command line that produced the figures, as a user would type it from the root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script_text = str(script.relative_to(ROOT))
+    except ValueError:
+        script_text = str(script)
+    return shlex.join([".venv/bin/python", script_text, *sys.argv[1:]])
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def spread(values: Sequence[float], fmt: str = ".0f") -> str:
+    """median (min-max), for a table cell."""
+    return f"{median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def section(title: str, body: str, *, extra: str = "") -> str:
+    """A RESULTS.md section: title, how it was run, then the figures."""
+    head = (f"## {title}\n\n"
+            f"- Command: `{command()}`\n"
+            f"- Date: {today()}\n"
+            f"- Machine: {machine()}\n")
+    if extra:
+        head += extra.rstrip() + "\n"
+    return f"{head}\n{body.rstrip()}\n"
+
+
+def write_section(name: str, text: str) -> None:
+    """Replace (or add) the section `name` of RESULTS.md; a lock keeps parallel runs apart."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    RESULTS.touch()
+    with RESULTS.open("r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        current = f.read()
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if pattern.search(current):
+            updated = pattern.sub(lambda _: block, current)
+        elif CLOSING in current:
+            at = current.index(CLOSING)
+            updated = current[:at] + block + "\n\n" + current[at:]
+        else:
+            updated = current.rstrip() + ("\n\n" if current.strip() else "") + block + "\n"
+        f.seek(0)
+        f.truncate()
+        f.write(updated)
+    print(f"Wrote the '{name}' section of {RESULTS}")
+
+
+def lab_model(config: object) -> object:
+    """The lab's plain Keras code for one of its configurations: a Sequential model on float32
+    (N, 28, 28, 1) input, one-hot labels, categorical cross-entropy and Keras' compile defaults
+    (jit_compile="auto"). `config` is a search.space.Config from a preset's baseline."""
+    import keras
+    from keras import layers
+
+    stack: list[object] = [keras.Input((28, 28, 1))]
+    for conv in config.convs:  # type: ignore[attr-defined]
+        stack.append(layers.Conv2D(conv.filters, conv.kernel, activation="relu"))
+        if conv.pool:
+            stack.append(layers.MaxPooling2D(2))
+            if config.has_dropout_blocks:  # type: ignore[attr-defined]
+                stack.append(layers.Dropout(config.dropout_rate))  # type: ignore[attr-defined]
+    stack.append(layers.Flatten())
+    if config.has_dropout_flatten:  # type: ignore[attr-defined]
+        stack.append(layers.Dropout(config.dropout_rate))  # type: ignore[attr-defined]
+    stack += [layers.Dense(units, activation="relu")
+              for units in config.dense]  # type: ignore[attr-defined]
+    stack.append(layers.Dense(10, activation="softmax"))
+    model = keras.Sequential(stack)
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def lab_arrays(x: object, y: object) -> tuple[object, object]:
+    """The lab's inputs: float32 images scaled in NumPy, one-hot labels."""
+    import keras
+    import numpy as np
+
+    images = np.asarray(x)
+    return ((images.astype("float32") / 255).reshape(-1, 28, 28, 1),
+            keras.utils.to_categorical(np.asarray(y), 10))

@@ -1,0 +1,121 @@
+"""Memory: resident memory of one worker process after each of 30 tiny trials.
+
+    .venv/bin/python benchmarks/memory.py [--trials 30] [--images 2000] [--epochs 2]
+
+One process runs the product's trial loop (the Objective, SQLite storage, gc_after_trial and
+clear_session as `search start` uses them) over a small Fashion-MNIST search whose
+architectures vary from trial to trial, and reads VmRSS from /proc/self/status after each
+trial. A leak shows as a steady climb; a process that only warms up shows a plateau. The
+figure: the slope over the second half of the run, in MB per trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import tempfile
+from pathlib import Path
+
+import common
+import numpy as np
+
+from search import datasets, presets, storage
+from search import study as study_mod
+from search.objective import Objective, configure_tensorflow
+
+PRESET = """
+dataset = "fashion_mnist"
+trials = {trials}
+val_size = 500
+train_size = {images}
+epochs = {epochs}
+patience = 1
+seed = 5
+pruner = "none"
+max_params = 400_000
+
+[space]
+conv_layers = [1, 3]
+filters = [8, 16, 32, 64]
+kernel = [3, 5]
+pool = [true, false]
+dropout = ["none", "blocks", "flatten", "both"]
+dropout_rate = [0.0, 0.5]
+dense_layers = [1, 2]
+dense_units = [32, 64, 128]
+learning_rate = [0.0003, 0.003]
+optimizer = ["rmsprop", "adam"]
+batchnorm = [false, true]
+padding = ["valid", "same"]
+augment = [false, true]
+batch_size = [64, 128]
+"""
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--trim", action="store_true",
+                        help="call glibc's malloc_trim(0) after each trial, before reading RSS")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(tempfile.mkdtemp(prefix="memory-bench-"))
+    path = folder / "memory.toml"
+    path.write_text(PRESET.format(trials=args.trials, images=args.images, epochs=args.epochs))
+    preset = presets.load(path)
+    configure_tensorflow()
+    before_data = rss_mb()
+    images, labels = datasets.load_train("fashion_mnist", args.data_dir)
+    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    rdb = storage.open_storage(f"sqlite:///{folder / 'memory.db'}")
+    study, _ = study_mod.create_or_load(rdb, "memory", preset)
+    curve: list[tuple[int, str, str, float]] = []
+
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if args.trim:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        curve.append((trial.number, trial.state.name, trial.user_attrs.get("architecture", ""),
+                      rss_mb()))
+        print(f"trial {trial.number:2d} {trial.state.name:8s} RSS {curve[-1][3]:7.1f} MB  "
+              f"{curve[-1][2]}", flush=True)
+
+    start = rss_mb()
+    study.optimize(Objective(preset, data, flip=True, log=lambda line: None),
+                   n_trials=args.trials, catch=(Exception,), gc_after_trial=True,
+                   callbacks=[record])
+    rss = np.array([c[3] for c in curve])
+    half = len(rss) // 2
+    slope = float(np.polyfit(np.arange(half, len(rss)), rss[half:], 1)[0])
+    first_slope = float(np.polyfit(np.arange(half), rss[:half], 1)[0])
+    summary = (f"RSS {before_data:.0f} MB after importing TensorFlow, {start:.0f} MB with the "
+               f"data and storage open; after trial 1: {rss[0]:.0f} MB, after trial "
+               f"{half}: {rss[half - 1]:.0f} MB, after trial {len(rss)}: {rss[-1]:.0f} MB "
+               f"(peak {rss.max():.0f} MB). Slope: {first_slope:+.1f} MB a trial over the "
+               f"first half, {slope:+.1f} MB a trial over the second half.")
+    body = (summary + "\n\n"
+            + common.table(["trial", "state", "architecture", "RSS MB"],
+                           [[n, s, a, f"{r:.0f}"] for n, s, a, r in curve]))
+    print(summary)
+    if not args.no_write:
+        common.write_section("memory", common.section(
+            "Memory: RSS over 30 trials in one worker", body,
+            extra=f"- Study: {args.trials} trials, {args.images:,} training images, "
+                  f"{args.epochs} epochs a trial, architectures varied by the sampler"))
+
+
+if __name__ == "__main__":
+    main()

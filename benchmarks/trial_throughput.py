@@ -1,0 +1,369 @@
+"""Trial throughput: the product's training path against the lab's plain Keras code.
+
+    .venv/bin/python benchmarks/trial_throughput.py [--reps 5] [--levers] [--profile]
+        [--data-dir DIR] [--no-write]
+
+Both train the lab's Fashion test 7 network (130,890 parameters) for one epoch on the 55,000
+training images and validate on the 5,000 held-out ones, as every trial does:
+
+- the lab: float32 arrays scaled in NumPy, one-hot labels, `model.fit(x, y, batch_size=64,
+  validation_data=...)` with Keras' defaults (jit_compile="auto");
+- ours: `search.space.build` and `search.objective.fit`, the code path of every trial, with
+  the settings of studies/fashion_mnist.toml.
+
+The two alternate (A B B A ...) in one process, after one warm-up epoch each, so a slow spell
+of a shared machine hits both; the figure is the median of the pairwise ratios.
+
+--levers measures each candidate speed-up alone on chunks of the training set, interleaved
+the same way: input pipeline, steps_per_execution, batch size, bfloat16, XLA, validation
+cost, and TensorFlow's thread pools (in child processes, since they are fixed at start-up).
+--profile runs TensorFlow's profiler over the trial path and prints where a step's time goes.
+
+Nothing outside this repository is read except the Fashion-MNIST IDX files (--data-dir, else
+Debian's dataset-fashion-mnist). It runs unchanged on a GPU machine and names the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+from search import datasets, presets
+from search.objective import VAL_BATCH, configure_tensorflow, fit
+from search.space import Config, build, size
+
+SECTION = "trial_throughput"
+
+
+def lab_config() -> Config:
+    preset = presets.load("fashion_mnist")
+    return next(b.config for b in preset.baselines if b.name == "lab test 7")
+
+
+def device_name() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)} ({len(gpus)} visible)"
+    return f"CPU: {common.cpu_model()} ({common.nproc()} cores), no GPU visible to TensorFlow"
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# The headline: one full epoch each way.
+# ---------------------------------------------------------------------------------------------
+def headline(data: datasets.Split, reps: int, batch_sizes: list[int]) -> tuple[str, list[str]]:
+    import keras
+
+    preset = presets.load("fashion_mnist")
+    base = lab_config()
+    n = len(data.x_train)
+    xf, yf = common.lab_arrays(data.x_train, data.y_train)
+    xvf, yvf = common.lab_arrays(data.x_val, data.y_val)
+
+    runners: dict[str, Callable[[], object]] = {}
+    keras.utils.set_random_seed(0)
+    lab: Any = common.lab_model(base)
+    runners["lab"] = lambda: lab.fit(xf, yf, batch_size=64, epochs=1, validation_data=(xvf, yvf),
+                                     verbose=0)
+    for batch in batch_sizes:
+        config = replace(base, batch_size=batch)
+        model = build(config, steps_per_execution=preset.steps_per_execution)
+
+        def ours(model: Any = model, config: Config = config) -> object:
+            return fit(model, config, data.x_train, data.y_train, epochs=1,
+                       validation=(data.x_val, data.y_val))
+
+        runners[f"ours, batch {batch}"] = ours
+    assert size(base).params == lab.count_params() == 130_890
+    for name, run in runners.items():  # warm-up epoch: tracing, allocator, caches
+        print(f"warm-up: {name} {timed(run):.1f} s", flush=True)
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            seconds[name].append(timed(runners[name]))
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()),
+              flush=True)
+    rows, verdicts = [], []
+    for name in names:
+        rate = [n / s for s in seconds[name]]
+        ratio = [lab_s / s for lab_s, s in zip(seconds["lab"], seconds[name], strict=True)]
+        row = [name, common.spread(seconds[name], ".1f"), common.spread(rate)]
+        if name == "lab":
+            row += ["1.00", "-"]
+        else:
+            met = common.median(ratio) >= 1.5
+            row += [common.spread(ratio, ".2f"), "met" if met else "not met"]
+            verdicts.append(f"{name}: {common.median(ratio):.2f}x the lab's samples/s")
+        rows.append(row)
+    body = (f"One epoch of the lab's test 7 network on {n:,} images plus validation on "
+            f"{len(data.x_val):,}, {reps} interleaved repetitions after a warm-up epoch each; "
+            f"ours uses steps_per_execution={preset.steps_per_execution} "
+            "(studies/fashion_mnist.toml). Ratio: the lab's seconds / ours, pair by pair.\n\n"
+            + common.table(["code", "seconds per epoch, median (min-max)",
+                            "samples/s, median (min-max)", "ratio to the lab", "target >= 1.5x"],
+                           rows))
+    return body, verdicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Levers, each alone, on chunks of the training set.
+# ---------------------------------------------------------------------------------------------
+def lever_model(config: Config, *, spe: int = 1, jit: bool = False,
+                policy: str = "float32") -> Any:
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build(config, steps_per_execution=spe)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    if jit:
+        model.compile(optimizer=type(model.optimizer)(learning_rate=config.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=spe, jit_compile=True)
+    return model
+
+
+def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int) -> Any:
+    import tensorflow as tf
+
+    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x))
+            .batch(batch).prefetch(tf.data.AUTOTUNE))
+
+
+def levers(data: datasets.Split, reps: int, images: int) -> str:
+    import keras
+
+    base = lab_config()
+    x, y = data.x_train[:images], data.y_train[:images]
+    xf, yf = common.lab_arrays(x, y)
+
+    def with_batch(batch: int) -> Config:
+        return replace(base, batch_size=batch)
+
+    def numpy_fit(model: Any, batch: int) -> Callable[[], object]:
+        return lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+
+    def lab_run() -> Callable[[], object]:
+        model: Any = common.lab_model(base)
+        return lambda: model.fit(xf, yf, batch_size=64, epochs=1, verbose=0)
+
+    def tf_data_run() -> Callable[[], object]:
+        model = lever_model(base)
+        return lambda: model.fit(tf_dataset(x, y, 64), epochs=1, verbose=0)
+
+    variants: dict[str, Callable[[], Callable[[], object]]] = {
+        "lab: float32 NumPy, one-hot, batch 64": lab_run,
+        "uint8 in memory, scaled in the graph (NumPy into fit)": lambda: numpy_fit(
+            lever_model(base), 64),
+        "uint8 through tf.data, shuffle + prefetch": tf_data_run,
+        **{f"steps_per_execution {spe}": (lambda spe=spe: numpy_fit(lever_model(base, spe=spe),
+                                                                    64))
+           for spe in (4, 16, 64)},
+        **{f"batch {b}": (lambda b=b: numpy_fit(lever_model(with_batch(b)), b))
+           for b in (128, 256)},
+        "mixed_bfloat16 policy": lambda: numpy_fit(lever_model(base, policy="mixed_bfloat16"),
+                                                   64),
+        "XLA (jit_compile=True)": lambda: numpy_fit(lever_model(base, jit=True), 64),
+    }
+    runs = {}
+    for name, make in variants.items():
+        keras.utils.set_random_seed(0)
+        runs[name] = make()
+        runs[name]()  # warm-up: tracing
+    val_model = lever_model(base)
+    val_model.evaluate(data.x_val, data.y_val, batch_size=64, verbose=0)
+    val_model.evaluate(data.x_val, data.y_val, batch_size=VAL_BATCH, verbose=0)
+
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    val: dict[int, list[float]] = {64: [], VAL_BATCH: []}
+    names = list(runs)
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            seconds[name].append(timed(runs[name]))
+        for batch in val:
+            val[batch].append(timed(lambda b=batch: val_model.evaluate(
+                data.x_val, data.y_val, batch_size=b, verbose=0)))
+        print(f"levers rep {rep + 1}/{reps} done", flush=True)
+    lab_name = names[0]
+    rows = []
+    for name in names:
+        ratio = [a / b for a, b in zip(seconds[lab_name], seconds[name], strict=True)]
+        rows.append([name, common.spread([images / s for s in seconds[name]]),
+                     common.spread(ratio, ".2f")])
+    epoch_s = common.median(seconds[names[1]]) * len(data.x_train) / images
+    val_rows = [[f"validation of {len(data.x_val):,} images at batch {b}",
+                 common.spread(v, ".2f"), f"{common.median(v) / epoch_s:.1%}"]
+                for b, v in val.items()]
+    return (f"Each lever alone on the test 7 network, {images:,}-image chunks, {reps} "
+            "interleaved repetitions; ratio to the lab's code, pair by pair.\n\n"
+            + common.table(["variant", "samples/s, median (min-max)", "ratio to the lab"], rows)
+            + "\n\nValidation cost per epoch (forward pass only), against one training epoch of "
+              "55,000 images on the uint8 path:\n\n"
+            + common.table(["what", "seconds, median (min-max)", "share of an epoch"],
+                           val_rows))
+
+
+def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> None:
+    """One child: pin the pools, warm up, time one chunk on the trial path, print JSON."""
+    import os
+
+    configure_tensorflow()  # imports TF quietly; the pools are still unset until the first op
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    images_all, labels = datasets.load_train("fashion_mnist", Path(data_dir) if data_dir else None)
+    data = datasets.split(images_all, labels, 5000)
+    x, y = data.x_train[:images], data.y_train[:images]
+    config = lab_config()
+    model = build(config)
+    model.fit(x[:1280], y[:1280], batch_size=64, epochs=1, verbose=0)
+    seconds = timed(lambda: fit(model, config, x, y, epochs=1))
+    print(json.dumps({"intra": intra, "inter": inter, "seconds": seconds,
+                      "pid": os.getpid()}))
+
+
+def threads(reps: int, images: int, data_dir: Path | None) -> str:
+    n = common.nproc()
+    settings = sorted({(n, n), (n, 1), (1, 1), (max(1, n // 2), 1)}, reverse=True)
+    seconds: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
+    for rep in range(reps):
+        for intra, inter in (settings if rep % 2 == 0 else settings[::-1]):
+            cmd = [sys.executable, __file__, "--thread-child", str(intra), str(inter),
+                   "--lever-images", str(images)]
+            if data_dir:
+                cmd += ["--data-dir", str(data_dir)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            seconds[intra, inter].append(json.loads(out.strip().splitlines()[-1])["seconds"])
+        print(f"threads rep {rep + 1}/{reps} done", flush=True)
+    default = (n, n)
+    rows = [[f"intra {a}, inter {b}" + (" (TensorFlow's default)" if (a, b) == default else ""),
+             common.spread([images / s for s in v]),
+             common.spread([d / s for d, s in zip(seconds[default], v, strict=True)], ".2f")]
+            for (a, b), v in seconds.items()]
+    return (f"TensorFlow's thread pools on the trial path (one process at a time, {images:,} "
+            f"images, {reps} interleaved repetitions, each in a fresh process):\n\n"
+            + common.table(["threads", "samples/s, median (min-max)",
+                            "ratio to the default"], rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile: where a step's time goes.
+# ---------------------------------------------------------------------------------------------
+def profile(data: datasets.Split, steps: int) -> str:
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    preset = presets.load("fashion_mnist")
+    out = []
+    for batch in (64, 128):
+        config = replace(lab_config(), batch_size=batch)
+        model = build(config, steps_per_execution=preset.steps_per_execution)
+        x, y = data.x_train[:batch * steps], data.y_train[:batch * steps]
+        fit(model, config, x[:batch * 10], y[:batch * 10], epochs=1)
+        logdir = tempfile.mkdtemp(prefix="tf-profile-")
+        tf.profiler.experimental.start(logdir)
+        wall = timed(lambda m=model, c=config, a=x, b=y: fit(m, c, a, b, epochs=1))
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        path = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
+        space.ParseFromString(Path(path).read_bytes())
+        by_kind: collections.Counter[str] = collections.Counter()
+        for plane in space.planes:
+            if plane.name != "/host:CPU":
+                continue
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):
+                    continue
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    if ":" not in name:
+                        continue  # executor bookkeeping, not a kernel
+                    scope, kind = name.rsplit(":", 1)
+                    layer = next((p for p in scope.split("/") if p.startswith(
+                        ("conv2d", "dense", "max_pooling", "rescaling", "flatten"))), "other")
+                    if "gradient_tape" in scope:
+                        layer += " backward"
+                    by_kind[f"{kind} ({layer})"] += event.duration_ps / 1e12
+        total = sum(by_kind.values())
+        rows = [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in by_kind.most_common(10)]
+        out.append(f"Batch {batch}: {steps} steps in {wall:.2f} s ({wall / steps * 1000:.1f} ms a "
+                   f"step, {batch * steps / wall:.0f} samples/s); kernel time summed over "
+                   f"TensorFlow's compute threads {total:.2f} s; the ten largest:\n\n"
+                   + common.table(["kernel (layer)", "seconds", "share"], rows))
+    return ("TensorFlow's profiler (tf.profiler.experimental) over the trial path:\n\n"
+            + "\n\n".join(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of each epoch")
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 128],
+                        help="batch sizes of our path (the lab's is 64)")
+    parser.add_argument("--levers", action="store_true", help="also measure each lever")
+    parser.add_argument("--lever-reps", type=int, default=5)
+    parser.add_argument("--lever-images", type=int, default=12_800)
+    parser.add_argument("--profile", action="store_true", help="also profile the trial path")
+    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--images", type=int, help="train on fewer images (a quick check)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--thread-child", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.thread_child:
+        thread_child(*args.thread_child, args.lever_images,
+                     str(args.data_dir) if args.data_dir else None)
+        return
+
+    configure_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    device = device_name()
+    print(f"Device: {device}; TensorFlow {tf.__version__}, Keras {keras.__version__}",
+          flush=True)
+    images, labels = datasets.load_train("fashion_mnist", args.data_dir)
+    data = datasets.split(images, labels, 5000, args.images)
+    body, verdicts = headline(data, args.reps, args.batch)
+    parts = [body]
+    if args.levers:
+        parts.append(levers(data, args.lever_reps, args.lever_images))
+        parts.append(threads(args.lever_reps, args.lever_images, args.data_dir))
+    if args.profile:
+        parts.append(profile(data, steps=200))
+    text = "\n\n".join(parts)
+    print(text)
+    print("\n".join(verdicts))
+    if not args.no_write:
+        name = SECTION if not tf.config.list_physical_devices("GPU") else SECTION + "_gpu"
+        title = "1. Trial throughput against the lab's code" + (
+            " (GPU)" if name.endswith("gpu") else "")
+        common.write_section(name, common.section(
+            title, text, extra=f"- Device: {device}; TensorFlow {tf.__version__}, "
+                               f"Keras {keras.__version__}"))
+
+
+if __name__ == "__main__":
+    main()
