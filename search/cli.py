@@ -13,12 +13,9 @@ from typing import Any
 import click
 
 from search import storage as storage_mod
-from search.datasets import DATASETS, DataError
-from search.presets import OBJECTIVES, PresetError
-from search.storage import StorageError
-from search.study import StudyError
-
-USER_ERRORS = (DataError, PresetError, StorageError, StudyError)
+from search.datasets import DATASETS
+from search.presets import OBJECTIVES
+from search.study import USER_ERRORS, StudyError
 
 
 class Group(click.Group):
@@ -41,10 +38,22 @@ class Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             else:
-                first = str(e).splitlines()[0] if str(e) else ""
+                first = storage_mod.scrub(str(e).splitlines()[0] if str(e) else "",
+                                          _storage_argument())
                 click.echo(f"Error: unexpected {type(e).__name__}: {first} "
                            "(rerun with --debug for the full traceback).", err=True)
             sys.exit(1)
+
+
+def _storage_argument() -> str | None:
+    """The storage URL this command was given, to scrub its password from stray messages."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--storage="):
+            return arg.split("=", 1)[1]
+        if arg == "--storage" and i + 1 < len(args):
+            return args[i + 1]
+    return os.environ.get(storage_mod.ENV_URL)
 
 
 def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,8 +92,11 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, str]:
-    """Load a study for a read-only command, never creating an empty database."""
+def existing_storage(url: str | None, study_name: str | None) -> tuple[Any, str, str]:
+    """The storage of a study that must already exist, its URL and the study's name.
+
+    Never creates an empty database; without --study, the storage's only study is meant.
+    """
     from search import study as study_mod
 
     url = storage_mod.resolve(url)
@@ -98,6 +110,14 @@ def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, st
                    else "no studies.")
             )
         study_name = available[0]
+    return rdb, url, study_name
+
+
+def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, str]:
+    """Load a study for a read-only command, never creating an empty database."""
+    from search import study as study_mod
+
+    rdb, url, study_name = existing_storage(url, study_name)
     study, preset = study_mod.load(rdb, study_name)
     return study, preset, url
 
@@ -166,12 +186,19 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
-    chosen = dataclasses.replace(chosen, max_params=max_params or chosen.max_params,
-                                 objective=objective or chosen.objective)
-    total = trials or chosen.trials
     name = study_name or chosen.name
     url = storage_mod.resolve(url)
     rdb = storage_mod.open_storage(url)
+    stored_total = None
+    if name in study_mod.names(rdb):
+        # Resuming: what this command leaves out keeps the study's own settings, not the
+        # preset file's defaults.
+        old_study, old = study_mod.load(rdb, name)
+        chosen = dataclasses.replace(chosen, max_params=old.max_params, objective=old.objective)
+        stored_total = old_study.user_attrs.get("trials")
+    chosen = dataclasses.replace(chosen, max_params=max_params or chosen.max_params,
+                                 objective=objective or chosen.objective)
+    total = trials or stored_total or chosen.trials
     study, created = study_mod.create_or_load(rdb, name, chosen)
     study_mod.set_total(study, total)
     lost = study_mod.recover(study)
@@ -187,6 +214,7 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
                           fresh=created, data_dir=str(data_dir) if data_dir else None,
                           log=click.echo)
     _print_best(study)
+    _check_reached(study, total)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
@@ -209,15 +237,7 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
     from search import study as study_mod
     from search import workers as workers_mod
 
-    url = storage_mod.resolve(url)
-    rdb = storage_mod.open_storage(url, must_exist=True)
-    if study_name is None:
-        available = study_mod.names(rdb)
-        if len(available) != 1:
-            raise StudyError("Pass --study NAME; this storage holds "
-                             + (f"{len(available)} studies: {', '.join(available)}."
-                                if available else "no studies."))
-        study_name = available[0]
+    rdb, url, study_name = existing_storage(url, study_name)
     study, preset = study_mod.load(rdb, study_name)
     total = study_mod.stored_total(study)
     lost = study_mod.recover(study)
@@ -231,6 +251,17 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
                           fresh=False, data_dir=str(data_dir) if data_dir else None,
                           log=click.echo)
     _print_best(study)
+    _check_reached(study, total)
+
+
+def _check_reached(study: Any, total: int) -> None:
+    """A worker that gave up (trials failing in a row) is a failure, not a success."""
+    from search import study as study_mod
+
+    done = study_mod.finished(study)
+    if done < total:
+        raise StudyError(f"Stopped with {done} of {total} trials finished because trials kept "
+                         "failing; 'search status' shows their reasons.")
 
 
 def _echo_lost(numbers: list[int]) -> None:
@@ -399,6 +430,3 @@ def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
                + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped
                   else "."))
 
-
-def main() -> None:  # pragma: no cover
-    cli()

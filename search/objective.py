@@ -131,6 +131,11 @@ def fit(
     return history
 
 
+# What a trial writes as it trains; a retried trial clears what it inherited.
+RUN_RECORD: dict[str, Any] = {
+    "epochs_trained": 0, "best_epoch": None, "val_loss": None, "val_accuracy": None,
+    "seconds_per_epoch": None, "curves": {}, "reason": "",
+}
 MEMORY_SHARE = 0.5  # a trial may plan to use at most this share of the available memory
 
 
@@ -141,7 +146,7 @@ def available_memory() -> int | None:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -174,20 +179,24 @@ class Objective:
         from optuna_integration import KerasPruningCallback
 
         config = suggest(trial, self.preset.space)
-        cost = size(config)
         seed = trial_seed(self.preset, trial.number)
+        if "epochs_trained" in trial.user_attrs:
+            # A retry of a trial whose worker died inherits its user attributes; its own
+            # record starts empty.
+            for key, empty in RUN_RECORD.items():
+                trial.set_user_attr(key, empty)
         for key, value in {
             "architecture": describe(config),
-            "params": cost.params,
-            "mflops": round(cost.flops / 1e6, 3),
             "seed": seed,
             "config": config.to_json(),
         }.items():
             trial.set_user_attr(key, value)
-
         reason = impossible(config)
-        if reason:
+        if reason:  # its size would be meaningless: the map shrinks below zero
             reject(trial, f"impossible network: {reason}")
+        cost = size(config)
+        trial.set_user_attr("params", cost.params)
+        trial.set_user_attr("mflops", round(cost.flops / 1e6, 3))
         if self.preset.max_params and cost.params > self.preset.max_params:
             reject(trial, f"{cost.params:,} parameters exceed the budget of "
                           f"{self.preset.max_params:,}")
@@ -247,8 +256,8 @@ class Objective:
             raise
         finally:
             del model
-        if "reason" in trial.user_attrs or not history.val_loss:
-            reject(trial, trial.user_attrs.get("reason", "no epoch finished"))
+        if trial.user_attrs.get("reason") or not history.val_loss:
+            reject(trial, trial.user_attrs.get("reason") or "no epoch finished")
         best_loss = history.val_loss[history.best_epoch - 1]
         if self.preset.multi_objective:
             return best_loss, float(cost.params)
@@ -264,8 +273,8 @@ def summary(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "val_loss": attrs.get("val_loss"),
         "val_accuracy": attrs.get("val_accuracy"),
         "params": attrs.get("params"),
-        "epochs": attrs.get("epochs_trained", 0),
+        "epochs": attrs.get("epochs_trained") or 0,
         "seconds": (trial.duration.total_seconds() if trial.duration else None),
         "architecture": attrs.get("architecture", ""),
-        "reason": attrs.get("reason", ""),
+        "reason": attrs.get("reason") or "",
     }

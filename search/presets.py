@@ -42,7 +42,7 @@ class PresetError(Exception):
 class Baseline:
     name: str
     config: Config
-    params: int  # the count the lab reported; checked against the builder
+    params: int  # the count the lab reported; a preset that disagrees with size() is refused
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,24 @@ class Preset:
     steps_per_execution: int = 1
     baselines: tuple[Baseline, ...] = ()
 
-    def fingerprint(self) -> str:
-        """A hash of everything that makes two trials comparable: data, budget and space."""
+    def _comparable(self) -> dict[str, Any]:
+        """Everything that makes two trials comparable: data, budget, objective and space."""
         data = asdict(self)
         for key in ("name", "description", "trials", "max_params", "max_mflops",
                     "steps_per_execution"):
             data.pop(key)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        return data
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self._comparable(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def differences(self, other: Preset) -> list[str]:
+        """The settings (space axes by name) in which two presets' trials differ."""
+        mine, theirs = self._comparable(), other._comparable()
+        keys = [k for k in mine if k != "space" and mine[k] != theirs[k]]
+        keys += [f"space.{k}" for k in mine["space"] if mine["space"][k] != theirs["space"][k]]
+        return keys
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -187,7 +198,11 @@ def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
     reason = impossible(config)
     if reason:
         raise _fail(path, where, f"cannot be built: {reason}")
-    params = table.get("params", size(config).params)
+    counted = size(config).params
+    params = table.get("params", counted)
+    if params != counted:
+        raise _fail(path, f"{where}.params", f"says {params!r}, but this network has "
+                    f"{counted:,} parameters")
     return Baseline(name=str(table.get("name", f"baseline {i}")), config=config, params=params)
 
 

@@ -8,7 +8,6 @@ predictions; the search itself never does.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -73,8 +72,7 @@ class Report:
 
 def default_dir(study_name: str) -> Path:
     """storage/reports/STUDY/, with the study name made safe as a folder name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip(".") or "study"
-    return storage_mod.home() / "reports" / safe
+    return storage_mod.home() / "reports" / storage_mod.safe_name(study_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +183,9 @@ def row(trial: FrozenTrial, config: Config) -> Row:
 def table_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The lab's runs (whatever became of them) and the search's best completed trials."""
     trials = study.get_trials(deepcopy=False)
-    lab = [t for t in trials if "baseline" in t.user_attrs and t.state != TrialState.RUNNING]
+    # A lab run killed with its worker is retried as a new trial: show the retry only.
+    lab = [t for t in trials if "baseline" in t.user_attrs
+           and t.state not in (TrialState.RUNNING, TrialState.FAIL)]
     ours = sorted((t for t in complete(study) if "baseline" not in t.user_attrs),
                   key=_value_target)[:TOP]
     chosen = [t for t in lab + ours if config_of(t) is not None]
@@ -730,8 +730,10 @@ def markdown(study: optuna.Study, preset: Preset, report: Report,
     out: list[str] = [
         f"# Study `{study.study_name}`",
         "",
-        f"Dataset **{preset.dataset}**, preset `{preset.name}`, pruner {preset.pruner}. "
-        f"Each trial trained on {train_images:,} images and validated on the first "
+        f"Dataset **{preset.dataset}**, preset `{preset.name}`, "
+        + ("objectives val_loss and parameters, no pruning. " if preset.multi_objective
+           else f"pruner {preset.pruner}. ")
+        + f"Each trial trained on {train_images:,} images and validated on the first "
         f"{preset.val_size:,} training images, for at most {preset.epochs} epochs with early "
         f"stopping (patience {preset.patience}). The objective is the best epoch's {METRIC}, "
         "minimised.",

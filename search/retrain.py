@@ -16,6 +16,7 @@ from search import datasets
 from search.objective import History, Log, configure_tensorflow, fit
 from search.presets import Preset
 from search.space import Config, build, describe, impossible, size
+from search.storage import safe_name
 from search.study import StudyError, best
 
 
@@ -122,7 +123,7 @@ def retrain(
     # The only place the test set is read.
     x_test, y_test = datasets.load_test(preset.dataset, data_dir)
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
-    path = out_dir / "models" / f"{study.study_name}-trial{trial.number}.keras"
+    path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
     result = Result(
         trial=trial.number, architecture=describe(config), params=size(config).params,
         epochs=epochs, seed=seed, train_images=len(images), test_loss=float(test_loss),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -35,6 +36,11 @@ class StorageError(Exception):
 def home() -> Path:
     """The folder for the embedded database, saved models and reports."""
     return Path(os.environ.get(ENV_DIR, "storage")).resolve()
+
+
+def safe_name(study_name: str) -> str:
+    """A study name made safe as a file or folder name under storage/."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip(".") or "study"
 
 
 def default_url() -> str:
@@ -68,9 +74,12 @@ def parse(url: str) -> URL:
 def masked(url: str) -> str:
     """The URL as it may be printed: SQLAlchemy's rendering with the password as ***."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "<malformed URL>"
+    if "password" in parsed.query:  # libpq also takes ?password=...
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -119,11 +128,12 @@ def scrub(text: str, url: str | None = None) -> str:
     secrets = {os.environ.get("PGPASSWORD", "")}
     if url:
         try:
-            password = make_url(url).password
+            parsed = make_url(url)
         except (ArgumentError, ValueError):
-            password = None
-        if password:
-            secrets |= {str(password), quote(str(password), safe="")}
+            parsed = None
+        for password in (parsed.password, parsed.query.get("password")) if parsed else ():
+            if password and isinstance(password, str):
+                secrets |= {password, quote(password, safe="")}
     for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, "***")
@@ -211,7 +221,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RETRIES),
             )
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+    except sqlalchemy.exc.DBAPIError as e:  # refused, unreachable, not a database, no rights
         # The driver's message can quote the URL; keep only its first line, without secrets.
         detail = scrub(str(e.orig if getattr(e, "orig", None) else e).splitlines()[0], url)
         raise StorageError(f"Cannot open the storage {masked(url)}: {detail}") from None

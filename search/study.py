@@ -29,6 +29,10 @@ class StudyError(Exception):
     """The study does not exist, or does not match what the user asked for."""
 
 
+# Every mistake a user can make ends in one of these, each with a sentence that says what to do.
+USER_ERRORS = (datasets.DataError, presets.PresetError, storage_mod.StorageError, StudyError)
+
+
 def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
     # Each worker gets its own seed so parallel workers do not suggest the same configuration.
     return optuna.samplers.TPESampler(seed=preset.seed + worker, n_startup_trials=10)
@@ -96,10 +100,11 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
                 f"--study NEW_NAME to start a new study."
             )
         if old.fingerprint() != preset.fingerprint():
+            changed = ", ".join(old.differences(preset))
             raise StudyError(
                 f"Study '{name}' was made with a different preset or search space "
-                f"({old.name}); pass --study NEW_NAME to start a new study, or restore the "
-                "preset to continue this one."
+                f"({old.name}; differs in {changed}); pass --study NEW_NAME to start a new "
+                "study, or restore the preset to continue this one."
             )
         name_metric(study, preset)
         if old.to_json() != preset.to_json():

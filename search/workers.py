@@ -23,11 +23,8 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 from search import storage as storage_mod
-from search.datasets import DataError
-from search.objective import Log
-from search.presets import PresetError
-from search.storage import StorageError
-from search.study import StudyError
+from search.objective import Log, available_memory
+from search.study import USER_ERRORS, StudyError
 
 if TYPE_CHECKING:
     import optuna
@@ -42,24 +39,12 @@ WORKER_BYTES = 3 * 2**29
 # at many times a real search's write rate: benchmarks/worker_scaling.py sqlite-limit). `auto`
 # stays within what was measured; beyond it, use PostgreSQL.
 SQLITE_WORKERS = 64
-USER_ERRORS = (DataError, PresetError, StorageError, StudyError)
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
 
 
 def cores() -> int:
     """The cores this process may run on (a container's or taskset's share, not the host's)."""
     return len(os.sched_getaffinity(0))
-
-
-def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def auto_count(url: str) -> int:

@@ -14,10 +14,11 @@ from search.cli import cli
 from tests.conftest import write_preset
 
 OPENED: list[str] = []
+RECORDING = [False]
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:
-    if event == "open" and isinstance(args[0], str | bytes | Path):
+    if RECORDING[0] and event == "open" and isinstance(args[0], str | bytes | Path):
         OPENED.append(str(args[0]))
 
 
@@ -65,6 +66,10 @@ def test_search_prunes_records_and_resumes_to_the_same_total(
     result = run("start", "--preset", str(tiny_preset), "--trials", "5")
     assert result.exit_code == 0 and "nothing to do" in result.output
     assert len(trials(private_storage)) == 5
+    # Without --trials, a resumed study keeps its own total, not the preset's default (4).
+    result = run("start", "--preset", str(tiny_preset))
+    assert result.exit_code == 0 and "5 trials" in result.output
+    assert "nothing to do" in result.output and len(trials(private_storage)) == 5
 
     status = run("status", "--study", "tiny")
     assert status.exit_code == 0
@@ -81,7 +86,11 @@ def test_the_search_never_reads_the_test_set(
         shutil.copy(fashion_dir / name, data / name)
     preset = write_preset(tmp_path)
     OPENED.clear()
-    result = run("start", "--preset", str(preset), "--trials", "2", "--data-dir", str(data))
+    RECORDING[0] = True
+    try:
+        result = run("start", "--preset", str(preset), "--trials", "2", "--data-dir", str(data))
+    finally:
+        RECORDING[0] = False
     assert result.exit_code == 0, result.output
     assert any("train-images" in p for p in OPENED)  # the hook does see the data files
     assert not [p for p in OPENED if "t10k" in p]

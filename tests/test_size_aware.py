@@ -62,6 +62,8 @@ def test_multi_objective_search_shows_a_pareto_front_and_retrains_any_trial(
     assert result.exit_code == 0, result.output
     assert (private_storage / "reports" / "tiny" / "optimization_history.png").is_file()
 
-    # Switching an existing study to the other objective is refused, not mixed.
-    result = run("start", "--preset", str(tiny_preset), "--trials", "4")
+    # Resuming without --objective keeps the study's own; switching it is refused, not mixed.
+    result = run("start", "--preset", str(tiny_preset))
+    assert result.exit_code == 0 and "no pruning" in result.output, result.output
+    result = run("start", "--preset", str(tiny_preset), "--objective", "val_loss")
     assert result.exit_code == 1 and "different preset or search space" in result.output

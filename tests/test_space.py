@@ -8,7 +8,7 @@ import pytest
 from search import presets
 from search.space import Config, Conv, build, describe, feature_maps, impossible, size, suggest
 
-# DESIGN.md's table: every one of the lab's runs, and the count its notebook printed.
+# The lab's runs and the parameter counts its notebook printed for each.
 LAB_COUNTS = {
     ("mnist", "lab test 1"): 93_322,
     ("mnist", "lab test 2"): 106_122,
