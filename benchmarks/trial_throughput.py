@@ -300,8 +300,8 @@ def profile(data: datasets.Split, steps: int) -> str:
                     continue
                 for event in line.events:
                     name = plane.event_metadata[event.metadata_id].name
-                    if ":" not in name:
-                        continue  # executor bookkeeping, not a kernel
+                    if ":" not in name or "::" in name:
+                        continue  # the executor's own events enclose the kernels: not counted
                     scope, kind = name.rsplit(":", 1)
                     layer = next((p for p in scope.split("/") if p.startswith(
                         ("conv2d", "dense", "max_pooling", "rescaling", "flatten"))), "other")
@@ -312,7 +312,8 @@ def profile(data: datasets.Split, steps: int) -> str:
         rows = [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in by_kind.most_common(10)]
         out.append(f"Batch {batch}: {steps} steps in {wall:.2f} s ({wall / steps * 1000:.1f} ms a "
                    f"step, {batch * steps / wall:.0f} samples/s); kernel time summed over "
-                   f"TensorFlow's compute threads {total:.2f} s; the ten largest:\n\n"
+                   f"TensorFlow's compute threads {total:.2f} s "
+                   f"({total / steps * 1000:.1f} ms a step); the ten largest:\n\n"
                    + common.table(["kernel (layer)", "seconds", "share"], rows))
     return ("TensorFlow's profiler (tf.profiler.experimental) over the trial path:\n\n"
             + "\n\n".join(out))

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/worker_scaling.py scaling
     .venv/bin/python benchmarks/worker_scaling.py sqlite-limit --workers 2 4 8 16
 
-`scaling` runs the same small Fashion-MNIST search twice through `search start`: one worker
-process with two TensorFlow threads, then two processes with one thread each. Every trial
+`scaling` runs the same small Fashion-MNIST search through `search start`, in turn: one worker
+process with two TensorFlow threads, then `--workers auto` (one process per core). Every trial
 trains the lab's test-7 network for a fixed number of epochs (no pruning, no early stop), and
 the rate is the epochs trained per minute between the first trial's start and the last one's
 end, read from the study. It prints the ratio, which is what transfers to another machine.
@@ -31,6 +31,8 @@ import optuna
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import common  # noqa: E402
 
 from search import presets, storage, study  # noqa: E402
 
@@ -78,28 +80,54 @@ def scaling(args: argparse.Namespace) -> None:
         baselines="\n".join(LAB_TEST_7.format(i=i) for i in range(args.trials)))
     preset_path = folder / "scaling.toml"
     preset_path.write_text(text)
-    rates = {}
-    for label, workers, threads in (("1 worker x 2 threads", 1, 2),
-                                    ("2 workers x 1 thread", 2, 1)):
-        url = f"sqlite:///{folder / (label.replace(' ', '_') + '.db')}"
-        command = [str(ROOT / ".venv/bin/search"), "start", "--preset", str(preset_path),
-                   "--storage", url, "--workers", str(workers), "--threads", str(threads)]
-        print(f"{label}: {' '.join(command)}", flush=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - started
-        trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
-        assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
-        epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
-        first = min(t.datetime_start for t in trials)
-        last = max(t.datetime_complete for t in trials)
-        minutes = (last - first).total_seconds() / 60
-        rates[label] = epochs / minutes
-        print(f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
-              f"({wall:.0f} s with start-up): {rates[label]:.2f} epochs/min", flush=True)
-    one, two = rates.values()
-    print(f"2 workers x 1 thread / 1 worker x 2 threads: {two / one:.2f}x epochs per minute "
-          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+    arms = {"1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
+            "--workers auto": ["--workers", "auto"]}
+    rates: dict[str, list[float]] = {label: [] for label in arms}
+    cores: dict[str, list[float]] = {label: [] for label in arms}
+    for rep in range(args.reps):
+        # A B, then B A: a slow spell of the shared machine hits both arms alike.
+        for label in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
+            url = f"sqlite:///{folder / f'arm{list(arms).index(label)}-{rep}.db'}"
+            command = [str(ROOT / ".venv/bin/search"), "start", "--preset", str(preset_path),
+                       "--storage", url, *arms[label]]
+            print(f"{label}: {' '.join(command)}", flush=True)
+            started = time.perf_counter()
+            before = os.times()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            after = os.times()
+            wall = time.perf_counter() - started
+            # CPU seconds of the command and every process it waited for: how many cores the
+            # arm actually got, and what an epoch cost in CPU time.
+            cpu = (after.children_user - before.children_user
+                   + after.children_system - before.children_system)
+            cores[label].append(cpu / wall)
+            trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
+            assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
+            epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
+            first = min(t.datetime_start for t in trials)
+            last = max(t.datetime_complete for t in trials)
+            minutes = (last - first).total_seconds() / 60
+            rates[label].append(epochs / minutes)
+            print(f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
+                  f"({wall:.0f} s with start-up): {rates[label][-1]:.2f} epochs/min, "
+                  f"{cpu:.0f} CPU s ({cores[label][-1]:.2f} cores busy on average)", flush=True)
+    one, auto = rates.values()
+    ratios = [b / a for a, b in zip(one, auto, strict=True)]
+    summary = (f"--workers auto / 1 worker x 2 threads: {common.median(ratios):.2f}x epochs per "
+               f"minute (pairs: {', '.join(f'{r:.2f}' for r in ratios)}); target >= 1.8x, "
+               f"{'met' if common.median(ratios) >= 1.8 else 'not met'}.")
+    print(summary)
+    body = (f"The same {args.trials} trials (the lab's test 7, {args.epochs} epochs each on "
+            f"{args.images:,} images, no pruning) through `search start`, {args.reps} "
+            "interleaved repetitions of each arm; epochs per minute between the first trial's "
+            "start and the last one's end.\n\n"
+            + common.table(["arm", "epochs per minute, median (min-max)",
+                            "cores busy (CPU s / wall s, start-up included)"],
+                           [[label, common.spread(v, ".1f"), common.spread(cores[label], ".2f")]
+                            for label, v in rates.items()])
+            + "\n\n" + summary)
+    if not args.no_write:
+        common.write_section("worker_scaling", common.section("2. Worker scaling", body))
 
 
 class Writes:
@@ -175,6 +203,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--images", type=int, default=10_000)
+    p.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each arm")
+    p.add_argument("--no-write", action="store_true", help="print only")
     p = sub.add_parser("sqlite-limit", help="storage errors with N workers on one SQLite file")
     p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--trials-per-worker", type=int, default=10)
