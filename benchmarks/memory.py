@@ -59,6 +59,37 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def isolate(models: int) -> str:
+    """The same growth without the product: plain Keras fits of one small model, in a loop."""
+    import gc
+
+    import keras
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    x = np.random.default_rng(0).integers(0, 255, (640, 28, 28), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 10, 640).astype(np.uint8)
+    rows = []
+    for i in range(1, models + 1):
+        keras.backend.clear_session(free_memory=True)
+        model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                  keras.layers.Dense(32, activation="relu"),
+                                  keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        model.fit(x, y, epochs=1, verbose=0)
+        del model
+        gc.collect()
+        if i % 5 == 0:
+            graphs = sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+            rows.append([i, f"{rss_mb():.0f}", graphs])
+            print(f"model {i}: RSS {rss_mb():.0f} MB, {graphs} FuncGraphs alive", flush=True)
+    return ("The same loop without the product: a plain two-layer Keras model compiled and "
+            "fitted for one epoch, `keras.backend.clear_session(free_memory=True)` and "
+            "`gc.collect()` between models:\n\n"
+            + common.table(["models fitted", "RSS MB", "TensorFlow FuncGraphs still alive"],
+                           rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
@@ -67,6 +98,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--trim", action="store_true",
                         help="call glibc's malloc_trim(0) after each trial, before reading RSS")
+    parser.add_argument("--isolate", type=int, metavar="MODELS", default=0,
+                        help="then fit a plain Keras model MODELS times and count what stays")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
 
@@ -110,6 +143,8 @@ def main() -> None:
             + common.table(["trial", "state", "architecture", "RSS MB"],
                            [[n, s, a, f"{r:.0f}"] for n, s, a, r in curve]))
     print(summary)
+    if args.isolate:
+        body += "\n\n" + isolate(args.isolate)
     if not args.no_write:
         common.write_section("memory", common.section(
             "Memory: RSS over 30 trials in one worker", body,
