@@ -179,7 +179,6 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     """
     from search import presets
     from search import study as study_mod
-    from search import workers as workers_mod
 
     if dataset is None and preset is None:
         raise click.UsageError("Pass --dataset or --preset.")
@@ -209,12 +208,7 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
                + ("objectives val_loss and params, no pruning."
                   if chosen.multi_objective else f"pruner {chosen.pruner}."))
     _echo_lost(lost)
-    workers_mod.run_study(study, chosen, total, storage=rdb, url=url,
-                          workers=workers_mod.count(workers, url), threads=threads,
-                          fresh=created, data_dir=str(data_dir) if data_dir else None,
-                          log=click.echo)
-    _print_best(study)
-    _check_reached(study, total)
+    _run(study, chosen, total, rdb, url, workers, threads, fresh=created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
@@ -235,7 +229,6 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
       search worker --study fashion_mnist --workers auto
     """
     from search import study as study_mod
-    from search import workers as workers_mod
 
     rdb, url, study_name = existing_storage(url, study_name)
     study, preset = study_mod.load(rdb, study_name)
@@ -246,18 +239,23 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
     click.echo(f"Joining study '{study_name}': {study_mod.finished(study)} of {total} trials "
                f"finished, {counts['RUNNING']} running.")
     _echo_lost(lost)
+    _run(study, preset, total, rdb, url, workers, threads, fresh=False, data_dir=data_dir)
+
+
+def _run(study: Any, preset: Any, total: int, rdb: Any, url: str, workers: str | int,
+         threads: int | None, *, fresh: bool, data_dir: Path | None) -> None:
+    """Run the study's trials here, print the best, and fail if the total was not reached.
+
+    A worker that gave up (trials failing in a row) is a failure, not a success.
+    """
+    from search import study as study_mod
+    from search import workers as workers_mod
+
     workers_mod.run_study(study, preset, total, storage=rdb, url=url,
                           workers=workers_mod.count(workers, url), threads=threads,
-                          fresh=False, data_dir=str(data_dir) if data_dir else None,
+                          fresh=fresh, data_dir=str(data_dir) if data_dir else None,
                           log=click.echo)
     _print_best(study)
-    _check_reached(study, total)
-
-
-def _check_reached(study: Any, total: int) -> None:
-    """A worker that gave up (trials failing in a row) is a failure, not a success."""
-    from search import study as study_mod
-
     done = study_mod.finished(study)
     if done < total:
         raise StudyError(f"Stopped with {done} of {total} trials finished because trials kept "
