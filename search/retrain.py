@@ -109,7 +109,8 @@ def retrain(
         f"on {len(images):,} images for {epochs} epochs, seed {seed}.")
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
-    model = build(config, flip=datasets.info(preset.dataset).flip_ok)
+    model = build(config, flip=datasets.info(preset.dataset).flip_ok,
+                  steps_per_execution=preset.steps_per_execution)
     history = History()
 
     def on_epoch(epoch: int) -> None:
