@@ -136,7 +136,8 @@ def test_start_and_a_joining_worker_share_a_postgresql_study_and_never_print_the
 ) -> None:
     assert postgres.password in pg_url
     preset = small_preset(tmp_path)
-    start = subprocess.Popen([SEARCH, "start", "--preset", str(preset), "--trials", "4"],
+    # Enough trials that the joining worker, which imports TensorFlow first, still finds some.
+    start = subprocess.Popen([SEARCH, "start", "--preset", str(preset), "--trials", "8"],
                              env=env(SEARCH_STORAGE=pg_url), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
@@ -152,7 +153,7 @@ def test_start_and_a_joining_worker_share_a_postgresql_study_and_never_print_the
     assert joined.returncode == 0, joined.stdout + joined.stderr
     assert "Joining study 'tiny'" in joined.stdout and "search:***@127.0.0.1" in joined.stdout
     trials = optuna.load_study(study_name="tiny", storage=pg_url).get_trials()
-    check_exact(trials, 4)
+    check_exact(trials, 8)
     by_worker = {t.user_attrs["worker"] for t in trials if t.state in study.FINISHED}
     assert len(by_worker) == 2  # the start process and the joined worker both ran trials
 
