@@ -56,6 +56,12 @@ def _storage_argument() -> str | None:
     return os.environ.get(storage_mod.ENV_URL)
 
 
+def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--data-dir, shared by every command that reads images."""
+    return click.option("--data-dir", type=click.Path(path_type=Path),
+                        help=f"Folder with the four IDX .gz files or Keras's .npz{purpose}.")
+
+
 def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--study", "study_name", metavar="NAME",
                      help="Study name. Defaults to the preset's name (the dataset's).")(f)
@@ -152,8 +158,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Preset in studies/ (NAME) or a .toml file. Defaults to the dataset's.")
 @click.option("--trials", type=click.IntRange(min=1, max=100_000),
               help="The study's total of finished trials (default: the preset's).")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Folder with the four IDX .gz files or Keras's .npz.")
+@data_dir_option()
 @click.option("--max-params", type=click.IntRange(min=1),
               help="Parameter budget: larger networks end untrained, as pruned. Overrides the "
               "preset's max_params; pruning on val_loss is kept.")
@@ -213,8 +218,7 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Folder with the four IDX .gz files or Keras's .npz.")
+@data_dir_option()
 @worker_options
 @storage_options
 def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: str | None,
@@ -330,8 +334,7 @@ def status(url: str | None, study_name: str | None) -> None:
 @cli.command("retrain-best")
 @click.option("--trial", "number", type=click.IntRange(min=0),
               help="Retrain this trial instead of the best one.")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Folder with the four IDX .gz files or Keras's .npz.")
+@data_dir_option()
 @storage_options
 def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
                  study_name: str | None) -> None:
@@ -402,8 +405,7 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for REPORT.md and the figures. Defaults to storage/reports/STUDY/.")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Folder with the four IDX .gz files or Keras's .npz (for the test figures).")
+@data_dir_option(" (for the test figures)")
 @storage_options
 def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
            study_name: str | None) -> None:
