@@ -10,7 +10,7 @@ the rate is the epochs trained per minute between the first trial's start and th
 end, read from the study. It prints the ratio, which is what transfers to another machine.
 
 `sqlite-limit` starts N processes at once on one fresh SQLite file. Each opens the storage,
-creates or joins the study and runs the real trial loop (study.run_trials, heartbeat on) with
+creates or joins the study and runs the real trial loop (loop.run_trials, heartbeat on) with
 an objective that writes what a real trial writes per epoch (an intermediate value and six
 user attributes) without training, many times faster than training would. It reports the
 storage errors ("database is locked") per N: a real search writes far less often.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
 
-from search import presets, storage, study  # noqa: E402
+from search import loop, presets, storage, study  # noqa: E402
 
 SCALING_PRESET = """
 dataset = "fashion_mnist"
@@ -156,7 +156,7 @@ def stress_worker(url: str, total: int, epochs: int, pause: float, busy: int | N
     try:
         rdb = storage.open_storage(url)
         s, _ = study.create_or_load(rdb, "stress", presets.load("demo"))
-        study.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
+        loop.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
     except Exception as e:  # every storage error counts against this many workers
         errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
     results.put(errors)

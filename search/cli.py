@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import traceback
@@ -11,11 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import optuna
 
+from search import presets, progress, retrain, workers
+from search import report as report_mod
 from search import storage as storage_mod
+from search import study as study_mod
+from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from search.datasets import DATASETS
+from search.errors import SearchError, first_line
+from search.loop import sigterm_as_interrupt
 from search.presets import OBJECTIVES
-from search.study import USER_ERRORS, StudyError
 
 
 class Group(click.Group):
@@ -24,7 +29,7 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as e:
+        except SearchError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             raise click.ClickException(str(e)) from None
@@ -38,8 +43,7 @@ class Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             else:
-                first = storage_mod.scrub(str(e).splitlines()[0] if str(e) else "",
-                                          _storage_argument())
+                first = storage_mod.scrub(first_line(e), _storage_argument())
                 click.echo(f"Error: unexpected {type(e).__name__}: {first} "
                            "(rerun with --debug for the full traceback).", err=True)
             sys.exit(1)
@@ -98,36 +102,6 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def existing_storage(url: str | None, study_name: str | None) -> tuple[Any, str, str]:
-    """The storage of a study that must already exist, its URL and the study's name.
-
-    Never creates an empty database; without --study, the storage's only study is meant.
-    """
-    from search import study as study_mod
-
-    url = storage_mod.resolve(url)
-    rdb = storage_mod.open_storage(url, must_exist=True)
-    if study_name is None:
-        available = study_mod.names(rdb)
-        if len(available) != 1:
-            raise StudyError(
-                "Pass --study NAME; this storage holds "
-                + (f"{len(available)} studies: {', '.join(available)}." if available
-                   else "no studies.")
-            )
-        study_name = available[0]
-    return rdb, url, study_name
-
-
-def open_existing(url: str | None, study_name: str | None) -> tuple[Any, Any, str]:
-    """Load a study for a read-only command, never creating an empty database."""
-    from search import study as study_mod
-
-    rdb, url, study_name = existing_storage(url, study_name)
-    study, preset = study_mod.load(rdb, study_name)
-    return study, preset, url
-
-
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="search")
@@ -141,8 +115,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
       search status
       search retrain-best
     """
-    import optuna
-
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if debug:
@@ -182,38 +154,22 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
       search start --preset demo
       search start --dataset mnist --trials 30 --study digits --data-dir ~/mnist
     """
-    from search import presets
-    from search import study as study_mod
-
     if dataset is None and preset is None:
         raise click.UsageError("Pass --dataset or --preset.")
     chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
-    name = study_name or chosen.name
-    url = storage_mod.resolve(url)
-    rdb = storage_mod.open_storage(url)
-    stored_total = None
-    if name in study_mod.names(rdb):
-        # Resuming: what this command leaves out keeps the study's own settings, not the
-        # preset file's defaults.
-        old_study, old = study_mod.load(rdb, name)
-        chosen = dataclasses.replace(chosen, max_params=old.max_params, objective=old.objective)
-        stored_total = old_study.user_attrs.get("trials")
-    chosen = dataclasses.replace(chosen, max_params=max_params or chosen.max_params,
-                                 objective=objective or chosen.objective)
-    total = trials or stored_total or chosen.trials
-    study, created = study_mod.create_or_load(rdb, name, chosen)
-    study_mod.set_total(study, total)
-    lost = study_mod.recover(study)
-    done = study_mod.finished(study)
-    click.echo(f"Storage: {storage_mod.describe(url)}")
-    click.echo(f"Study '{name}' ({'new' if created else f'resuming, {done} finished'}): "
-               f"{total} trials, preset {chosen.name}, "
+    run = study_mod.prepare(chosen, url=url, name=study_name, trials=trials,
+                            max_params=max_params, objective=objective)
+    done = study_mod.finished(run.study)
+    click.echo(f"Storage: {storage_mod.describe(run.url)}")
+    click.echo(f"Study '{run.study.study_name}' "
+               f"({'new' if run.created else f'resuming, {done} finished'}): {run.total} trials, "
+               f"preset {run.preset.name}, "
                + ("objectives val_loss and params, no pruning."
-                  if chosen.multi_objective else f"pruner {chosen.pruner}."))
-    _echo_lost(lost)
-    _run(study, chosen, total, rdb, url, workers, threads, fresh=created, data_dir=data_dir)
+                  if run.preset.multi_objective else f"pruner {run.preset.pruner}."))
+    _echo_lost(run.lost)
+    _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
@@ -232,61 +188,37 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
       export SEARCH_STORAGE=postgresql+psycopg://search@db-host/search
       search worker --study fashion_mnist --workers auto
     """
-    from search import study as study_mod
-
-    rdb, url, study_name = existing_storage(url, study_name)
-    study, preset = study_mod.load(rdb, study_name)
-    total = study_mod.stored_total(study)
-    lost = study_mod.recover(study)
-    counts = study_mod.counts(study)
-    click.echo(f"Storage: {storage_mod.describe(url)}")
-    click.echo(f"Joining study '{study_name}': {study_mod.finished(study)} of {total} trials "
-               f"finished, {counts['RUNNING']} running.")
+    run = study_mod.open_existing(url, study_name)
+    total = study_mod.stored_total(run.study)
+    lost = study_mod.recover(run.study)
+    running = study_mod.counts(run.study)["RUNNING"]
+    click.echo(f"Storage: {storage_mod.describe(run.url)}")
+    click.echo(f"Joining study '{run.study.study_name}': {study_mod.finished(run.study)} of "
+               f"{total} trials finished, {running} running.")
     _echo_lost(lost)
-    _run(study, preset, total, rdb, url, workers, threads, fresh=False, data_dir=data_dir)
+    _run(run, total, workers, threads, fresh=False, data_dir=data_dir)
 
 
-def _run(study: Any, preset: Any, total: int, rdb: Any, url: str, workers: str | int,
-         threads: int | None, *, fresh: bool, data_dir: Path | None) -> None:
+def _run(run: study_mod.Opened, total: int, count: str | int, threads: int | None, *,
+         fresh: bool, data_dir: Path | None) -> None:
     """Run the study's trials here, print the best, and fail if the total was not reached.
 
     A worker that gave up (trials failing in a row) is a failure, not a success.
     """
-    from search import study as study_mod
-    from search import workers as workers_mod
-
-    workers_mod.run_study(study, preset, total, storage=rdb, url=url,
-                          workers=workers_mod.count(workers, url), threads=threads,
-                          fresh=fresh, data_dir=str(data_dir) if data_dir else None,
-                          log=click.echo)
-    _print_best(study)
-    done = study_mod.finished(study)
+    workers.run_study(run.study, run.preset, total, storage=run.storage, url=run.url,
+                      workers=workers.count(count, run.url), threads=threads, fresh=fresh,
+                      data_dir=str(data_dir) if data_dir else None, log=click.echo)
+    click.echo(progress.best_line(run.study))
+    done = study_mod.finished(run.study)
     if done < total:
-        raise StudyError(f"Stopped with {done} of {total} trials finished because trials kept "
-                         "failing; 'search status' shows their reasons.")
+        raise study_mod.StudyError(f"Stopped with {done} of {total} trials finished because "
+                                   "trials kept failing; 'search status' shows their reasons.")
 
 
-def _echo_lost(numbers: list[int]) -> None:
+def _echo_lost(numbers: tuple[int, ...]) -> None:
     if numbers:
         click.echo(f"Trial(s) {', '.join(f'#{n}' for n in numbers)} had lost their worker: "
                    "failed, and queued again.")
-
-
-def _print_best(study: Any) -> None:
-    from search import study as study_mod
-
-    b = study_mod.best(study)
-    if b is None:
-        click.echo("No trial has completed yet.")
-        return
-    a = b.user_attrs
-    click.echo(f"Best: trial #{b.number} val_loss {b.values[0]:.4f} val_accuracy "
-               f"{a.get('val_accuracy', float('nan')):.4f} at epoch {a.get('best_epoch')}, "
-               f"{a.get('params', 0):,} params, {a.get('architecture', '')}")
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 @cli.command()
@@ -298,37 +230,11 @@ def status(url: str | None, study_name: str | None) -> None:
     Example:
       search status --study fashion_mnist
     """
-    from search import study as study_mod
-    from search.objective import summary
-
-    study, preset, url = open_existing(url, study_name)
-    click.echo(f"Study '{study.study_name}' on {preset.dataset} (preset {preset.name}), "
-               f"{storage_mod.describe(url)}")
-    header = (f"{'#':>4} {'state':<8} {'val_loss':>8} {'val_acc':>7} {'params':>10} "
-              f"{'epochs':>6} {'seconds':>8}  architecture")
-    click.echo(header)
-    for trial in study.get_trials(deepcopy=False):
-        s = summary(trial)
-        line = (f"{s['number']:>4} {s['state']:<8} {_fmt(s['val_loss'], '.4f'):>8} "
-                f"{_fmt(s['val_accuracy'], '.4f'):>7} {_fmt(s['params'], ',d'):>10} "
-                f"{s['epochs']:>6} {_fmt(s['seconds'], '.0f'):>8}  {s['architecture']}")
-        if s["reason"] and s["state"] != "COMPLETE":
-            line += f"  ({s['reason']})"
+    opened = study_mod.open_existing(url, study_name)
+    click.echo(f"Study '{opened.study.study_name}' on {opened.preset.dataset} (preset "
+               f"{opened.preset.name}), {storage_mod.describe(opened.url)}")
+    for line in progress.status_lines(opened.study):
         click.echo(line)
-    counts = {k: v for k, v in study_mod.counts(study).items() if v}
-    click.echo("Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in counts.items()) or "none"))
-    _print_best(study)
-    front = study_mod.pareto(study)
-    if front:
-        click.echo("Pareto front (val_loss against parameters; retrain any with "
-                   "'search retrain-best --trial N'):")
-        for t in front:
-            a = t.user_attrs
-            click.echo(f"  #{t.number:<4} val_loss {t.values[0]:.4f}  val_accuracy "
-                       f"{a.get('val_accuracy', float('nan')):.4f}  {int(t.values[1]):>10,} "
-                       f"params  {a.get('architecture', '')}")
-    if "test_accuracy" in study.user_attrs:
-        click.echo(f"Retrained: test accuracy {study.user_attrs['test_accuracy']:.4f}")
 
 
 @cli.command("retrain-best")
@@ -347,11 +253,10 @@ def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
     Example:
       search retrain-best --study fashion_mnist
     """
-    from search.retrain import retrain
-
-    study, preset, url = open_existing(url, study_name)
-    result = retrain(study, preset, out_dir=storage_mod.home(), number=number,
-                     data_dir=str(data_dir) if data_dir else None, log=click.echo)
+    opened = study_mod.open_existing(url, study_name)
+    result = retrain.retrain(opened.study, opened.preset, out_dir=storage_mod.home(),
+                             number=number, data_dir=str(data_dir) if data_dir else None,
+                             log=click.echo)
     delta = (result.test_accuracy - result.lab_test_accuracy) * 100
     click.echo(f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
                f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points.")
@@ -359,10 +264,10 @@ def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Address to listen on. The dashboard has no authentication: any other "
               "address lets whoever reaches it read and delete studies.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0: any free port).")
 @storage_options
 def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> None:
@@ -373,20 +278,8 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
       search dashboard --study fashion_mnist
       search dashboard --port 8081
     """
-    from search import study as study_mod
-    from search.dashboard import DashboardError, open_dashboard
-    from search.study import sigterm_as_interrupt
-
-    url = storage_mod.resolve(url)
-    rdb = storage_mod.open_storage(url, must_exist=True)
-    if study_name is None and len(study_mod.names(rdb)) == 1:
-        study_name = study_mod.names(rdb)[0]
-    elif study_name is not None:
-        study_mod.load(rdb, study_name)  # a clear error for a name that is not there
-    try:
-        board = open_dashboard(rdb, host, port, study_name)
-    except DashboardError as e:
-        raise click.ClickException(str(e)) from None
+    rdb, url, study_name = study_mod.resolve(url, study_name, required=False)
+    board = open_dashboard(rdb, host, port, study_name)
     if board.exposed:
         click.echo(f"Warning: listening on {host}, beyond this machine. optuna-dashboard has no "
                    "authentication: anyone who can reach this port can read and delete studies.",
@@ -416,16 +309,12 @@ def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
       search report --study fashion_mnist
       search report --study demo --out reports/demo
     """
-    from search import report as report_mod
-
-    study, preset, url = open_existing(url, study_name)
-    folder = (out_dir or report_mod.default_dir(study.study_name)).resolve()
-    click.echo(f"Report on study '{study.study_name}' ({storage_mod.describe(url)}) in {folder}")
-    try:
-        written = report_mod.write(study, preset, folder,
-                                   data_dir=str(data_dir) if data_dir else None, log=click.echo)
-    except report_mod.ReportError as e:
-        raise click.ClickException(str(e)) from None
+    opened = study_mod.open_existing(url, study_name)
+    folder = (out_dir or report_mod.default_dir(opened.study.study_name)).resolve()
+    click.echo(f"Report on study '{opened.study.study_name}' ({storage_mod.describe(opened.url)})"
+               f" in {folder}")
+    written = report_mod.write(opened.study, opened.preset, folder,
+                               data_dir=str(data_dir) if data_dir else None, log=click.echo)
     click.echo(f"Wrote {written.markdown} and {len(written.figures)} figures"
                + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped
                   else "."))

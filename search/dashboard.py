@@ -16,11 +16,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
+from search.errors import SearchError
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
 
-class DashboardError(Exception):
+class DashboardError(SearchError):
     """The dashboard cannot listen where asked; the message says why and what to do."""
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from search.errors import SearchError
+
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
 SIDE = 28
 
 
-class DataError(Exception):
+class DataError(SearchError):
     """The data could not be found or read; the message says what to do."""
 
 

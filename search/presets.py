@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from search import datasets
+from search.errors import SearchError
 from search.space import (
     DROPOUT_PLACEMENTS,
     MAX_CONV_LAYERS,
@@ -34,7 +35,7 @@ PRUNERS = ("hyperband", "sha", "median", "none")
 OBJECTIVES = ("val_loss", "val_loss+params")
 
 
-class PresetError(Exception):
+class PresetError(SearchError):
     """A preset file is missing or malformed; the message names the file and the key."""
 
 

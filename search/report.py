@@ -28,8 +28,9 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from search import datasets  # noqa: E402
 from search import storage as storage_mod  # noqa: E402
-from search.objective import Log  # noqa: E402
+from search.errors import SearchError  # noqa: E402
 from search.presets import Preset  # noqa: E402
+from search.runtime import Log  # noqa: E402
 from search.space import Config  # noqa: E402
 from search.study import FINISHED, METRIC, counts  # noqa: E402
 
@@ -54,7 +55,7 @@ SEARCH_FIGURES = (HISTORY, INTERMEDIATE, IMPORTANCES, PARALLEL, SIZE)
 FINAL_FIGURES = (CURVES, CONFUSION, PREDICTIONS)
 
 
-class ReportError(Exception):
+class ReportError(SearchError):
     """The report cannot be written; the message says why."""
 
 
@@ -614,13 +615,13 @@ def _save(fig: Figure, path: Path) -> None:
 def _predict(record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The saved final model's predictions on the test set; the only read of it here."""
-    from search.objective import configure_tensorflow
+    from search.runtime import configure
 
     path = Path(record["model_path"])
     if not path.is_file():
         raise Skip(f"the final model is not at {path}; rerun 'search retrain-best'")
     log(f"  reading the test set to test {path.name} for the final model's figures")
-    configure_tensorflow()
+    configure()
     import keras
 
     try:

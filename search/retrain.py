@@ -13,11 +13,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import datasets
-from search.objective import History, Log, configure_tensorflow, fit
+from search.errors import first_line
 from search.presets import Preset
-from search.space import Config, build, describe, impossible, size
+from search.runtime import Log, configure
+from search.space import build, describe, size
 from search.storage import safe_name
-from search.study import StudyError, best
+from search.study import StudyError, best, config_of
+from search.training import History, fit
 
 
 @dataclass(frozen=True)
@@ -54,20 +56,6 @@ def pick(study: optuna.Study, number: int | None) -> FrozenTrial:
     return trial
 
 
-def config_of(trial: FrozenTrial) -> Config:
-    try:
-        config = Config.from_json(trial.user_attrs["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise StudyError(
-            f"Trial #{trial.number}'s architecture cannot be rebuilt: its stored configuration "
-            f"is missing or from an older version ({type(e).__name__}: {e})."
-        ) from None
-    reason = impossible(config)
-    if reason:
-        raise StudyError(f"Trial #{trial.number}'s architecture cannot be rebuilt: {reason}.")
-    return config
-
-
 def _save(model: object, path: Path) -> None:
     """Write to a temporary file and rename it, so a failed save leaves no half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +67,7 @@ def _save(model: object, path: Path) -> None:
     except OSError:
         raise
     except Exception as e:  # h5py and zipfile report a full disk in their own exception types
-        raise OSError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        raise OSError(first_line(e, type(e).__name__)) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -98,7 +86,7 @@ def retrain(
     config = config_of(trial)
     epochs = int(trial.user_attrs.get("best_epoch", preset.epochs))
     seed = int(trial.user_attrs.get("seed", preset.seed))
-    configure_tensorflow()
+    configure()
     import keras
 
     images, labels = datasets.load_train(preset.dataset, data_dir)

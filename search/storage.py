@@ -17,6 +17,8 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from search.errors import SearchError, first_line
+
 ENV_URL = "SEARCH_STORAGE"
 ENV_DIR = "SEARCH_DIR"
 DEFAULT_FILE = "search.db"
@@ -29,7 +31,7 @@ MAX_RETRIES = 3  # a configuration that kills its worker every time is not retri
 SQLITE_BUSY_SECONDS = 300
 
 
-class StorageError(Exception):
+class StorageError(SearchError):
     """The storage URL is wrong or the database cannot be reached; the message says which."""
 
 
@@ -223,5 +225,5 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             )
     except sqlalchemy.exc.DBAPIError as e:  # refused, unreachable, not a database, no rights
         # The driver's message can quote the URL; keep only its first line, without secrets.
-        detail = scrub(str(e.orig if getattr(e, "orig", None) else e).splitlines()[0], url)
+        detail = scrub(first_line(e.orig if getattr(e, "orig", None) else e), url)
         raise StorageError(f"Cannot open the storage {masked(url)}: {detail}") from None

@@ -1,36 +1,27 @@
-"""Studies: create or load one from a preset, enqueue the lab's runs, and run a worker."""
+"""Studies: create or load one from a preset with the lab's runs enqueued, and query it."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
+import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import datasets, presets
+from search import presets
 from search import storage as storage_mod
-from search.objective import Log, Objective, configure_tensorflow, summary
+from search.errors import SearchError
 from search.presets import Preset
-from search.space import to_params
+from search.space import Config, impossible, to_params
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-MAX_CONSECUTIVE_FAILURES = 5
 METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimised
 
 
-class StudyError(Exception):
+class StudyError(SearchError):
     """The study does not exist, or does not match what the user asked for."""
-
-
-# Every mistake a user can make ends in one of these, each with a sentence that says what to do.
-USER_ERRORS = (datasets.DataError, presets.PresetError, storage_mod.StorageError, StudyError)
 
 
 def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -67,12 +58,16 @@ def names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies()]
 
 
+def _no_study(name: str, available: list[str]) -> StudyError:
+    return StudyError(f"No study named '{name}' in this storage (studies: "
+                      f"{', '.join(available) or 'none yet'}).")
+
+
 def load(storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
          ) -> tuple[optuna.Study, Preset]:
     """An existing study and the preset it was made with."""
     if name not in names(storage):
-        known = ", ".join(names(storage)) or "none yet"
-        raise StudyError(f"No study named '{name}' in this storage (studies: {known}).")
+        raise _no_study(name, names(storage))
     # The creator writes the preset just after creating the study; wait a moment for it.
     for _ in range(50):
         study = optuna.load_study(study_name=name, storage=storage)
@@ -181,54 +176,6 @@ def pareto(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.values[0])
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a worker the way Ctrl-C does, so its running trial is not left RUNNING."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@dataclass
-class Progress:
-    """One line per finished trial: n/N, state, this trial and the best so far."""
-
-    total: int
-    log: Log
-    failures_in_a_row: int = 0
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        s = summary(trial)
-        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {s['state']}"
-        if trial.state == TrialState.COMPLETE:
-            head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
-        elif s["reason"]:
-            head += f": {s['reason']}"
-        b = best(study)
-        tail = ""
-        if b is not None:
-            tail = (f" | best #{b.number} val_loss {b.values[0]:.4f} "
-                    f"val_accuracy {b.user_attrs.get('val_accuracy', float('nan')):.4f}")
-        self.log(f"{head} | {s['architecture']}{tail}")
-        if trial.state == TrialState.FAIL:
-            self.failures_in_a_row += 1
-            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
-                         "worker (see 'search status' for the reasons).")
-                study.stop()
-        else:
-            self.failures_in_a_row = 0
-
-
 def recover(study: optuna.Study) -> list[int]:
     """Fail the trials of dead workers (silent for the grace period); return their numbers.
 
@@ -244,103 +191,97 @@ def recover(study: optuna.Study) -> list[int]:
     return sorted(running & failed)
 
 
-def run_trials(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    total: int,
-    *,
-    storage: optuna.storages.RDBStorage,
-    log: Log = print,
-    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    stop: Callable[[], bool] = lambda: False,
-) -> None:
-    """Run trials until the study holds exactly `total` finished trials, beside other workers.
+def config_of(trial: FrozenTrial) -> Config:
+    """The network a trial trained, rebuilt from its stored configuration."""
+    try:
+        config = Config.from_json(trial.user_attrs["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StudyError(
+            f"Trial #{trial.number}'s architecture cannot be rebuilt: its stored configuration "
+            f"is missing or from an older version ({type(e).__name__}: {e})."
+        ) from None
+    reason = impossible(config)
+    if reason:
+        raise StudyError(f"Trial #{trial.number}'s architecture cannot be rebuilt: {reason}.")
+    return config
 
-    Exactly, not at least. A worker takes a new trial only while the finished and running
-    trials leave a free slot, and it counts and creates that trial under a lock that every
-    worker on the storage respects (storage.exclusive), so two workers never both take the
-    last slot. The lock is let go in the objective's first line, once the trial exists, so
-    trials still train in parallel. A worker that finds every slot taken by running trials
-    waits instead of leaving: if one of those workers dies, its trial is failed when its
-    heartbeat goes stale, a retry is queued, and a waiting worker runs it.
+
+# ---------------------------------------------------------------------------------------------
+# What the commands open: a study to start or resume, or one that must already exist
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Opened:
+    """A study with the preset it runs, its storage, and that storage's URL."""
+
+    study: optuna.Study
+    preset: Preset
+    storage: optuna.storages.RDBStorage
+    url: str
+
+
+@dataclass(frozen=True)
+class Prepared(Opened):
+    """A study ready to run: its trial total, whether it is new, and the trials recovered."""
+
+    total: int = 0
+    created: bool = False
+    lost: tuple[int, ...] = ()
+
+
+def prepare(preset: Preset, *, url: str | None, name: str | None = None,
+            trials: int | None = None, max_params: int | None = None,
+            objective: str | None = None) -> Prepared:
+    """Create the study `name` from `preset`, or resume it, with the total it will run to.
+
+    Resuming keeps the study's own settings for what the caller leaves out (None), not the
+    preset file's defaults: its budget, its objective and its trial total.
     """
-    grace = storage.grace_period or storage_mod.GRACE_SECONDS
-    poll = min(5, storage.heartbeat_interval or 5)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    waiting = False
-    while not stop():
-        slot = ExitStack()
-        slot.enter_context(storage_mod.exclusive(storage.url, f"trials:{study.study_name}",
-                                                 storage.engine))
-        try:
-            for number in recover(study):
-                log(f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
-                    "a retry is queued.")
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            done = sum(state in FINISHED for state in states)
-            running = states.count(TrialState.RUNNING)
-            if done >= total:
-                return
-            if done + running >= total:
-                if not waiting:
-                    log(f"{done}/{total} finished; waiting for the {running} running trial(s) "
-                        "of other workers (a lost one is retried here).")
-                waiting = True
-                slot.close()
-                time.sleep(poll)
-                continue
-            waiting = False
-
-            def take(trial: optuna.Trial, slot: ExitStack = slot) -> float:
-                slot.close()  # the trial exists: other workers may take theirs
-                trial.set_user_attr("worker", holder)
-                return objective(trial)
-
-            try:
-                study.optimize(
-                    take,
-                    n_trials=1,
-                    catch=(Exception,),  # a failing trial is recorded as FAIL; the worker goes on
-                    callbacks=list(callbacks),
-                    gc_after_trial=True,
-                )
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # This worker went silent past the grace period (a stalled machine) and
-                # another worker failed its trial; that trial's retry is already queued.
-                log("This worker's trial was failed by another worker after missed "
-                    "heartbeats; going on.")
-        finally:
-            slot.close()
+    name = name or preset.name
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url)
+    stored_total = None
+    if name in names(rdb):
+        old_study, old = load(rdb, name)
+        preset = dataclasses.replace(preset, max_params=old.max_params, objective=old.objective)
+        stored_total = old_study.user_attrs.get("trials")
+    preset = dataclasses.replace(preset, max_params=max_params or preset.max_params,
+                                 objective=objective or preset.objective)
+    total = trials or stored_total or preset.trials
+    study, created = create_or_load(rdb, name, preset)
+    set_total(study, total)
+    lost = recover(study)
+    return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
 
 
-def run_worker(
-    study: optuna.Study,
-    preset: Preset,
-    total: int,
-    *,
-    storage: optuna.storages.RDBStorage,
-    data_dir: str | None = None,
-    log: Log = print,
-    threads: int | None = None,
-    on_data: Callable[[datasets.Split], None] | None = None,
-) -> None:
-    """Run trials until the study holds `total` finished (complete or pruned) trials.
+def resolve(url: str | None, name: str | None, *, required: bool = True
+            ) -> tuple[optuna.storages.RDBStorage, str, str | None]:
+    """The storage of existing studies, its URL, and the study meant.
 
-    Other workers, in this process's siblings or on other machines, may share the study.
+    Never creates an empty database. Without a name, the storage's only study is meant; if it
+    holds several or none, that is an error when a study is `required`, else the name is None.
+    A name that is given must exist.
     """
-    if finished(study) >= total:
-        log(f"Study '{study.study_name}' already has {finished(study)} finished trials "
-            f"(of {total}); nothing to do.")
-        return
-    configure_tensorflow(threads)
-    images, labels = datasets.load_train(preset.dataset, data_dir)
-    data = datasets.split(images, labels, preset.val_size, preset.train_size)
-    if on_data:
-        on_data(data)
-    log(f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
-        f"of {preset.dataset}.")
-    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
-    progress = Progress(total, log)
-    with sigterm_as_interrupt():
-        run_trials(study, objective, total, storage=storage, log=log, callbacks=[progress],
-                   stop=lambda: progress.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES)
+    url = storage_mod.resolve(url)
+    rdb = storage_mod.open_storage(url, must_exist=True)
+    available = names(rdb)
+    if name is not None:
+        if name not in available:
+            raise _no_study(name, available)
+        return rdb, url, name
+    if len(available) == 1:
+        return rdb, url, available[0]
+    if required:
+        raise StudyError(
+            "Pass --study NAME; this storage holds "
+            + (f"{len(available)} studies: {', '.join(available)}." if available
+               else "no studies.")
+        )
+    return rdb, url, None
+
+
+def open_existing(url: str | None, name: str | None, *, worker: int = 0) -> Opened:
+    """A study that must already exist, for the commands that read or join it."""
+    rdb, url, name = resolve(url, name)
+    assert name is not None  # resolve() names one study or raises
+    study, preset = load(rdb, name, worker=worker)
+    return Opened(study, preset, rdb, url)

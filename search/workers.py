@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
+from search import loop
 from search import storage as storage_mod
-from search.objective import Log, available_memory
-from search.study import USER_ERRORS, StudyError
+from search import study as study_mod
+from search.errors import SearchError, first_line
+from search.runtime import Log, available_memory
+from search.study import StudyError
 
 if TYPE_CHECKING:
     import optuna
@@ -107,14 +110,12 @@ def run_study(
 
     Other workers on other machines may share the study at the same time.
     """
-    from search import study as study_mod
-
     base = seed_base(fresh, workers)
     if workers == 1:
         if base:
             study.sampler = study_mod.sampler(preset, worker=base)
-        study_mod.run_worker(study, preset, total, storage=storage, data_dir=data_dir, log=log,
-                             threads=threads)
+        loop.run_worker(study, preset, total, storage=storage, data_dir=data_dir, log=log,
+                        threads=threads)
         return
     if study_mod.finished(study) >= total:
         log(f"Study '{study.study_name}' already has {study_mod.finished(study)} finished "
@@ -154,10 +155,9 @@ def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
         writer.close()
         readers[reader] = job.index
         processes.append(process)
-    from search.study import sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with loop.sigterm_as_interrupt():
             _relay(readers, log, errors)
     except KeyboardInterrupt:
         # Each worker fails its running trial (SIGTERM reaches its trial loop as an interrupt),
@@ -242,8 +242,6 @@ def _main(job: Job, conn: Connection) -> None:
     debug = bool(os.environ.get("SEARCH_DEBUG"))
     import optuna
 
-    from search import study as study_mod
-
     optuna.logging.disable_default_handler()
     optuna.logging.get_logger("optuna").addHandler(_Relay(log))
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
@@ -251,18 +249,17 @@ def _main(job: Job, conn: Connection) -> None:
     try:
         rdb = storage_mod.open_storage(job.url, must_exist=True)
         study, preset = study_mod.load(rdb, job.study, worker=job.seed)
-        study_mod.run_worker(study, preset, job.total, storage=rdb, data_dir=job.data_dir,
-                             log=log, threads=job.threads)
+        loop.run_worker(study, preset, job.total, storage=rdb, data_dir=job.data_dir,
+                        log=log, threads=job.threads)
     except KeyboardInterrupt:
         code = 130
-    except USER_ERRORS as e:
+    except SearchError as e:
         send("error", str(e))
         code = 1
     except Exception as e:
         if debug:
             log(traceback.format_exc())
-        first = str(e).splitlines()[0] if str(e) else ""
-        send("error", f"unexpected {type(e).__name__}: {first}")
+        send("error", f"unexpected {type(e).__name__}: {first_line(e)}")
         code = 1
     finally:
         conn.close()

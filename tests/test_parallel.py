@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from search import presets, storage, study, workers
+from search import loop, presets, storage, study, workers
 from search.cli import cli
 from tests.conftest import write_preset
 from tests.postgres import Cluster
@@ -62,7 +62,7 @@ def join_and_run(url: str, preset: str, total: int, ready: object,
         ready.wait()  # type: ignore[attr-defined]  # all processes hit the fresh database at once
         rdb = storage.open_storage(url)
         s, _ = study.create_or_load(rdb, "race", presets.load(preset))
-        study.run_trials(s, quick_trial, total, storage=rdb, log=lambda line: None)
+        loop.run_trials(s, quick_trial, total, storage=rdb, log=lambda line: None)
         results.put("ok")
     except BaseException as e:  # reported to the test, whatever it is
         results.put(f"{type(e).__name__}: {e}")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from search import datasets, presets
-from search.objective import configure_tensorflow, fit
+from search.runtime import configure
+from search.training import fit
 from search.space import Config, Conv, build
 
 IMAGES = 1100  # 18 batches of 64: one full execution of 16 steps and a partial one of 2
@@ -23,7 +24,7 @@ def images(fashion_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def train(config: Config, x: np.ndarray, y: np.ndarray, steps_per_execution: int
           ) -> tuple[list[float], list[np.ndarray], int]:
-    configure_tensorflow()
+    configure()
     import keras
 
     keras.backend.clear_session(free_memory=True)
@@ -51,7 +52,7 @@ def test_steps_per_execution_trains_every_batch_and_learns_the_same(
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "demo"])
 def test_shipped_presets_reach_the_compiled_model(name: str) -> None:
     preset = presets.load(name)
-    configure_tensorflow()
+    configure()
     model = build(preset.baselines[0].config, steps_per_execution=preset.steps_per_execution)
     assert model.steps_per_execution == preset.steps_per_execution
     # steps_per_execution is a speed setting: changing it must not orphan a running study.

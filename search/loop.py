@@ -1,0 +1,151 @@
+"""The worker loop: run one study's trials to its exact total, beside other workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search import datasets
+from search import storage as storage_mod
+from search.objective import Objective
+from search.presets import Preset
+from search.progress import Progress
+from search.runtime import Log, configure
+from search.study import FINISHED, finished, recover
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a worker the way Ctrl-C does, so its running trial is not left RUNNING."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
+    """Finished trials, running trials, and the slots left for new ones."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = sum(state in FINISHED for state in states)
+    running = states.count(TrialState.RUNNING)
+    return done, running, total - done - running
+
+
+def _run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float], slot: ExitStack,
+             callbacks: Sequence[Callback], log: Log) -> None:
+    """Run one trial; the slot's lock is let go as soon as the trial exists."""
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    def take(trial: optuna.Trial) -> float:
+        slot.close()  # the trial exists: other workers may take theirs
+        trial.set_user_attr("worker", holder)
+        return objective(trial)
+
+    try:
+        study.optimize(
+            take,
+            n_trials=1,
+            catch=(Exception,),  # a failing trial is recorded as FAIL; the worker goes on
+            callbacks=list(callbacks),
+            gc_after_trial=True,
+        )
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # This worker went silent past the grace period (a stalled machine) and another
+        # worker failed its trial; that trial's retry is already queued.
+        log("This worker's trial was failed by another worker after missed heartbeats; "
+            "going on.")
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    total: int,
+    *,
+    storage: optuna.storages.RDBStorage,
+    log: Log = print,
+    callbacks: Sequence[Callback] = (),
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run trials until the study holds exactly `total` finished trials, beside other workers.
+
+    Exactly, not at least. A worker takes a new trial only while the finished and running
+    trials leave a free slot, and it counts and creates that trial under a lock that every
+    worker on the storage respects (storage.exclusive), so two workers never both take the
+    last slot. The lock is let go in the objective's first line, once the trial exists, so
+    trials still train in parallel. A worker that finds every slot taken by running trials
+    waits instead of leaving: if one of those workers dies, its trial is failed when its
+    heartbeat goes stale, a retry is queued, and a waiting worker runs it.
+    """
+    grace = storage.grace_period or storage_mod.GRACE_SECONDS
+    poll = min(5, storage.heartbeat_interval or 5)
+    waiting = False
+    while not stop():
+        with ExitStack() as slot:
+            slot.enter_context(storage_mod.exclusive(storage.url, f"trials:{study.study_name}",
+                                                     storage.engine))
+            for number in recover(study):
+                log(f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
+                    "a retry is queued.")
+            done, running, free = _free_slots(study, total)
+            if done >= total:
+                return
+            if free <= 0:
+                if not waiting:
+                    log(f"{done}/{total} finished; waiting for the {running} running trial(s) "
+                        "of other workers (a lost one is retried here).")
+                waiting = True
+                slot.close()
+                time.sleep(poll)
+                continue
+            waiting = False
+            _run_one(study, objective, slot, callbacks, log)
+
+
+def run_worker(
+    study: optuna.Study,
+    preset: Preset,
+    total: int,
+    *,
+    storage: optuna.storages.RDBStorage,
+    data_dir: str | None = None,
+    log: Log = print,
+    threads: int | None = None,
+    on_data: Callable[[datasets.Split], None] | None = None,
+) -> None:
+    """Run trials until the study holds `total` finished (complete or pruned) trials.
+
+    Other workers, in this process's siblings or on other machines, may share the study.
+    """
+    if finished(study) >= total:
+        log(f"Study '{study.study_name}' already has {finished(study)} finished trials "
+            f"(of {total}); nothing to do.")
+        return
+    configure(threads)
+    images, labels = datasets.load_train(preset.dataset, data_dir)
+    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    if on_data:
+        on_data(data)
+    log(f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
+        f"of {preset.dataset}.")
+    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
+    progress = Progress(total, log)
+    with sigterm_as_interrupt():
+        run_trials(study, objective, total, storage=storage, log=log, callbacks=[progress],
+                   stop=lambda: progress.gave_up)

@@ -1,0 +1,115 @@
+"""What a person reads about trials: the progress line per trial, the best trial, the table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.runtime import Log
+from search.study import best, counts, finished, pareto
+
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+def summary(trial: FrozenTrial) -> dict[str, Any]:
+    """The fields `status` and the progress lines show for one trial."""
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "val_loss": attrs.get("val_loss"),
+        "val_accuracy": attrs.get("val_accuracy"),
+        "params": attrs.get("params"),
+        "epochs": attrs.get("epochs_trained") or 0,
+        "seconds": (trial.duration.total_seconds() if trial.duration else None),
+        "architecture": attrs.get("architecture", ""),
+        "reason": attrs.get("reason") or "",
+    }
+
+
+def _val_accuracy(trial: FrozenTrial) -> float:
+    return float(trial.user_attrs.get("val_accuracy", float("nan")))
+
+
+def best_line(study: optuna.Study) -> str:
+    """The best trial in one line, for the end of a run and for `status`."""
+    b = best(study)
+    if b is None:
+        return "No trial has completed yet."
+    a = b.user_attrs
+    return (f"Best: trial #{b.number} val_loss {b.values[0]:.4f} val_accuracy "
+            f"{_val_accuracy(b):.4f} at epoch {a.get('best_epoch')}, "
+            f"{a.get('params', 0):,} params, {a.get('architecture', '')}")
+
+
+@dataclass
+class Progress:
+    """One line per finished trial: n/N, state, this trial and the best so far."""
+
+    total: int
+    log: Log
+    failures_in_a_row: int = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        s = summary(trial)
+        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {s['state']}"
+        if trial.state == TrialState.COMPLETE:
+            head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
+        elif s["reason"]:
+            head += f": {s['reason']}"
+        b = best(study)
+        tail = "" if b is None else (f" | best #{b.number} val_loss {b.values[0]:.4f} "
+                                     f"val_accuracy {_val_accuracy(b):.4f}")
+        self.log(f"{head} | {s['architecture']}{tail}")
+        if trial.state == TrialState.FAIL:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
+                         "worker (see 'search status' for the reasons).")
+                study.stop()
+        else:
+            self.failures_in_a_row = 0
+
+    @property
+    def gave_up(self) -> bool:
+        return self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def trial_table(study: optuna.Study) -> Iterator[str]:
+    """`status`'s table: a header, then one line per trial with its reason where it failed."""
+    yield (f"{'#':>4} {'state':<8} {'val_loss':>8} {'val_acc':>7} {'params':>10} "
+           f"{'epochs':>6} {'seconds':>8}  architecture")
+    for trial in study.get_trials(deepcopy=False):
+        s = summary(trial)
+        line = (f"{s['number']:>4} {s['state']:<8} {_fmt(s['val_loss'], '.4f'):>8} "
+                f"{_fmt(s['val_accuracy'], '.4f'):>7} {_fmt(s['params'], ',d'):>10} "
+                f"{s['epochs']:>6} {_fmt(s['seconds'], '.0f'):>8}  {s['architecture']}")
+        if s["reason"] and s["state"] != "COMPLETE":
+            line += f"  ({s['reason']})"
+        yield line
+
+
+def status_lines(study: optuna.Study) -> Iterator[str]:
+    """Everything `status` prints after its heading: table, counts, best, front, test result."""
+    yield from trial_table(study)
+    states = {k: v for k, v in counts(study).items() if v}
+    yield "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in states.items()) or "none")
+    yield best_line(study)
+    front = pareto(study)
+    if front:
+        yield ("Pareto front (val_loss against parameters; retrain any with "
+               "'search retrain-best --trial N'):")
+        for t in front:
+            yield (f"  #{t.number:<4} val_loss {t.values[0]:.4f}  val_accuracy "
+                   f"{_val_accuracy(t):.4f}  {int(t.values[1]):>10,} "
+                   f"params  {t.user_attrs.get('architecture', '')}")
+    if "test_accuracy" in study.user_attrs:
+        yield f"Retrained: test accuracy {study.user_attrs['test_accuracy']:.4f}"

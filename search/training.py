@@ -1,0 +1,85 @@
+"""Training one model: `fit` on uint8 images, with every epoch's metrics kept in a History."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from search.space import Config
+
+if TYPE_CHECKING:
+    import keras
+
+VAL_BATCH = 1024  # validation does no backward pass, so it takes far larger batches
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one fit, kept as plain lists so they can be stored."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch with the lowest val_loss (NaN never wins)."""
+        losses = [v if math.isfinite(v) else math.inf for v in self.val_loss]
+        return int(np.argmin(losses)) + 1
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {k: [round(v, 6) for v in getattr(self, k)]
+                for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+
+
+def _recorder(history: History, on_epoch: Callable[[int], None]) -> keras.callbacks.Callback:
+    import keras
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            history.seconds.append(time.perf_counter() - self._start)
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                if key in logs:
+                    getattr(history, key).append(float(logs[key]))
+            if not all(math.isfinite(float(v)) for v in logs.values()):
+                self.model.stop_training = True
+            on_epoch(epoch)
+
+    return Recorder()
+
+
+def fit(
+    model: keras.Model,
+    config: Config,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    on_epoch: Callable[[int], None] = lambda epoch: None,
+    history: History | None = None,
+) -> History:
+    """Train `model` on uint8 images (the model scales them itself); metrics go to `history`."""
+    history = history if history is not None else History()
+    model.fit(
+        x, y,
+        batch_size=config.batch_size,
+        epochs=epochs,
+        validation_data=validation,
+        validation_batch_size=VAL_BATCH,
+        callbacks=[_recorder(history, on_epoch), *(callbacks or [])],
+        verbose=0,
+    )
+    return history
