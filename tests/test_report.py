@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from matplotlib.image import imread
 from optuna.trial import TrialState
 
-from search import report
+from search import figures, report
 from search.cli import cli
 from search.study import stored_preset
 from tests.conftest import TINY_PRESET
@@ -92,9 +92,9 @@ def assert_image(path: Path) -> None:
 def test_before_retraining_only_the_search_is_drawn_and_the_test_set_is_not_read(
     tiny: Tiny,
 ) -> None:
-    for name in report.SEARCH_FIGURES:
+    for name in figures.SEARCH_FIGURES:
         assert_image(tiny.before / name)
-    for name in report.FINAL_FIGURES:
+    for name in figures.FINAL_FIGURES:
         assert not (tiny.before / name).exists()
     text = (tiny.before / "REPORT.md").read_text()
     assert "Not retrained yet: run `search retrain-best --study tiny`" in text
@@ -110,11 +110,11 @@ def test_the_report_draws_every_figure_and_states_the_study_s_numbers(tiny: Tiny
     # What makes every figure drawable here, checked rather than assumed.
     assert len(done) >= 2 and len({tuple(sorted(t.params.items())) for t in done}) >= 2
     assert "Wrote " in tiny.output_after and "not drawn" not in tiny.output_after
-    for name in report.SEARCH_FIGURES + report.FINAL_FIGURES:
+    for name in figures.SEARCH_FIGURES + figures.FINAL_FIGURES:
         assert_image(tiny.after / name)
 
     text = (tiny.after / "REPORT.md").read_text()
-    for name in report.SEARCH_FIGURES + report.FINAL_FIGURES:
+    for name in figures.SEARCH_FIGURES + figures.FINAL_FIGURES:
         assert f"]({name})" in text  # the figures sit beside it
     best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
     assert f"**Best trial: #{best.number}** `{best.user_attrs['architecture']}`" in text
@@ -161,8 +161,8 @@ def test_a_small_study_skips_what_it_cannot_draw_and_says_why(tiny: Tiny, tmp_pa
     assert [t.state for t in small.get_trials()].count(TrialState.COMPLETE) == 1
 
     written = report.write(small, stored_preset(small), tmp_path, log=lambda line: None)
-    assert {p.name for p in written.figures} == {report.HISTORY, report.INTERMEDIATE,
-                                                 report.SIZE}
+    assert {p.name for p in written.figures} == {figures.HISTORY, figures.INTERMEDIATE,
+                                                 figures.SIZE}
     for path in written.figures:
         assert_image(path)
     text = written.markdown.read_text()
