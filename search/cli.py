@@ -195,7 +195,7 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
     click.echo(f"Joining study '{run.study.study_name}': {study_mod.finished(run.study)} of "
                f"{total} trials finished, {running} running.")
-    _echo_lost(lost)
+    _echo_lost(tuple(lost))
     _run(run, total, workers, threads, fresh=False, data_dir=data_dir)
 
 

@@ -170,7 +170,7 @@ def _download(ds: DatasetInfo) -> Path:
     return _keras_cache_dir() / ds.keras_cache
 
 
-def sources(name: str, data_dir: Path | None) -> list[Path]:
+def sources(name: str, data_dir: str | Path | None) -> list[Path]:
     """Where the data for `name` may come from, in the order they are tried."""
     ds = info(name)
     if data_dir is not None:
@@ -179,7 +179,7 @@ def sources(name: str, data_dir: Path | None) -> list[Path]:
     return found
 
 
-def _load(name: str, part: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def _load(name: str, part: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
     ds = info(name)
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(f"--data-dir {data_dir} is not a folder.")
@@ -192,12 +192,12 @@ def _load(name: str, part: str, data_dir: Path | None) -> tuple[np.ndarray, np.n
     return _from_dir(source, part)
 
 
-def load_train(name: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_train(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The 60,000 training images (uint8, N×28×28) and labels. Never touches the test files."""
     return _load(name, "train", data_dir)
 
 
-def load_test(name: str, data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_test(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The test images and labels. Only `retrain-best` calls this, once."""
     return _load(name, "test", data_dir)
 

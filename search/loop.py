@@ -21,6 +21,7 @@ from search.runtime import Log, configure
 from search.study import FINISHED, finished, recover
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
 
 
 @contextmanager
@@ -48,12 +49,12 @@ def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
     return done, running, total - done - running
 
 
-def _run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float], slot: ExitStack,
+def _run_one(study: optuna.Study, objective: TrialFunction, slot: ExitStack,
              callbacks: Sequence[Callback], log: Log) -> None:
     """Run one trial; the slot's lock is let go as soon as the trial exists."""
     holder = f"{socket.gethostname()}:{os.getpid()}"
 
-    def take(trial: optuna.Trial) -> float:
+    def take(trial: optuna.Trial) -> float | Sequence[float]:
         slot.close()  # the trial exists: other workers may take theirs
         trial.set_user_attr("worker", holder)
         return objective(trial)
@@ -75,7 +76,7 @@ def _run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float], sl
 
 def run_trials(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: TrialFunction,
     total: int,
     *,
     storage: optuna.storages.RDBStorage,

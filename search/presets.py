@@ -11,7 +11,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from search import datasets
 from search.errors import SearchError
@@ -92,7 +92,7 @@ class Preset:
         return self.objective == "val_loss+params"
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize"]]:
         return ["minimize"] * (2 if self.multi_objective else 1)
 
     @property

@@ -7,6 +7,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -20,6 +21,9 @@ from search.space import build, describe, size
 from search.storage import safe_name
 from search.study import StudyError, best, config_of
 from search.training import History, fit
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,13 @@ def _save(model: object, path: Path) -> None:
             os.unlink(tmp)
 
 
-def retrain(
-    study: optuna.Study,
-    preset: Preset,
-    *,
-    out_dir: Path,
-    number: int | None = None,
-    data_dir: str | None = None,
-    log: Log = print,
-) -> Result:
-    trial = pick(study, number)
+def train_on_all(trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log
+                 ) -> tuple[keras.Model, History, int]:
+    """A new model of the trial's network trained on every training image, with its seed.
+
+    It trains for the trial's best epoch count. Returns the model, its history and how many
+    images it trained on.
+    """
     config = config_of(trial)
     epochs = int(trial.user_attrs.get("best_epoch", preset.epochs))
     seed = int(trial.user_attrs.get("seed", preset.seed))
@@ -108,14 +109,30 @@ def retrain(
     fit(model, config, images, labels, epochs=epochs, on_epoch=on_epoch, history=history)
     if not np.isfinite(history.loss[-1]):
         raise StudyError(f"Retraining trial #{trial.number} diverged (loss {history.loss[-1]}).")
+    return model, history, len(images)
 
+
+def retrain(
+    study: optuna.Study,
+    preset: Preset,
+    *,
+    out_dir: Path,
+    number: int | None = None,
+    data_dir: str | None = None,
+    log: Log = print,
+) -> Result:
+    """Retrain a trial (the best by default) on all training images, test it once, save it."""
+    trial = pick(study, number)
+    model, history, train_images = train_on_all(trial, preset, data_dir=data_dir, log=log)
     # The only place the test set is read.
     x_test, y_test = datasets.load_test(preset.dataset, data_dir)
     test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
     path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
+    config = config_of(trial)
     result = Result(
         trial=trial.number, architecture=describe(config), params=size(config).params,
-        epochs=epochs, seed=seed, train_images=len(images), test_loss=float(test_loss),
+        epochs=len(history.loss), seed=int(trial.user_attrs.get("seed", preset.seed)),
+        train_images=train_images, test_loss=float(test_loss),
         test_accuracy=float(test_accuracy),
         lab_test_accuracy=datasets.info(preset.dataset).lab_test_accuracy,
         model_path=str(path), history=history.as_dict(),

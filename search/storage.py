@@ -86,7 +86,8 @@ def masked(url: str) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     parsed = parse(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if parsed.get_backend_name() != "sqlite" or not parsed.database \
+            or parsed.database == ":memory:":
         return None
     return Path(parsed.database).resolve()
 
@@ -225,5 +226,5 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             )
     except sqlalchemy.exc.DBAPIError as e:  # refused, unreachable, not a database, no rights
         # The driver's message can quote the URL; keep only its first line, without secrets.
-        detail = scrub(first_line(e.orig if getattr(e, "orig", None) else e), url)
+        detail = scrub(first_line(e.orig or e), url)
         raise StorageError(f"Cannot open the storage {masked(url)}: {detail}") from None

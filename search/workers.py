@@ -20,6 +20,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
 
 from search import loop
@@ -144,7 +145,7 @@ def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
     """Run one process per job until all end; relay their lines; return their errors by index."""
     context = multiprocessing.get_context("spawn")
     readers: dict[Connection, int] = {}
-    processes: list[multiprocessing.process.BaseProcess] = []
+    processes: list[SpawnProcess] = []
     errors: dict[int, str] = {}
     for job in jobs:
         reader, writer = context.Pipe(duplex=False)
@@ -186,11 +187,12 @@ def _relay(readers: dict[Connection, int], log: Log, errors: dict[int, str],
         if not ready:  # only with a timeout: the workers did not stop in time
             return
         for reader in ready:
+            assert isinstance(reader, Connection)  # wait() returns what it was given
             index = readers[reader]
             try:
-                kind, text = reader.recv()  # type: ignore[union-attr]
+                kind, text = reader.recv()
             except (EOFError, OSError):  # the worker exited (or was killed)
-                del readers[reader]  # type: ignore[arg-type]
+                del readers[reader]
                 continue
             if kind == "error":
                 errors[index] = text
