@@ -6,6 +6,7 @@ the file always holds the latest run of each, with the command, date and machine
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import fcntl
 import os
@@ -23,6 +24,17 @@ CLOSING = "## Targets"  # the hand-written closing note; sections go before it
 
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
+
+
+def add_common(parser: argparse.ArgumentParser, *, data: bool = True
+               ) -> argparse.ArgumentParser:
+    """The options the benchmarks share: --data-dir (where `data`) and --no-write."""
+    if data:
+        parser.add_argument("--data-dir", type=Path,
+                            help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave benchmarks/RESULTS.md as it is")
+    return parser
 
 
 def cpu_model() -> str:

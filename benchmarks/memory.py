@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/memory.py [--trials 30] [--images 2000] [--epochs 2]
 
-One process runs the product's trial loop (the Objective, SQLite storage, gc_after_trial and
-clear_session as `search start` uses them) over a small Fashion-MNIST search whose
-architectures vary from trial to trial, and reads VmRSS from /proc/self/status after each
-trial. A leak shows as a steady climb; a process that only warms up shows a plateau. The
-figure: the slope over the second half of the run, in MB per trial.
+One process runs the product's worker loop (search.loop.run_trials with the product's
+Objective and SQLite storage: gc_after_trial and clear_session as `search start` uses them)
+over a small Fashion-MNIST search whose architectures vary from trial to trial, and reads
+VmRSS from /proc/self/status after each trial. A leak shows as a steady climb; a process that
+only warms up shows a plateau. The figure: the slope over the second half of the run, in MB
+per trial. The loop runs to --trials finished (complete or pruned) trials, as a search does;
+a failed trial adds one.
 """
 
 from __future__ import annotations
@@ -14,42 +16,27 @@ from __future__ import annotations
 import argparse
 import ctypes
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import common
 import numpy as np
 
-from search import datasets, presets, storage
+from search import datasets, loop, presets, storage
 from search import study as study_mod
-from search.objective import Objective, configure_tensorflow
+from search.objective import Objective
+from search.runtime import configure
 
-PRESET = """
-dataset = "fashion_mnist"
-trials = {trials}
-val_size = 500
-train_size = {images}
-epochs = {epochs}
-patience = 1
-seed = 5
-pruner = "none"
-max_params = 400_000
 
-[space]
-conv_layers = [1, 3]
-filters = [8, 16, 32, 64]
-kernel = [3, 5]
-pool = [true, false]
-dropout = ["none", "blocks", "flatten", "both"]
-dropout_rate = [0.0, 0.5]
-dense_layers = [1, 2]
-dense_units = [32, 64, 128]
-learning_rate = [0.0003, 0.003]
-optimizer = ["rmsprop", "adam"]
-batchnorm = [false, true]
-padding = ["valid", "same"]
-augment = [false, true]
-batch_size = [64, 128]
-"""
+def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
+    """A small search over a wide space (the Fashion-MNIST preset's axes, narrowed), so the
+    architectures vary from trial to trial; no pruner and no lab runs enqueued."""
+    base = presets.load("fashion_mnist")
+    space = replace(base.space, conv_layers=(1, 3), filters=(8, 16, 32, 64),
+                    dense_units=(32, 64, 128), learning_rate=(0.0003, 0.003))
+    return replace(base, name="memory", description="", trials=trials, val_size=500,
+                   train_size=images, epochs=epochs, patience=1, seed=5, pruner="none",
+                   max_params=400_000, steps_per_execution=1, space=space, baselines=())
 
 
 def rss_mb() -> float:
@@ -95,24 +82,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--trim", action="store_true",
                         help="call glibc's malloc_trim(0) after each trial, before reading RSS")
     parser.add_argument("--isolate", type=int, metavar="MODELS", default=0,
                         help="then fit a plain Keras model MODELS times and count what stays")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    args = common.add_common(parser).parse_args()
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="memory-bench-"))
-    path = folder / "memory.toml"
-    path.write_text(PRESET.format(trials=args.trials, images=args.images, epochs=args.epochs))
-    preset = presets.load(path)
-    configure_tensorflow()
+    preset = memory_preset(args.trials, args.images, args.epochs)
+    configure()
     before_data = rss_mb()
-    images, labels = datasets.load_train("fashion_mnist", args.data_dir)
+    images, labels = datasets.load_train(preset.dataset, args.data_dir)
     data = datasets.split(images, labels, preset.val_size, preset.train_size)
     rdb = storage.open_storage(f"sqlite:///{folder / 'memory.db'}")
     study, _ = study_mod.create_or_load(rdb, "memory", preset)
@@ -127,9 +110,11 @@ def main() -> None:
               f"{curve[-1][2]}", flush=True)
 
     start = rss_mb()
-    study.optimize(Objective(preset, data, flip=True, log=lambda line: None),
-                   n_trials=args.trials, catch=(Exception,), gc_after_trial=True,
-                   callbacks=[record])
+    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok,
+                          log=lambda line: None)
+    # The product's worker loop (gc_after_trial, failures caught, heartbeats), to the total of
+    # finished trials; `record` runs after each trial, where the progress line would print.
+    loop.run_trials(study, objective, args.trials, storage=rdb, callbacks=[record])
     rss = np.array([c[3] for c in curve])
     half = len(rss) // 2
     slope = float(np.polyfit(np.arange(half, len(rss)), rss[half:], 1)[0])

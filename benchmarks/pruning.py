@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/pruning.py [--seeds 1 2 3] [--trials 16] [--pruners ...]
 
-One fixed small study (a Fashion-MNIST subset, the product's trial path: the same sampler,
-objective, early stopping and SQLite storage as `search start`) is run once per pruner and
-seed. With the same seed, the sampler suggests the same first trials; from the first pruned
-trial on, TPE sees different histories, as it would in a real search. The target: a pruner
-spends at most 1/3 of the epochs of no pruning, for the same trial count, and reaches a best
-val_loss no more than 1 % (relative) worse.
+One fixed small study (a Fashion-MNIST subset, run by the product's worker loop,
+search.loop.run_worker: the same sampler, objective, early stopping and SQLite storage as
+`search start`) is run once per pruner and seed, each to --trials finished (complete or
+pruned) trials; its seconds are those of the trials, after the data is loaded. With the same
+seed, the sampler suggests the same first trials; from the first pruned trial on, TPE sees
+different histories, as it would in a real search. The target: a pruner spends at most 1/3 of
+the epochs of no pruning, for the same trial count, and reaches a best val_loss no more than
+1 % (relative) worse.
 """
 
 from __future__ import annotations
@@ -15,55 +17,35 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import common
 
-from search import datasets, presets, storage
+from search import loop, presets, storage
 from search import study as study_mod
-from search.objective import Objective, configure_tensorflow
-
-PRESET = """
-dataset = "fashion_mnist"
-trials = {trials}
-val_size = 1000
-train_size = {images}
-epochs = {epochs}
-patience = 3
-seed = {seed}
-pruner = "{pruner}"
-max_params = 500_000
-
-[space]
-conv_layers = [1, 3]
-filters = [16, 32, 64]
-kernel = [3, 5]
-pool = [true, false]
-dropout = ["none", "blocks", "flatten", "both"]
-dropout_rate = [0.0, 0.5]
-dense_layers = [1, 1]
-dense_units = [32, 64, 128]
-learning_rate = [0.0001, 0.01]
-optimizer = ["rmsprop"]
-batchnorm = [false]
-padding = ["valid"]
-augment = [false]
-batch_size = [64]
-"""
 
 
-def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace,
-            data: datasets.Split) -> dict[str, float]:
-    path = folder / f"p-{pruner}-{seed}.toml"
-    path.write_text(PRESET.format(trials=args.trials, images=args.images, epochs=args.epochs,
-                                  seed=seed, pruner=pruner))
-    preset = presets.load(path)
+def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> presets.Preset:
+    """The demo preset (its space with a wider learning-rate range) at this benchmark's budget,
+    with no lab runs enqueued: the sampler picks every trial."""
+    base = presets.load("demo")
+    return replace(base, name=f"p-{pruner}-{seed}", description="", trials=args.trials,
+                   val_size=1000, train_size=args.images, epochs=args.epochs, patience=3,
+                   seed=seed, pruner=pruner, steps_per_execution=1, baselines=(),
+                   space=replace(base.space, learning_rate=(0.0001, 0.01)))
+
+
+def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace
+            ) -> dict[str, float]:
+    preset = pruning_preset(pruner, seed, args)
     rdb = storage.open_storage(f"sqlite:///{folder / f'{pruner}-{seed}.db'}")
     study, _ = study_mod.create_or_load(rdb, "pruning", preset)
-    objective = Objective(preset, data, flip=True, log=lambda line: None)
-    started = time.perf_counter()
-    study.optimize(objective, n_trials=args.trials, catch=(Exception,), gc_after_trial=True)
-    wall = time.perf_counter() - started
+    started: list[float] = []  # the clock starts once the data is loaded, before the trials
+    loop.run_worker(study, preset, args.trials, storage=rdb,
+                    data_dir=str(args.data_dir) if args.data_dir else None, log=lambda line: None,
+                    on_data=lambda data: started.append(time.perf_counter()))
+    wall = time.perf_counter() - started[0]
     trials = study.get_trials(deepcopy=False)
     best = study_mod.best(study)
     assert best is not None, f"no trial completed with pruner {pruner}, seed {seed}"
@@ -89,23 +71,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000, help="training images")
     parser.add_argument("--pruners", nargs="+", default=["hyperband", "sha", "median"],
                         choices=[p for p in presets.PRUNERS if p != "none"])
-    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    args = common.add_common(parser).parse_args()
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    configure_tensorflow()
-    images, labels = datasets.load_train("fashion_mnist", args.data_dir)
-    data = datasets.split(images, labels, 1000, args.images)
     folder = Path(tempfile.mkdtemp(prefix="pruning-bench-"))
     runs: dict[tuple[str, int], dict[str, float]] = {}
     order = ["none", *args.pruners]
     for i, seed in enumerate(args.seeds):
         # Rotate the order per seed, so a slow spell of the machine does not hit one pruner.
         for pruner in order[i % len(order):] + order[:i % len(order)]:
-            r = run_one(folder, pruner, seed, args, data)
+            r = run_one(folder, pruner, seed, args)
             runs[pruner, seed] = r
             print(f"seed {seed} {pruner:>9}: {r['epochs']:4.0f} epochs {r['seconds']:6.0f} s "
                   f"{r['pruned']:2.0f} pruned, best val_loss {r['best_val_loss']:.4f} "

@@ -15,10 +15,11 @@ preset:
 
 The stored trials are copies of realistic ones (the preset's parameters, 9 epochs of
 intermediate values, the same user attributes as a real trial). PostgreSQL is a throwaway
-cluster on loopback made with Debian's binaries (as the `postgres` user when run as root), with
-its default durability settings. The target: the total below 1 % of a typical trial, whose
-length comes from --typical-from (a real search's median trial that trained) or else from
---typical-seconds.
+cluster on loopback made with Debian's binaries by the tests' launcher (tests/postgres.py:
+password authentication, as the `postgres` user when run as root), with PostgreSQL's default
+durability settings (fsync, synchronous_commit and full_page_writes on). The target: the total
+below 1 % of a typical trial, whose length comes from --typical-from (a real search's median
+trial that trained) or else from --typical-seconds.
 """
 
 from __future__ import annotations
@@ -26,58 +27,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import common
 
 from search import presets, storage
 from search import study as study_mod
-from search.objective import configure_tensorflow, trial_seed
+from search.objective import trial_seed
+from search.runtime import configure
 from search.space import build, describe, impossible, size, suggest
 
 EPOCHS = 9  # writes of a trial that trains this many epochs
 
 
+# tests/postgres.py's server turns durability off to speed the tests up; these figures are of
+# PostgreSQL's default durability, as a deployment runs it.
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on a free loopback port; yields its database URL."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        raise SystemExit("PostgreSQL's server binaries are missing: apt-get install postgresql")
-    bindir = found[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="overhead-pg-"))
-    as_owner: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, user="postgres", group="postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
+    """A throwaway PostgreSQL cluster (the tests' launcher), with a fresh database's URL."""
+    # Imported here: only this backend needs the tests' helpers (and pytest, a dev extra).
+    from tests.postgres import SERVER_SETTINGS, start_cluster
+
     try:
-        subprocess.run([*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-        subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                        str(root / "log"), "-w", "-o",
-                        f"-p {port} -c listen_addresses=127.0.0.1 "
-                        f"-c unix_socket_directories={root}", "start"],
-                       check=True, capture_output=True)
-        subprocess.run([*as_owner, str(bindir / "createdb"), "-h", str(root), "-p", str(port),
-                        "-U", "postgres", "bench"], check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench"
+        with mock.patch.dict(SERVER_SETTINGS, DURABLE):
+            cluster = start_cluster()
+    except RuntimeError as e:  # no server binaries, or it did not start: one sentence
+        raise SystemExit(str(e)) from None
+    try:
+        yield cluster.url(cluster.create_database())
     finally:
-        subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                        "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.stop()
 
 
 def realistic_trials(preset: presets.Preset, count: int) -> list[Any]:
@@ -192,13 +180,12 @@ def main() -> None:
     parser.add_argument("--typical-seconds", type=float, default=120.0)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"],
                         choices=["sqlite", "postgresql"])
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    args = common.add_common(parser, data=False).parse_args()
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    configure_tensorflow()
+    configure()
     preset = presets.load("fashion_mnist")
     typical, typical_text = typical_seconds(args.typical_from, args.typical_seconds)
     made = {n: realistic_trials(preset, n) for n in args.trials}

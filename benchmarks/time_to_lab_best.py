@@ -25,7 +25,7 @@ from typing import Any
 import common
 
 from search import datasets, presets, storage
-from search.objective import configure_tensorflow
+from search.runtime import configure
 
 LAB_EPOCHS = 20
 
@@ -63,12 +63,12 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
     return body, {"reached": reached, "best": best, "elapsed": elapsed}
 
 
-def lab_epochs(data_dir: Path | None) -> tuple[str, float]:
+def lab_epochs(data_dir: Path | None, train_size: int | None = None) -> tuple[str, float]:
     import keras
 
     preset = presets.load("fashion_mnist")
     images, labels = datasets.load_train("fashion_mnist", data_dir)
-    data = datasets.split(images, labels, preset.val_size)
+    data = datasets.split(images, labels, preset.val_size, train_size)
     x, y = common.lab_arrays(data.x_train, data.y_train)
     xv, yv = common.lab_arrays(data.x_val, data.y_val)
     rows, total = [], 0.0
@@ -102,9 +102,9 @@ def main() -> None:
     parser.add_argument("--goal", type=float, default=0.921, help="val_accuracy to reach")
     parser.add_argument("--skip-lab", action="store_true",
                         help="do not time the lab's epochs (print the search's progress only)")
-    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args()
+    parser.add_argument("--images", type=int,
+                        help="time the lab's epochs on fewer training images (a quick check)")
+    args = common.add_common(parser).parse_args()
 
     import optuna
 
@@ -115,8 +115,8 @@ def main() -> None:
     parts = [search_body]
     summary = ""
     if not args.skip_lab:
-        configure_tensorflow()
-        lab_body, lab_total = lab_epochs(args.data_dir)
+        configure()
+        lab_body, lab_total = lab_epochs(args.data_dir, args.images)
         print(lab_body)
         parts.append(lab_body)
         if found["reached"]:

@@ -8,7 +8,7 @@ training images and validate on the 5,000 held-out ones, as every trial does:
 
 - the lab: float32 arrays scaled in NumPy, one-hot labels, `model.fit(x, y, batch_size=64,
   validation_data=...)` with Keras' defaults (jit_compile="auto");
-- ours: `search.space.build` and `search.objective.fit`, the code path of every trial, with
+- ours: `search.space.build` and `search.training.fit`, the code path of every trial, with
   the settings of studies/fashion_mnist.toml.
 
 The two alternate (A B B A ...) in one process, after one warm-up epoch each, so a slow spell
@@ -42,8 +42,9 @@ import common
 import numpy as np
 
 from search import datasets, presets
-from search.objective import VAL_BATCH, configure_tensorflow, fit
+from search.runtime import configure
 from search.space import Config, build, size
+from search.training import VAL_BATCH, fit
 
 SECTION = "trial_throughput"
 
@@ -230,7 +231,7 @@ def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> N
     """One child: pin the pools, warm up, time one chunk on the trial path, print JSON."""
     import os
 
-    configure_tensorflow()  # imports TF quietly; the pools are still unset until the first op
+    configure()  # imports TF quietly; the pools are still unset until the first op
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -328,17 +329,15 @@ def main() -> None:
     parser.add_argument("--lever-reps", type=int, default=5)
     parser.add_argument("--lever-images", type=int, default=12_800)
     parser.add_argument("--profile", action="store_true", help="also profile the trial path")
-    parser.add_argument("--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--images", type=int, help="train on fewer images (a quick check)")
-    parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--thread-child", type=int, nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = common.add_common(parser).parse_args()
     if args.thread_child:
         thread_child(*args.thread_child, args.lever_images,
                      str(args.data_dir) if args.data_dir else None)
         return
 
-    configure_tensorflow()
+    configure()
     import keras
     import tensorflow as tf
 

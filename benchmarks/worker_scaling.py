@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/worker_scaling.py scaling
     .venv/bin/python benchmarks/worker_scaling.py sqlite-limit --workers 2 4 8 16
 
-`scaling` runs the same small Fashion-MNIST search through `search start`, in turn: one worker
-process with two TensorFlow threads, then `--workers auto` (one process per core). Every trial
-trains the lab's test-7 network for a fixed number of epochs (no pruning, no early stop), and
-the rate is the epochs trained per minute between the first trial's start and the last one's
-end, read from the study. It prints the ratio, which is what transfers to another machine.
+`scaling` runs the same small Fashion-MNIST search, in turn: one worker process with two
+TensorFlow threads, then `--workers auto` (one process per core). Each run's study is created
+here as `search start` creates it (search.study.prepare) and run by `search worker`, the same
+worker code as `search start`'s. Every trial trains the lab's test-7 network for a fixed
+number of epochs (no pruning, no early stop), and the rate is the epochs trained per minute
+between the first trial's start and the last one's end, read from the study. It prints the
+ratio, which is what transfers to another machine.
 
 `sqlite-limit` starts N processes at once on one fresh SQLite file. Each opens the storage,
 creates or joins the study and runs the real trial loop (loop.run_trials, heartbeat on) with
@@ -22,64 +24,36 @@ import argparse
 import multiprocessing
 import os
 import subprocess
-import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import common
 import optuna
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from search import loop, presets, storage, study
 
-import common  # noqa: E402
 
-from search import loop, presets, storage, study  # noqa: E402
-
-SCALING_PRESET = """
-dataset = "fashion_mnist"
-trials = {trials}
-val_size = 1000
-train_size = {images}
-epochs = {epochs}
-patience = {epochs}
-seed = 1
-pruner = "none"
-
-# One fixed network, the lab's test 7 (130,890 parameters), so both runs do the same work.
-[space]
-conv_layers = [3, 3]
-filters = [32, 64]
-kernel = [3]
-pool = [true, false]
-dropout = ["none"]
-dense_layers = [1, 1]
-dense_units = [128]
-learning_rate = [0.001, 0.001]
-optimizer = ["rmsprop"]
-batchnorm = [false]
-padding = ["valid"]
-augment = [false]
-batch_size = [64]
-
-{baselines}
-"""
-LAB_TEST_7 = """[[baseline]]
-name = "lab test 7 ({i})"
-convs = [[32, 3, true], [64, 3, true], [64, 3, false]]
-dense = [128]
-learning_rate = 0.001
-"""
+def scaling_preset(trials: int, images: int, epochs: int) -> presets.Preset:
+    """One fixed network, the lab's test 7 (130,890 parameters), so both arms do the same work:
+    every trial is an enqueued copy of it, so no sampler choice differs."""
+    base = presets.load("demo")
+    lab_test_7 = next(b for b in base.baselines if b.name == "lab test 7")
+    space = replace(base.space, conv_layers=(3, 3), filters=(32, 64), kernel=(3,),
+                    dropout=("none",), dense_units=(128,), learning_rate=(0.001, 0.001))
+    return replace(base, name="scaling", description="", trials=trials, val_size=1000,
+                   train_size=images, epochs=epochs, patience=epochs, seed=1, pruner="none",
+                   max_params=None, steps_per_execution=1, space=space,
+                   baselines=tuple(replace(lab_test_7, name=f"lab test 7 ({i})")
+                                   for i in range(trials)))
 
 
 def scaling(args: argparse.Namespace) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="worker-scaling-"))
-    # Every trial is an enqueued copy of the same network, so no sampler choice differs.
-    text = SCALING_PRESET.format(
-        trials=args.trials, images=args.images, epochs=args.epochs,
-        baselines="\n".join(LAB_TEST_7.format(i=i) for i in range(args.trials)))
-    preset_path = folder / "scaling.toml"
-    preset_path.write_text(text)
+    preset = scaling_preset(args.trials, args.images, args.epochs)
+    data_dir = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     arms = {"1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
             "--workers auto": ["--workers", "auto"]}
     rates: dict[str, list[float]] = {label: [] for label in arms}
@@ -88,8 +62,10 @@ def scaling(args: argparse.Namespace) -> None:
         # A B, then B A: a slow spell of the shared machine hits both arms alike.
         for label in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
             url = f"sqlite:///{folder / f'arm{list(arms).index(label)}-{rep}.db'}"
-            command = [str(ROOT / ".venv/bin/search"), "start", "--preset", str(preset_path),
-                       "--storage", url, *arms[label]]
+            # Created here as `search start` creates it; `search worker` runs it to its total.
+            study.prepare(preset, url=url)
+            command = [str(common.ROOT / ".venv/bin/search"), "worker", "--storage", url,
+                       "--study", preset.name, *data_dir, *arms[label]]
             print(f"{label}: {' '.join(command)}", flush=True)
             started = time.perf_counter()
             before = os.times()
@@ -118,7 +94,7 @@ def scaling(args: argparse.Namespace) -> None:
                f"{'met' if common.median(ratios) >= 1.8 else 'not met'}.")
     print(summary)
     body = (f"The same {args.trials} trials (the lab's test 7, {args.epochs} epochs each on "
-            f"{args.images:,} images, no pruning) through `search start`, {args.reps} "
+            f"{args.images:,} images, no pruning) through `search worker`, {args.reps} "
             "interleaved repetitions of each arm; epochs per minute between the first trial's "
             "start and the last one's end.\n\n"
             + common.table(["arm", "epochs per minute, median (min-max)",
@@ -204,7 +180,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--reps", type=int, default=2, help="interleaved repetitions of each arm")
-    p.add_argument("--no-write", action="store_true", help="print only")
+    common.add_common(p)
     p = sub.add_parser("sqlite-limit", help="storage errors with N workers on one SQLite file")
     p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--trials-per-worker", type=int, default=10)
