@@ -4,6 +4,9 @@ The server runs for the test session in a temporary folder and is removed at its
 reach it over TCP on 127.0.0.1 with password (SCRAM) authentication, as a real deployment
 would, so a test can put a real password in a storage URL. PostgreSQL refuses to run as root;
 under root the cluster belongs to the `postgres` user that Debian's package creates.
+
+`start_cluster` raises RuntimeError when it cannot start one, so the benchmarks can use it too;
+the `postgres` fixture turns that into a test failure.
 """
 
 from __future__ import annotations
@@ -63,8 +66,13 @@ class Cluster:
 
     def admin(self, sql: str) -> None:
         """Run `sql` as the superuser, over the cluster's private Unix socket."""
-        with psycopg.connect(host=str(self.root), port=self.port, user="postgres",
-                             dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(self.root),
+            port=self.port,
+            user="postgres",
+            dbname="postgres",
+            autocommit=True,
+        ) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
 
     def create_database(self) -> str:
@@ -73,8 +81,10 @@ class Cluster:
         return name
 
     def stop(self) -> None:
-        run_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                      "-w", "stop"], check=False)
+        run_as_owner(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            check=False,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -85,11 +95,17 @@ def run_as_owner(command: list[str], check: bool = True) -> subprocess.Completed
 
 
 def start_cluster() -> Cluster:
-    """initdb a new cluster in a temporary folder and start it on a free loopback port."""
+    """initdb a new cluster in a temporary folder and start it on a free loopback port.
+
+    Raises RuntimeError, with a sentence that says why, if there is no server to start or it
+    does not start; nothing is left behind then.
+    """
     binaries = bindir()
     if binaries is None:
-        pytest.fail("PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin): run "
-                    "'bash .ci/setup --test', which installs Debian's postgresql.")
+        raise RuntimeError(
+            "PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin): "
+            "run 'bash .ci/setup --test', which installs Debian's postgresql."
+        )
     root = Path(tempfile.mkdtemp(prefix="search-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
@@ -99,17 +115,40 @@ def start_cluster() -> Cluster:
     if os.geteuid() == 0:
         shutil.chown(superuser_password, user="postgres", group="postgres")
     try:
-        run_as_owner([str(binaries / "initdb"), "-D", str(root / "data"), "-U", "postgres",
-                      f"--pwfile={superuser_password}", "--auth-local=trust",
-                      "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
+        run_as_owner(
+            [
+                str(binaries / "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                "postgres",
+                f"--pwfile={superuser_password}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
         options = " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items())
         for attempt in range(3):  # another program may take the free port first
             cluster = Cluster(binaries, root, free_port(), password)
             started = run_as_owner(
-                [str(binaries / "pg_ctl"), "-D", str(cluster.data), "-l", str(root / "log"),
-                 "-w", "-t", "60", "-o",
-                 f"-p {cluster.port} -c unix_socket_directories={root} {options}", "start"],
-                check=False)
+                [
+                    str(binaries / "pg_ctl"),
+                    "-D",
+                    str(cluster.data),
+                    "-l",
+                    str(root / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-p {cluster.port} -c unix_socket_directories={root} {options}",
+                    "start",
+                ],
+                check=False,
+            )
             if started.returncode == 0:
                 break
             if attempt == 2:
@@ -119,14 +158,30 @@ def start_cluster() -> Cluster:
         return cluster
     except (subprocess.CalledProcessError, RuntimeError, OSError, psycopg.Error) as e:
         detail = e.stderr if isinstance(e, subprocess.CalledProcessError) else str(e)
+        if (root / "data" / "postmaster.pid").exists():  # started, then the role failed
+            run_as_owner(
+                [
+                    str(binaries / "pg_ctl"),
+                    "-D",
+                    str(root / "data"),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                check=False,
+            )
         shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"Could not start a throwaway PostgreSQL server: {detail}")
+        raise RuntimeError(f"Could not start a throwaway PostgreSQL server: {detail}") from e
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
     """One PostgreSQL server for the whole session, stopped and deleted at its end."""
-    cluster = start_cluster()
+    try:
+        cluster = start_cluster()
+    except RuntimeError as e:
+        pytest.fail(str(e))
     try:
         yield cluster
     finally:

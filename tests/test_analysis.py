@@ -16,33 +16,65 @@ from search.study import best
 
 LAB_9 = Config(convs=(Conv(32, 3, True),), dense=(64,))
 STARVED = Config(convs=(Conv(8, 5, True),), dense=(32,), learning_rate=1e-4)
-WIDE = Config(convs=(Conv(32, 3, True), Conv(64, 3, False)), dense=(128, 64), dropout="both",
-              dropout_rate=0.25, batchnorm=True, padding="same", optimizer="adam",
-              learning_rate=0.003, batch_size=128)
-DISTRIBUTIONS = {"learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
-                 "filters_1": CategoricalDistribution((8, 16, 32, 64))}
+WIDE = Config(
+    convs=(Conv(32, 3, True), Conv(64, 3, False)),
+    dense=(128, 64),
+    dropout="both",
+    dropout_rate=0.25,
+    batchnorm=True,
+    padding="same",
+    optimizer="adam",
+    learning_rate=0.003,
+    batch_size=128,
+)
+DISTRIBUTIONS = {
+    "learning_rate": FloatDistribution(1e-4, 1e-2, log=True),
+    "filters_1": CategoricalDistribution((8, 16, 32, 64)),
+}
 PRESET = Preset(name="unit", dataset="fashion_mnist", space=Space(), epochs=10, patience=2)
 
 
-def make_trial(state: TrialState, config: Config | None, *, losses: tuple[float, ...] = (),
-               best_epoch: int | None = None, **attrs: Any) -> FrozenTrial:
+def make_trial(
+    state: TrialState,
+    config: Config | None,
+    *,
+    losses: tuple[float, ...] = (),
+    best_epoch: int | None = None,
+    **attrs: Any,
+) -> FrozenTrial:
     """A trial as search/objective.py records it, having trained one epoch per loss."""
     record: dict[str, Any] = {"epochs_trained": len(losses)}
     if config is not None:
-        record.update(architecture=describe(config), config=config.to_json(), seed=7,
-                      params=10_000 * config.convs[0].filters, mflops=1.5)
+        record.update(
+            architecture=describe(config),
+            config=config.to_json(),
+            seed=7,
+            params=10_000 * config.convs[0].filters,
+            mflops=1.5,
+        )
     if losses:
         best_epoch = best_epoch or 1 + losses.index(min(losses))
-        record.update(best_epoch=best_epoch, val_loss=losses[best_epoch - 1],
-                      val_accuracy=1 - losses[best_epoch - 1] / 2, seconds_per_epoch=3.0,
-                      curves={"val_loss": list(losses)})
+        record.update(
+            best_epoch=best_epoch,
+            val_loss=losses[best_epoch - 1],
+            val_accuracy=1 - losses[best_epoch - 1] / 2,
+            seconds_per_epoch=3.0,
+            curves={"val_loss": list(losses)},
+        )
     record.update(attrs)
-    params = ({"learning_rate": config.learning_rate, "filters_1": config.convs[0].filters}
-              if config is not None else {})
+    params = (
+        {"learning_rate": config.learning_rate, "filters_1": config.convs[0].filters}
+        if config is not None
+        else {}
+    )
     return optuna.trial.create_trial(
-        state=state, value=record.get("val_loss") if state == TrialState.COMPLETE else None,
-        params=params, distributions={k: DISTRIBUTIONS[k] for k in params}, user_attrs=record,
-        intermediate_values=dict(enumerate(losses)))
+        state=state,
+        value=record.get("val_loss") if state == TrialState.COMPLETE else None,
+        params=params,
+        distributions={k: DISTRIBUTIONS[k] for k in params},
+        user_attrs=record,
+        intermediate_values=dict(enumerate(losses)),
+    )
 
 
 def lab_study() -> optuna.Study:
@@ -74,7 +106,15 @@ def study() -> optuna.Study:
 def test_pruned_by_pruner_tells_the_pruner_from_rejections(study: optuna.Study) -> None:
     trials = study.get_trials()
     assert [analysis.pruned_by_pruner(t) for t in trials] == [
-        False, True, False, False, False, False, False, True]
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
     assert [t.number for t in analysis.complete(study)] == [0, 2, 3]
 
 
@@ -90,8 +130,9 @@ def test_config_of_is_lenient_where_the_study_s_parser_raises(study: optuna.Stud
     trials = study.get_trials()
     assert analysis.config_of(trials[2]) == WIDE
     assert analysis.config_of(trials[6]) is None  # no stored configuration
-    broken = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5,
-                                       user_attrs={"config": '{"convs": [[32, 3'})
+    broken = optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.5, user_attrs={"config": '{"convs": [[32, 3'}
+    )
     assert analysis.config_of(broken) is None
     impossible = Config(convs=(Conv(8, 5, True),) * 4)  # 28 px cannot take four 5x5 + pool
     assert analysis.config_of(make_trial(TrialState.PRUNED, impossible)) is None
@@ -100,17 +141,26 @@ def test_config_of_is_lenient_where_the_study_s_parser_raises(study: optuna.Stud
 def test_the_table_shows_the_lab_s_runs_and_the_best_of_the_search(study: optuna.Study) -> None:
     assert [t.number for t in analysis.table_trials(study)] == [2, 0, 3, 1]
     rows = {r.run: r for r in analysis.table_rows(study)}
-    assert list(rows) == ["search #2", "lab: lab test 9 (#0)", "search #3",
-                          "lab: starved (#1), pruned"]
-    assert rows["lab: lab test 9 (#0)"].cells() == (
-        "lab: lab test 9 (#0)", "1", "32", "3x3", "after conv 1", "none", "64", "0.4000",
-        "80.00 %", "320,000", "3 (best 2)", "lr 0.001")
+    assert list(rows) == [
+        "search #2",
+        "lab: lab test 9 (#0)",
+        "search #3",
+        "lab: starved (#1), pruned",
+    ]
+    assert " | ".join(rows["lab: lab test 9 (#0)"].cells()) == (
+        "lab: lab test 9 (#0) | 1 | 32 | 3x3 | after conv 1 | none | 64 | 0.4000 | 80.00 % | "
+        "320,000 | 3 (best 2) | lr 0.001"
+    )
     starved = rows["lab: starved (#1), pruned"]
-    assert (starved.kernel, starved.val_loss, starved.epochs, starved.other) == (
-        "5x5", "1.2000", "2 (best 1)", "lr 0.0001")
+    assert [starved.kernel, starved.val_loss, starved.epochs] == ["5x5", "1.2000", "2 (best 1)"]
+    assert starved.other == "lr 0.0001"
     wide = rows["search #2"]
-    assert (wide.layers, wide.filters, wide.pooling, wide.dense) == ("2", "32-64",
-                                                                     "after conv 1", "128-64")
+    assert [wide.layers, wide.filters, wide.pooling, wide.dense] == [
+        "2",
+        "32-64",
+        "after conv 1",
+        "128-64",
+    ]
     assert wide.dropout == "0.25 after each pooled block and after Flatten"
     assert wide.other == "lr 0.003, Adam, batch norm, same padding, batch 128"
 
@@ -124,12 +174,17 @@ def test_the_table_takes_the_search_s_five_best_only() -> None:
 
 def test_dropout_and_other_settings_are_described() -> None:
     assert analysis.describe_dropout(LAB_9) == "none"
-    assert analysis.describe_dropout(Config(convs=LAB_9.convs, dropout="flatten",
-                                            dropout_rate=0.0)) == "none"
-    assert analysis.describe_dropout(Config(convs=LAB_9.convs, dropout="blocks",
-                                            dropout_rate=0.3)) == "0.3 after each pooled block"
+    assert (
+        analysis.describe_dropout(Config(convs=LAB_9.convs, dropout="flatten", dropout_rate=0.0))
+        == "none"
+    )
+    assert (
+        analysis.describe_dropout(Config(convs=LAB_9.convs, dropout="blocks", dropout_rate=0.3))
+        == "0.3 after each pooled block"
+    )
     assert analysis.describe_other(Config(convs=LAB_9.convs, augment=True)) == (
-        "lr 0.001, augmentation")
+        "lr 0.001, augmentation"
+    )
 
 
 def test_savings_bound_the_epochs_the_pruner_saved(study: optuna.Study) -> None:
@@ -150,6 +205,11 @@ def test_numbers_are_written_as_the_report_writes_them() -> None:
     assert analysis.pct(0.9070) == "90.70 %" and analysis.pct(None) == "-"
     assert analysis.num(0.123456) == "0.1235" and analysis.num(1234567, ",d") == "1,234,567"
     assert analysis.count(1, "epoch") == "1 epoch" and analysis.count(1200, "trial") == (
-        "1,200 trials")
+        "1,200 trials"
+    )
     assert [analysis.duration(s) for s in (89, 90, 5399, 5400)] == [
-        "89 s", "2 min", "90 min", "1.5 h"]
+        "89 s",
+        "2 min",
+        "90 min",
+        "1.5 h",
+    ]

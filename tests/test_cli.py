@@ -8,10 +8,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner, Result
 
 from search.cli import cli
-from tests.conftest import write_preset
+from tests.helpers import load_study, run, write_preset
 
 OPENED: list[str] = []
 RECORDING = [False]
@@ -25,18 +24,8 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 sys.addaudithook(_audit)  # records every file this process opens; cannot be removed
 
 
-def run(*args: str) -> Result:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
-
-
-def db(home: Path) -> str:
-    return f"sqlite:///{home / 'search.db'}"
-
-
 def trials(home: Path, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=db(home)).get_trials()
+    return load_study(home, study).get_trials()
 
 
 def test_search_prunes_records_and_resumes_to_the_same_total(
@@ -107,7 +96,7 @@ def test_retrain_best_tests_once_well_above_chance_and_saves_the_model(
     result = run("retrain-best", "--study", "tiny")
     assert result.exit_code == 0, result.output
     assert "against the lab's 90.70%" in result.output
-    attrs = optuna.load_study(study_name="tiny", storage=db(private_storage)).user_attrs
+    attrs = load_study(private_storage).user_attrs
     assert attrs["test_accuracy"] > 0.70
     retrain = attrs["retrain"]
     assert retrain["train_images"] == 6000 and retrain["trial"] == 0
@@ -120,7 +109,7 @@ def test_retrain_best_tests_once_well_above_chance_and_saves_the_model(
 
     # Reproducible: the same trial, retrained with its recorded seed, tests the same.
     assert run("retrain-best", "--study", "tiny").exit_code == 0
-    again = optuna.load_study(study_name="tiny", storage=db(private_storage)).user_attrs
+    again = load_study(private_storage).user_attrs
     assert again["retrain"]["test_accuracy"] == retrain["test_accuracy"]
     assert again["retrain"]["history"] == retrain["history"]
 
@@ -130,8 +119,7 @@ def test_a_study_name_is_not_reused_for_another_space(
 ) -> None:
     assert run("start", "--preset", str(tiny_preset), "--trials", "1").exit_code == 0
     before = [(t.number, t.state, t.params) for t in trials(private_storage)]
-    changed = write_preset(tmp_path / "..", name="tiny",
-                           **{"[0.0001, 0.003]": "[0.0001, 0.005]"})
+    changed = write_preset(tmp_path / "..", name="tiny", **{"[0.0001, 0.003]": "[0.0001, 0.005]"})
     result = run("start", "--preset", str(changed), "--trials", "2")
     assert result.exit_code == 1
     assert "different preset or search space" in result.output

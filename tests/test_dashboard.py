@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from click.testing import CliRunner
 from matplotlib.image import imread
 
-from search.cli import cli
-from tests.conftest import write_preset
+from search import presets, storage, study
+from tests.helpers import db_url, popen, run, write_preset
 
 CHROMIUM = "/usr/bin/chromium"
 SEARCH = str(Path(sys.executable).with_name("search"))  # the installed console script
@@ -35,13 +34,16 @@ class Server:
     """A `search dashboard` subprocess and what it has printed so far."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([SEARCH, "dashboard", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        # popen: Ctrl-C reaches it even where pytest runs with SIGINT ignored (`pytest &`).
+        self.proc = popen(
+            [SEARCH, "dashboard", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self.out: list[str] = []
         self.err: list[str] = []
         for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=lambda s=stream, ls=lines: ls.extend(iter(s.readline, "")),
-                             daemon=True).start()
+            threading.Thread(
+                target=lambda s=stream, ls=lines: ls.extend(iter(s.readline, "")), daemon=True
+            ).start()
 
     def url(self, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -70,6 +72,11 @@ def dashboard(*args: str) -> Iterator[Server]:
             server.proc.wait()
 
 
+def port_of(url: str) -> int:
+    """The port of a URL that the dashboard printed, http://HOST:PORT/dashboard..."""
+    return int(url.split(":")[2].split("/")[0])
+
+
 def listening(port: int) -> list[str]:
     """The local addresses a socket listens on at `port`, read from the kernel's tables."""
     found = []
@@ -96,11 +103,23 @@ def get_json(url: str) -> dict:
 def chromium(url: str, *args: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-             *args, url],
-            capture_output=True, text=True, timeout=180,
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -110,11 +129,20 @@ def chromium(url: str, *args: str) -> str:
 def tiny_study(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> str:
     """A two-trial search, shared by this module; returns its storage URL."""
     folder = tmp_path_factory.mktemp("dashboard")
-    url = f"sqlite:///{folder / 'search.db'}"
+    url = db_url(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEARCH_DIR", str(folder))
-        result = CliRunner().invoke(cli, ["start", "--preset", str(write_preset(folder)),
-                                          "--trials", "2", "--study", STUDY, "--storage", url])
+        result = run(
+            "start",
+            "--preset",
+            str(write_preset(folder)),
+            "--trials",
+            "2",
+            "--study",
+            STUDY,
+            "--storage",
+            url,
+        )
     assert result.exit_code == 0, result.output
     return url
 
@@ -135,8 +163,10 @@ def test_the_dashboard_shows_the_study_in_a_real_browser(tiny_study: str, artifa
 
         # optuna-dashboard's own API lists the study and its trials with their records.
         base = f"http://127.0.0.1:{port}"
-        names = {s["study_name"]: s["study_id"]
-                 for s in get_json(f"{base}/api/studies")["study_summaries"]}
+        names = {
+            s["study_name"]: s["study_id"]
+            for s in get_json(f"{base}/api/studies")["study_summaries"]
+        }
         assert names == {STUDY: study_id}
         detail = get_json(f"{base}/api/studies/{study_id}")
         assert [t["number"] for t in detail["trials"]] == [t.number for t in trials]
@@ -168,7 +198,7 @@ def test_binding_beyond_loopback_warns_that_there_is_no_authentication(
 ) -> None:
     with dashboard("--host", "0.0.0.0", "--port", "0", "--storage", tiny_study) as server:
         url = server.url()
-        port = int(url.split(":")[2].split("/")[0])
+        port = port_of(url)
         assert listening(port) == ["0.0.0.0"]
         warning = "".join(server.err)
         assert "Warning: listening on 0.0.0.0" in warning and "no authentication" in warning
@@ -177,17 +207,43 @@ def test_binding_beyond_loopback_warns_that_there_is_no_authentication(
 
 
 def test_dashboard_mistakes_are_one_sentence(tiny_study: str, private_storage: Path) -> None:
-    runner = CliRunner()
-    result = runner.invoke(cli, ["dashboard", "--study", "nothing", "--storage", tiny_study])
+    result = run("dashboard", "--study", "nothing", "--storage", tiny_study)
     assert result.exit_code == 1 and "No study named 'nothing'" in result.output
     with dashboard("--port", "0", "--storage", tiny_study) as server:
-        port = int(server.url().split(":")[2].split("/")[0])
-        result = runner.invoke(cli, ["dashboard", "--port", str(port), "--storage", tiny_study])
+        port = port_of(server.url())
+        result = run("dashboard", "--port", str(port), "--storage", tiny_study)
         assert result.exit_code == 1
         assert f"Port {port} on 127.0.0.1 is already in use" in result.output
         assert server.stop() == 0
-    result = runner.invoke(cli, ["dashboard", "--storage",
-                                 f"sqlite:///{private_storage / 'typo.db'}"])
+    result = run("dashboard", "--storage", f"sqlite:///{private_storage / 'typo.db'}")
     assert result.exit_code == 1 and "No study database" in result.output
     assert not (private_storage / "typo.db").exists()  # a read-only command creates nothing
     assert "Traceback" not in result.output
+
+
+SHOW_SIGINT = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+
+
+def test_ctrl_c_stops_the_dashboard_when_the_tests_themselves_ignore_sigint(
+    tmp_path: Path, private_storage: Path
+) -> None:
+    """As under `pytest &` in a script, which starts pytest with SIGINT ignored."""
+    url = db_url(private_storage)
+    study.create_or_load(storage.open_storage(url), "tiny", presets.load(write_preset(tmp_path)))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        # What the tests work around: an ignored SIGINT is inherited by a child as it is...
+        plain = subprocess.run(
+            [sys.executable, "-c", SHOW_SIGINT], capture_output=True, text=True, check=True
+        )
+        assert plain.stdout.split() == ["True"]
+        # ...and popen gives it the default back.
+        restored = popen([sys.executable, "-c", SHOW_SIGINT], stdout=subprocess.PIPE)
+        assert restored.communicate(timeout=60)[0].split() == ["False"]
+        with dashboard("--port", "0", "--storage", url) as server:
+            port = port_of(server.url())
+            assert server.stop() == 0  # Ctrl-C
+        assert "Dashboard stopped." in "".join(server.out)
+        assert listening(port) == []
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,18 +89,20 @@ def test_missing_file_is_named(copy_dir: Path) -> None:
         datasets.load_train("fashion_mnist", copy_dir)
 
 
-def test_truncated_download_is_detected_not_trusted(copy_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[: len(data) // 2], "train-images-idx3-ubyte.gz.*truncated"),
+        (lambda data: b"this is not gzip at all" * 10, "train-images-idx3-ubyte.gz"),
+    ],
+    ids=["truncated-download", "corrupt-gzip"],
+)
+def test_a_damaged_file_is_named_not_trusted(
+    copy_dir: Path, damage: Callable[[bytes], bytes], message: str
+) -> None:
     path = copy_dir / "train-images-idx3-ubyte.gz"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*truncated"):
-        datasets.load_train("fashion_mnist", copy_dir)
-
-
-def test_corrupt_gzip_is_named(copy_dir: Path) -> None:
-    path = copy_dir / "train-images-idx3-ubyte.gz"
-    path.write_bytes(b"this is not gzip at all" * 10)
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=message):
         datasets.load_train("fashion_mnist", copy_dir)
 
 

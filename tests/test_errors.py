@@ -1,4 +1,7 @@
-"""Every user mistake and fault ends in one clear sentence; stored studies stay as they were."""
+"""Every user mistake and fault ends in one clear sentence; stored studies stay as they were.
+
+The sentence is a SearchError's message (search/errors.py), tested first.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
+from search import storage
 from search.cli import cli
-from tests.conftest import write_preset
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
+from search.errors import SearchError, first_line
+from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
 
 
 def assert_one_sentence(result: Result, code: int, *fragments: str) -> None:
@@ -36,17 +37,54 @@ def existing(tiny_preset: Path, private_storage: Path, fashion_dir: Path) -> Pat
     return private_storage / "search.db"
 
 
+def started(folder: Path, variant: str, trials: int) -> optuna.Study:
+    """The study after `search start` with a variant of the tiny preset, which succeeded."""
+    preset = write_preset(folder, variant)
+    result = run("start", "--preset", str(preset), "--trials", str(trials))
+    assert result.exit_code == 0, result.output
+    return load_study(storage.home())
+
+
 def snapshot(db: Path) -> list[tuple[object, ...]]:
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    study = load_study(db.parent)
     return [(t.number, t.state, t.params, t.value) for t in study.get_trials()]
+
+
+# 0. The error type behind every sentence ------------------------------------------------------
+def test_every_user_facing_error_is_a_search_error() -> None:
+    assert cli.commands  # search.cli has imported every module that defines an error
+    kinds = {error.__name__: error for error in SearchError.__subclasses__()}
+    assert set(kinds) >= {
+        "DataError",
+        "PresetError",
+        "StorageError",
+        "StudyError",
+        "DashboardError",
+        "ReportError",
+    }
+    for error in kinds.values():
+        assert error.__doc__  # each says which mistakes it stands for
+
+
+def test_first_line_keeps_one_line_of_a_long_message() -> None:
+    error = ValueError("  the first line\n  the second\nthe third  ")
+    assert first_line(error) == "the first line"
+    assert first_line("one line") == "one line"
+    assert first_line(KeyError(), "KeyError") == "KeyError"  # an empty message
+    assert first_line(RuntimeError(" \n "), default="none") == "none"  # blank is empty too
+    assert first_line(OSError("")) == ""
 
 
 # 1. Unknown dataset ---------------------------------------------------------------------------
 def test_unknown_dataset(tmp_path: Path) -> None:
     assert_one_sentence(run("start", "--dataset", "cifar10"), 2, "fashion_mnist", "mnist")
     preset = write_preset(tmp_path, **{'dataset = "fashion_mnist"': 'dataset = "cifar"'})
-    assert_one_sentence(run("start", "--preset", str(preset)), 1,
-                        "Unknown dataset 'cifar'", "known datasets: fashion_mnist, mnist")
+    assert_one_sentence(
+        run("start", "--preset", str(preset)),
+        1,
+        "Unknown dataset 'cifar'",
+        "known datasets: fashion_mnist, mnist",
+    )
 
 
 # 2. Broken data folders (the loader's own cases are in test_datasets.py) ------------------
@@ -60,11 +98,14 @@ def test_broken_data_dir_names_the_file(tmp_path: Path, tiny_preset: Path) -> No
 
 
 # 3. Storage URLs ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("url", "message"), [
-    ("not a url", "malformed"),
-    ("postgresql://u:pw@host:port/db", "malformed"),
-    ("mysql://u:secret@localhost/db", "Unsupported storage scheme 'mysql'"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "malformed"),
+        ("postgresql://u:pw@host:port/db", "malformed"),
+        ("mysql://u:secret@localhost/db", "Unsupported storage scheme 'mysql'"),
+    ],
+)
 def test_bad_storage_urls(url: str, message: str, tiny_preset: Path) -> None:
     result = run("start", "--preset", str(tiny_preset), "--storage", url)
     assert_one_sentence(result, 1, message)
@@ -91,20 +132,24 @@ def test_read_only_commands_on_missing_storage_and_study(existing: Path, tmp_pat
 
 # 5. retrain-best without a completed trial, or with one that cannot be rebuilt ---------------
 def test_retrain_best_without_completed_trials(private_storage: Path) -> None:
-    storage = f"sqlite:///{private_storage / 'search.db'}"
+    url = db_url(private_storage)
     private_storage.mkdir()
     from search import presets
 
-    study = optuna.create_study(study_name="empty", storage=storage)
+    study = optuna.create_study(study_name="empty", storage=url)
     study.set_user_attr("preset", presets.load("demo").to_json())
     assert_one_sentence(run("retrain-best", "--study", "empty"), 1, "no completed trial")
     # A completed trial from an older version, with no stored configuration.
-    study.add_trial(optuna.trial.create_trial(value=0.3, params={}, distributions={},
-                                              user_attrs={"best_epoch": 2}))
-    assert_one_sentence(run("retrain-best", "--study", "empty"), 1,
-                        "architecture cannot be rebuilt")
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.3, params={}, distributions={}, user_attrs={"best_epoch": 2}
+        )
+    )
+    assert_one_sentence(
+        run("retrain-best", "--study", "empty"), 1, "architecture cannot be rebuilt"
+    )
     # A study that `search start` did not make.
-    optuna.create_study(study_name="foreign", storage=storage)
+    optuna.create_study(study_name="foreign", storage=url)
     assert_one_sentence(run("status", "--study", "foreign"), 1, "was not made by 'search start'")
 
 
@@ -117,17 +162,7 @@ def test_study_name_reused_for_another_dataset(existing: Path) -> None:
 
 
 # 7. Malformed presets name the key and the file ------------------------------------------------
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("patience = 1", "patience = 1\nfoo = 3", "'foo' is not a known setting"),
-    ("epochs = 3", 'epochs = "three"', "'epochs' must be of type int"),
-    ("conv_layers = [1, 2]", "conv_layers = [3, 1]", "'space.conv_layers' has min 3 greater"),
-    ("kernel = [3, 5]", "kernel = [0, 3]", "'space.kernel' must hold odd sizes"),
-    ("dropout_rate = [0.1, 0.3]", "dropout_rate = [-0.2, 0.3]",
-     "'space.dropout_rate' must lie within [0, 1)"),
-    ("filters = [8, 16, 32, 64]", "filters = [8, 16, 32, 64]\nbogus = [1]",
-     "'space.bogus' is not a known axis"),
-    ("seed = 3", "seed = 3\n[oops", "not valid TOML"),
-])
+@pytest.mark.parametrize(("old", "new", "message"), MALFORMED)
 def test_malformed_presets(tmp_path: Path, old: str, new: str, message: str) -> None:
     preset = write_preset(tmp_path, **{old: new})
     result = run("start", "--preset", str(preset))
@@ -149,21 +184,19 @@ def test_bad_numbers(args: list[str], tiny_preset: Path) -> None:
 def test_nan_loss_ends_the_trial_and_the_worker_goes_on(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    preset = write_preset(tmp_path, **{
-        "learning_rate = [0.0001, 0.003]": "learning_rate = [0.0001, 1e12]",
-        'name = "starved"\nconvs = [[8, 5, true]]\ndense = [32]\nlearning_rate = 0.0001':
-        'name = "diverging"\nconvs = [[8, 5, true]]\ndense = [32]\nlearning_rate = 1e12',
-    })
-    result = run("start", "--preset", str(preset), "--trials", "3")
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="tiny",
-                              storage=f"sqlite:///{private_storage / 'search.db'}")
+    study = started(tmp_path, "diverging", trials=3)
     diverged = study.trials[1]
     assert diverged.user_attrs["baseline"] == "diverging"
     assert diverged.state == optuna.trial.TrialState.PRUNED
     assert "NaN or infinite" in diverged.user_attrs["reason"]
-    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,
-                                        optuna.trial.TrialState.PRUNED))) == 3
+    assert (
+        len(
+            study.get_trials(
+                states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            )
+        )
+        == 3
+    )
     assert math.isfinite(study.best_value)
 
 
@@ -171,34 +204,18 @@ def test_nan_loss_ends_the_trial_and_the_worker_goes_on(
 def test_over_budget_and_over_memory_are_rejected_untrained(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    preset = write_preset(tmp_path, **{
-        "max_params = 400_000": "max_params = 100_000",
-        'name = "starved"\nconvs = [[8, 5, true]]': 'name = "wide"\nconvs = [[64, 3, false]]',
-    })
-    assert run("start", "--preset", str(preset), "--trials", "2").exit_code == 0
-    study = optuna.load_study(study_name="tiny",
-                              storage=f"sqlite:///{private_storage / 'search.db'}")
+    study = started(tmp_path, "over_budget", trials=2)
     for trial in study.trials[:2]:  # 347,146 and 2.8 M parameters, both over 100,000
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert "exceed the budget of 100,000" in trial.user_attrs["reason"]
         assert "epochs_trained" not in trial.user_attrs and not trial.intermediate_values
 
 
-
 def test_a_batch_too_big_for_memory_is_rejected_untrained(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
     # Batches of ten million images: the estimate runs to terabytes on any machine.
-    preset = write_preset(tmp_path, **{
-        "[space]": "[space]\nbatch_size = [10000000]",
-        "dense = [64]\n": "dense = [64]\nbatch_size = 10000000\n",
-        "dense = [32]\n": "dense = [32]\nbatch_size = 10000000\n",
-    })
-    result = run("start", "--preset", str(preset), "--trials", "1")
-    assert result.exit_code == 0, result.output
-    study = optuna.load_study(study_name="tiny",
-                              storage=f"sqlite:///{private_storage / 'search.db'}")
-    trial = study.trials[0]
+    trial = started(tmp_path, "huge_batch", trials=1).trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED and not trial.intermediate_values
     assert "training would need about" in trial.user_attrs["reason"]
     assert "GiB available" in trial.user_attrs["reason"]
@@ -209,11 +226,10 @@ def test_a_batch_too_big_for_memory_is_rejected_untrained(
 def test_interrupt_marks_the_trial_failed_and_resume_reaches_the_total(
     sig: signal.Signals, tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    preset = write_preset(tmp_path, **{"epochs = 3": "epochs = 6", "patience = 1": "patience = 9"})
+    preset = write_preset(tmp_path, "long")
     command = [sys.executable, "-m", "search", "start", "--preset", str(preset), "--trials", "2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+    proc = popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
     watchdog = threading.Timer(300, proc.kill)  # a hung command fails the test, not CI
     watchdog.start()
@@ -229,16 +245,18 @@ def test_interrupt_marks_the_trial_failed_and_resume_reaches_the_total(
     assert proc.returncode == 130, output
     assert "Traceback" not in output and "rerun the same command to resume" in output
 
-    storage = f"sqlite:///{private_storage / 'search.db'}"
-    study = optuna.load_study(study_name="tiny", storage=storage)
+    study = load_study(private_storage)
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert states[0] == optuna.trial.TrialState.FAIL
 
     assert run("start", "--preset", str(preset), "--trials", "2").exit_code == 0
-    study = optuna.load_study(study_name="tiny", storage=storage)
-    finished = [t for t in study.trials if t.state.is_finished()
-                and t.state != optuna.trial.TrialState.FAIL]
+    study = load_study(private_storage)
+    finished = [
+        t
+        for t in study.trials
+        if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL
+    ]
     assert len(finished) == 2
 
 
@@ -247,8 +265,9 @@ def test_interrupt_marks_the_trial_failed_and_resume_reaches_the_total(
 def test_full_disk_when_saving_the_model(existing: Path, private_storage: Path) -> None:
     models = private_storage / "models"
     models.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(models)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(models)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -256,8 +275,7 @@ def test_full_disk_when_saving_the_model(existing: Path, private_storage: Path) 
         result = run("retrain-best", "--study", "tiny")
         assert_one_sentence(result, 1, "the model could not be saved to", "No space left")
         assert snapshot(existing) == before
-        attrs = optuna.load_study(study_name="tiny",
-                                  storage=f"sqlite:///{existing}").user_attrs
+        attrs = load_study(existing.parent).user_attrs
         assert attrs["test_accuracy"] > 0.5  # measured and recorded before the save failed
         assert list(models.iterdir()) == []  # no half-written model left behind
     finally:
@@ -265,8 +283,9 @@ def test_full_disk_when_saving_the_model(existing: Path, private_storage: Path) 
 
 
 # 13. The storage folder cannot be made ----------------------------------------------------------
-def test_storage_folder_that_cannot_be_created(tmp_path: Path, tiny_preset: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_folder_that_cannot_be_created(
+    tmp_path: Path, tiny_preset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("SEARCH_DIR", str(blocker / "storage"))

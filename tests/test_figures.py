@@ -47,8 +47,12 @@ def test_history_marks_the_pruned_trials_beside_the_completed(study: optuna.Stud
 def test_intermediate_counts_the_trials_and_draws_the_best_on_top(study: optuna.Study) -> None:
     fig = figures.fig_intermediate(study)
     ax = fig.axes[0]
-    assert legend_texts(ax) == ["completed (3)", "pruned (3), stopped at the X",
-                                "the lab's configurations", "best trial #2"]
+    assert legend_texts(ax) == [
+        "completed (3)",
+        "pruned (3), stopped at the X",
+        "the lab's configurations",
+        "best trial #2",
+    ]
     assert ax.get_yscale() == "log"  # 0.31 to 1.3: more than four times over
     best_line = [line for line in ax.get_lines() if line.get_linewidth() == 2.5]
     assert [np.asarray(line.get_xdata()).tolist() for line in best_line] == [[1, 2, 3]]
@@ -69,9 +73,11 @@ def test_size_plot_stars_the_best_and_floors_the_trials_far_below(study: optuna.
 def test_the_figures_skip_a_study_too_small_to_draw() -> None:
     small = optuna.create_study()
     small.add_trial(make_trial(TrialState.PRUNED, LAB_9, reason="too many parameters"))
-    for draw, why in ((figures.fig_history, "no trial has completed yet"),
-                      (figures.fig_intermediate, "no trial has finished an epoch yet"),
-                      (figures.fig_size, "no trial has finished an epoch yet")):
+    for draw, why in (
+        (figures.fig_history, "no trial has completed yet"),
+        (figures.fig_intermediate, "no trial has finished an epoch yet"),
+        (figures.fig_size, "no trial has finished an epoch yet"),
+    ):
         with pytest.raises(Skip, match=why):
             draw(small)
     small.add_trial(make_trial(TrialState.COMPLETE, LAB_9, losses=(0.5,)))
@@ -89,8 +95,9 @@ def test_the_final_model_s_figures_count_right_and_wrong(tmp_path: Path) -> None
     y_pred = y_true.copy()
     y_pred[:5] = 9  # five wrong, the first five
     confusion = figures.fig_confusion(y_true, y_pred, names)
-    assert confusion.axes[0].get_title() == ("Confusion matrix on the 20 test images "
-                                             "(accuracy 75.00%)")
+    assert confusion.axes[0].get_title() == (
+        "Confusion matrix on the 20 test images (accuracy 75.00%)"
+    )
     images = np.zeros((20, 28, 28))
     grid = figures.fig_predictions(images, y_true, y_pred, names)
     assert grid.get_suptitle().startswith("The first 15 test images, predicted (true): 10 of 15")

@@ -7,21 +7,50 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.cli import cli
+from tests.helpers import run
 
-KEYS = ["dataset", "trials", "val_size", "train_size", "epochs", "patience", "seed", "pruner",
-        "max_params", "max_mflops", "steps_per_execution", "description", "junk"]
-AXES = ["conv_layers", "filters", "kernel", "pool", "dropout", "dropout_rate", "dense_layers",
-        "dense_units", "learning_rate", "optimizer", "batchnorm", "padding", "augment",
-        "batch_size", "nonsense"]
+KEYS = [
+    "dataset",
+    "trials",
+    "val_size",
+    "train_size",
+    "epochs",
+    "patience",
+    "seed",
+    "pruner",
+    "max_params",
+    "max_mflops",
+    "steps_per_execution",
+    "description",
+    "junk",
+]
+AXES = [
+    "conv_layers",
+    "filters",
+    "kernel",
+    "pool",
+    "dropout",
+    "dropout_rate",
+    "dense_layers",
+    "dense_units",
+    "learning_rate",
+    "optimizer",
+    "batchnorm",
+    "padding",
+    "augment",
+    "batch_size",
+    "nonsense",
+]
 
 scalars = st.one_of(
-    st.integers(-10**12, 10**12), st.floats(allow_nan=False, allow_infinity=False),
-    st.booleans(), st.text(max_size=12), st.sampled_from(["fashion_mnist", "mnist", "sha"]),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(["fashion_mnist", "mnist", "sha"]),
 )
 values = st.one_of(scalars, st.lists(scalars, max_size=4))
 
@@ -48,8 +77,11 @@ def presets(draw: st.DrawFn) -> str:
     lines += [f"{k} = {toml_value(v)}" for k, v in space.items()]
     if draw(st.booleans()):
         convs = draw(st.lists(st.lists(scalars, max_size=4), max_size=3))
-        lines += ["[[baseline]]", f"convs = {toml_value(convs)}",
-                  f"dense = {toml_value(draw(st.lists(scalars, max_size=2)))}"]
+        lines += [
+            "[[baseline]]",
+            f"convs = {toml_value(convs)}",
+            f"dense = {toml_value(draw(st.lists(scalars, max_size=2)))}",
+        ]
     return "\n".join(lines)
 
 
@@ -82,31 +114,37 @@ def assert_clean(result: object, url: str, before: list[object]) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=presets())
-def test_junk_presets(text: str, stored: tuple[str, list[object]],
-                      tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_junk_presets(
+    text: str, stored: tuple[str, list[object]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     url, before = stored
     path = tmp_path_factory.mktemp("preset") / "junk.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     # The study exists with the demo preset: any parsable junk is refused as another space.
-    result = CliRunner().invoke(cli, ["start", "--preset", str(path), "--study", "kept",
-                                      "--storage", url, "--trials", "1"])
+    result = run(
+        "start", "--preset", str(path), "--study", "kept", "--storage", url, "--trials", "1"
+    )
     assert_clean(result, url, before)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(junk=st.one_of(
-    st.text(max_size=60),
-    st.builds(lambda scheme, rest: f"{scheme}://{rest}",
-              st.sampled_from(["sqlite", "sqlite+pysqlite", "postgresql", "mysql", "http", ""]),
-              st.text(max_size=40)),
-))
+@given(
+    junk=st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            lambda scheme, rest: f"{scheme}://{rest}",
+            st.sampled_from(["sqlite", "sqlite+pysqlite", "postgresql", "mysql", "http", ""]),
+            st.text(max_size=40),
+        ),
+    )
+)
 def test_junk_storage_urls(junk: str, stored: tuple[str, list[object]], tmp_path: Path) -> None:
     url, before = stored
     cwd = os.getcwd()
     os.chdir(tmp_path)  # a relative junk path must not leave a database file here either
     try:
         for command in ("status", "retrain-best"):
-            result = CliRunner().invoke(cli, [command, "--storage", junk, "--study", "kept"])
+            result = run(command, "--storage", junk, "--study", "kept")
             if junk == url:
                 continue
             assert_clean(result, url, before)

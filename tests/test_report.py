@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from click.testing import CliRunner, Result
 from matplotlib.image import imread
 from optuna.trial import TrialState
 
 from search import figures, report
-from search.cli import cli
 from search.study import stored_preset
-from tests.conftest import TINY_PRESET
+from tests.helpers import preset_text, run
 
 RECORDING: list[str] | None = None
 
@@ -27,12 +25,6 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 
 
 sys.addaudithook(_audit)  # records the files this process opens while RECORDING is a list
-
-
-def run(*args: str) -> Result:
-    result = CliRunner().invoke(cli, list(args))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> Tiny:
     """
     global RECORDING
     folder = tmp_path_factory.mktemp("report")
-    head, sound, starved = TINY_PRESET.format(pruner="sha").split("[[baseline]]")
+    head, sound, starved = preset_text().split("[[baseline]]")
     preset = folder / "tiny.toml"
     preset.write_text(head + "[[baseline]]" + starved + "\n[[baseline]]" + sound)
     url = f"sqlite:///{folder / 'search.db'}"
@@ -67,8 +59,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> Tiny:
         assert result.exit_code == 0, result.output
         RECORDING = []
         try:
-            result = run("report", "--study", "tiny", "--storage", url,
-                         "--out", str(folder / "before"))
+            result = run(
+                "report", "--study", "tiny", "--storage", url, "--out", str(folder / "before")
+            )
             opened = RECORDING
         finally:
             RECORDING = None
@@ -77,8 +70,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path) -> Tiny:
         assert result.exit_code == 0, result.output
         after = run("report", "--study", "tiny", "--storage", url)  # the default folder
         assert after.exit_code == 0, after.output
-    return Tiny(url=url, before=folder / "before", opened_before=opened,
-                after=folder / "reports" / "tiny", output_after=after.output)
+    return Tiny(
+        url=url,
+        before=folder / "before",
+        opened_before=opened,
+        after=folder / "reports" / "tiny",
+        output_after=after.output,
+    )
 
 
 def assert_image(path: Path) -> None:
@@ -124,8 +122,11 @@ def test_the_report_draws_every_figure_and_states_the_study_s_numbers(tiny: Tiny
     for t in trials:
         if "baseline" in t.user_attrs:
             a = t.user_attrs
-            line = next(line for line in text.splitlines()
-                        if line.startswith(f"| lab: {a['baseline']} (#{t.number})"))
+            line = next(
+                line
+                for line in text.splitlines()
+                if line.startswith(f"| lab: {a['baseline']} (#{t.number})")
+            )
             assert f"| {a['val_loss']:.4f} |" in line
             assert f"| {a['val_accuracy']:.2%} |".replace("%", " %") in line
             assert f"| {a['params']:,} |" in line
@@ -134,8 +135,13 @@ def test_the_report_draws_every_figure_and_states_the_study_s_numbers(tiny: Tiny
 
     # Pruning's saving, from its definition: a pruned trial could have run to the epoch limit.
     preset = stored_preset(study)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED
-              and "reason" not in t.user_attrs and t.user_attrs.get("epochs_trained")]
+    pruned = [
+        t
+        for t in trials
+        if t.state == TrialState.PRUNED
+        and "reason" not in t.user_attrs
+        and t.user_attrs.get("epochs_trained")
+    ]
     assert pruned, "the pruner stopped no trial, so this test would check nothing"
     at_most = sum(preset.epochs - t.user_attrs["epochs_trained"] for t in pruned)
     trained = sum(t.user_attrs.get("epochs_trained", 0) for t in trials)
@@ -143,8 +149,10 @@ def test_the_report_draws_every_figure_and_states_the_study_s_numbers(tiny: Tiny
     assert f"**{at_most} epoch" in text and f"the study trained {trained} epochs" in text
 
     retrained = study.user_attrs["retrain"]
-    assert f"| this study's final model | **{retrained['test_accuracy']:.2%}".replace(
-        "%", " %") in text
+    assert (
+        f"| this study's final model | **{retrained['test_accuracy']:.2%}".replace("%", " %")
+        in text
+    )
     assert "| the lab's final model | 90.70 % |" in text
     delta = (retrained["test_accuracy"] - 0.9070) * 100
     assert f"That is {delta:+.2f} points against the lab" in text
@@ -156,18 +164,27 @@ def test_a_small_study_skips_what_it_cannot_draw_and_says_why(tiny: Tiny, tmp_pa
     trials = tiny.study().get_trials()
     small = optuna.create_study(study_name="small", direction="minimize")
     small.set_user_attr("preset", tiny.study().user_attrs["preset"])
-    small.add_trials([next(t for t in trials if t.state == state)
-                      for state in (TrialState.COMPLETE, TrialState.PRUNED)])
+    small.add_trials(
+        [
+            next(t for t in trials if t.state == state)
+            for state in (TrialState.COMPLETE, TrialState.PRUNED)
+        ]
+    )
     assert [t.state for t in small.get_trials()].count(TrialState.COMPLETE) == 1
 
     written = report.write(small, stored_preset(small), tmp_path, log=lambda line: None)
-    assert {p.name for p in written.figures} == {figures.HISTORY, figures.INTERMEDIATE,
-                                                 figures.SIZE}
+    assert {p.name for p in written.figures} == {
+        figures.HISTORY,
+        figures.INTERMEDIATE,
+        figures.SIZE,
+    }
     for path in written.figures:
         assert_image(path)
     text = written.markdown.read_text()
-    assert ("`param_importances.png` is not drawn: parameter importances need at least 2 "
-            "completed trials; this study has 1.") in text
+    assert (
+        "`param_importances.png` is not drawn: parameter importances need at least 2 "
+        "completed trials; this study has 1."
+    ) in text
     assert "`parallel_coordinate.png` is not drawn" in text
     assert "`confusion_matrix.png` is not drawn: the study has not been retrained" in text
 

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
-from click.testing import CliRunner, Result
 from optuna.trial import TrialState
 
-from search.cli import cli
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def load(home: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{home / 'search.db'}")
+from tests.helpers import load_study, run
 
 
 def test_max_params_prunes_larger_networks_untrained_and_keeps_pruning(
@@ -24,7 +14,7 @@ def test_max_params_prunes_larger_networks_untrained_and_keeps_pruning(
 ) -> None:
     result = run("start", "--preset", str(tiny_preset), "--trials", "2", "--max-params", "50000")
     assert result.exit_code == 0, result.output
-    lab9, starved = load(private_storage).trials[:2]
+    lab9, starved = load_study(private_storage).trials[:2]
     assert lab9.state == TrialState.PRUNED and not lab9.intermediate_values
     assert "347,146 parameters exceed the budget of 50,000" in lab9.user_attrs["reason"]
     assert starved.user_attrs["params"] < 50_000 and starved.intermediate_values
@@ -34,11 +24,12 @@ def test_max_params_prunes_larger_networks_untrained_and_keeps_pruning(
 def test_multi_objective_search_shows_a_pareto_front_and_retrains_any_trial(
     tiny_preset: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    result = run("start", "--preset", str(tiny_preset), "--trials", "3",
-                 "--objective", "val_loss+params")
+    result = run(
+        "start", "--preset", str(tiny_preset), "--trials", "3", "--objective", "val_loss+params"
+    )
     assert result.exit_code == 0, result.output
     assert "no pruning" in result.output
-    study = load(private_storage)
+    study = load_study(private_storage)
     assert len(study.directions) == 2 and study.metric_names == ["val_loss", "params"]
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) >= 2
@@ -56,7 +47,7 @@ def test_multi_objective_search_shows_a_pareto_front_and_retrains_any_trial(
     smallest = min(study.best_trials, key=lambda t: t.values[1])
     result = run("retrain-best", "--study", "tiny", "--trial", str(smallest.number))
     assert result.exit_code == 0, result.output
-    assert load(private_storage).user_attrs["retrain"]["trial"] == smallest.number
+    assert load_study(private_storage).user_attrs["retrain"]["trial"] == smallest.number
 
     result = run("report", "--study", "tiny")  # the report reads val_loss, the first objective
     assert result.exit_code == 0, result.output

@@ -54,8 +54,9 @@ def test_impossible_networks_are_named_not_built() -> None:
     assert feature_maps(same) == [14, 7, 7, 7, 7]
 
 
-def test_every_suggestion_is_either_rejected_with_a_reason_or_builds_with_the_counted_size(
-) -> None:
+def test_every_suggestion_is_either_rejected_with_a_reason_or_builds_with_the_counted_size() -> (
+    None
+):
     """Random draws over the full preset space, extras included: none reaches Keras broken."""
     space = presets.load("fashion_mnist").space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -10,8 +10,8 @@ import pytest
 
 from search import datasets, presets
 from search.runtime import configure
-from search.training import fit
 from search.space import Config, Conv, build
+from search.training import fit
 
 IMAGES = 1100  # 18 batches of 64: one full execution of 16 steps and a partial one of 2
 
@@ -22,8 +22,9 @@ def images(fashion_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return x[:IMAGES], y[:IMAGES]
 
 
-def train(config: Config, x: np.ndarray, y: np.ndarray, steps_per_execution: int
-          ) -> tuple[list[float], list[np.ndarray], int]:
+def train(
+    config: Config, x: np.ndarray, y: np.ndarray, steps_per_execution: int
+) -> tuple[list[float], list[np.ndarray], int]:
     configure()
     import keras
 
@@ -35,7 +36,8 @@ def train(config: Config, x: np.ndarray, y: np.ndarray, steps_per_execution: int
 
 
 def test_steps_per_execution_trains_every_batch_and_learns_the_same(
-        images: tuple[np.ndarray, np.ndarray]) -> None:
+    images: tuple[np.ndarray, np.ndarray],
+) -> None:
     x, y = images
     config = Config(convs=(Conv(16, 3, True),), dense=(32,))
     loss_1, weights_1, steps_1 = train(config, x, y, steps_per_execution=1)

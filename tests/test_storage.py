@@ -13,20 +13,28 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 
 from search import presets, storage, study
-from search.cli import cli
 from search.storage import StorageError, masked, scrub
+from tests.helpers import db_url, run
 from tests.postgres import Cluster, free_port
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def url(request: pytest.FixtureRequest, private_storage: Path) -> str:
+    """A fresh database on each backend: an empty PostgreSQL database, or a new SQLite file."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return db_url(private_storage)
 
 
 def test_masked_and_scrub_hide_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+psycopg://search:p%40ss%2Fw0rd@db.example:5432/search"
     assert masked(url) == "postgresql+psycopg://search:***@db.example:5432/search"
     text = f"login failed with p@ss/w0rd for {url}"
-    assert scrub(text, url) == ("login failed with *** for "
-                                "postgresql+psycopg://search:***@db.example:5432/search")
+    assert scrub(text, url) == (
+        "login failed with *** for postgresql+psycopg://search:***@db.example:5432/search"
+    )
     monkeypatch.setenv("PGPASSWORD", "from-the-environment")
     assert scrub("password from-the-environment rejected") == "password *** rejected"
 
@@ -36,10 +44,9 @@ def test_a_refused_login_or_a_missing_server_is_one_sentence_without_the_passwor
 ) -> None:
     wrong = pg_url.replace(postgres.password, "not-" + postgres.password)
     nobody = pg_url.replace(f":{postgres.port}/", f":{free_port()}/")
-    for url, reason in ((wrong, "password authentication failed"),
-                        (nobody, "Connection refused")):
+    for url, reason in ((wrong, "password authentication failed"), (nobody, "Connection refused")):
         for command in (["start", "--preset", "demo"], ["status"], ["worker"]):
-            result = CliRunner().invoke(cli, [*command, "--storage", url])
+            result = run(*command, "--storage", url)
             assert result.exit_code == 1, result.output
             assert "Cannot open the storage postgresql+psycopg://search:***@" in result.output
             assert reason in result.output and "Traceback" not in result.output
@@ -57,7 +64,7 @@ def test_the_password_may_come_from_pgpassword(
     monkeypatch.setenv("PGPASSWORD", postgres.password)
     rdb = storage.open_storage(bare)
     study.create_or_load(rdb, "from-env", presets.load("demo"))
-    result = CliRunner().invoke(cli, ["status", "--storage", bare])
+    result = run("status", "--storage", bare)
     assert result.exit_code == 0, result.output
     assert "Study 'from-env'" in result.output and postgres.password not in result.output
 
@@ -71,17 +78,13 @@ def open_at_once(url: str, ready: object, results: multiprocessing.Queue) -> Non
         results.put(f"{type(e).__name__}: {str(e).splitlines()[0]}")
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_many_processes_create_the_schema_of_a_fresh_database_at_once(
-    backend: str, request: pytest.FixtureRequest, private_storage: Path
-) -> None:
-    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
-           else f"sqlite:///{private_storage / 'search.db'}")
+def test_many_processes_create_the_schema_of_a_fresh_database_at_once(url: str) -> None:
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(8)
     results: multiprocessing.Queue = context.Queue()
-    processes = [context.Process(target=open_at_once, args=(url, ready, results))
-                 for _ in range(8)]
+    processes = [
+        context.Process(target=open_at_once, args=(url, ready, results)) for _ in range(8)
+    ]
     for p in processes:
         p.start()
     outcomes = [results.get(timeout=120) for _ in processes]
@@ -97,28 +100,35 @@ def test_pooled_connections_survive_a_server_side_disconnect(
     optuna.create_study(storage=rdb, study_name="kept")
     database = pg_url.rsplit("/", 1)[1]
     # What a server restart, a failover or an idle timeout does to a trial's pooled connection.
-    postgres.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                   f"WHERE datname = '{database}' AND usename = 'search'")
+    postgres.admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND usename = 'search'"
+    )
     assert [s.study_name for s in rdb.get_all_studies()] == ["kept"]  # pre-ping reconnected
 
 
 def test_the_heartbeat_is_on_and_its_timing_comes_from_the_environment(
     private_storage: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{private_storage / 'search.db'}"
+    url = db_url(private_storage)
     rdb = storage.open_storage(url)
-    assert (rdb.heartbeat_interval, rdb.grace_period) == (storage.HEARTBEAT_SECONDS,
-                                                          storage.GRACE_SECONDS)
+    assert (rdb.heartbeat_interval, rdb.grace_period) == (
+        storage.HEARTBEAT_SECONDS,
+        storage.GRACE_SECONDS,
+    )
     assert rdb.get_heartbeat_stale_trial_callback() is not None
     monkeypatch.setenv(storage.ENV_HEARTBEAT, "2")
     monkeypatch.setenv(storage.ENV_GRACE, "7")
     rdb = storage.open_storage(url)
     assert (rdb.heartbeat_interval, rdb.grace_period) == (2, 7)
-    for heartbeat, grace, problem in (("x", "7", "whole number"), ("0", "7", "whole number"),
-                                      ("5", "5", "must be longer")):
+    for heartbeat, grace, problem in (
+        ("x", "7", "whole number"),
+        ("0", "7", "whole number"),
+        ("5", "5", "must be longer"),
+    ):
         monkeypatch.setenv(storage.ENV_HEARTBEAT, heartbeat)
         monkeypatch.setenv(storage.ENV_GRACE, grace)
-        result = CliRunner().invoke(cli, ["status"])
+        result = run("status")
         assert result.exit_code == 1 and problem in result.output, result.output
 
 
@@ -146,15 +156,9 @@ with storage.exclusive(sys.argv[1], "trials:x"):
 """
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_the_trial_lock_excludes_other_processes_and_dies_with_its_holder(
-    backend: str, request: pytest.FixtureRequest, private_storage: Path
-) -> None:
-    url = (request.getfixturevalue("pg_url") if backend == "postgresql"
-           else f"sqlite:///{private_storage / 'search.db'}")
+def test_the_trial_lock_excludes_other_processes_and_dies_with_its_holder(url: str) -> None:
     storage.open_storage(url)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         taken = threading.Event()

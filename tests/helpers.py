@@ -1,0 +1,128 @@
+"""What many test files share: the test preset and its variants, the CLI, child processes.
+
+conftest.py imports from here; test files import from here too (`from tests.helpers import
+run`), as a module and not as a conftest.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner, Result
+from optuna.trial import TrialState
+
+from search import storage
+from search.cli import cli
+from search.study import FINISHED
+
+# Heartbeats every second and a grace of 4 s: a dead worker's trial fails in 4 s, not minutes.
+HEARTBEAT = {storage.ENV_HEARTBEAT: "1", storage.ENV_GRACE: "4"}
+PRESETS = Path(__file__).parent / "presets"
+TINY = PRESETS / "tiny.toml"
+
+# Named variants of tests/presets/tiny.toml: lines of the file and what replaces them.
+VARIANTS: dict[str, dict[str, str]] = {
+    # 2,000 training images: trials of a few seconds an epoch that still learn.
+    "small": {"train_size = 5000": "train_size = 2000"},
+    # Six epochs that early stopping never cuts short: a trial long enough to interrupt.
+    "long": {"epochs = 3": "epochs = 6", "patience = 1": "patience = 9"},
+    # The second baseline's loss becomes NaN: a learning rate of 1e12.
+    "diverging": {
+        "learning_rate = [0.0001, 0.003]": "learning_rate = [0.0001, 1e12]",
+        'name = "starved"\nconvs = [[8, 5, true]]\ndense = [32]\nlearning_rate = 0.0001': (
+            'name = "diverging"\nconvs = [[8, 5, true]]\ndense = [32]\nlearning_rate = 1e12'
+        ),
+    },
+    # Both baselines over a budget of 100,000 parameters (347,146 and 2.8 M).
+    "over_budget": {
+        "max_params = 400_000": "max_params = 100_000",
+        'name = "starved"\nconvs = [[8, 5, true]]': 'name = "wide"\nconvs = [[64, 3, false]]',
+    },
+    # Batches of ten million images: the memory estimate runs to terabytes on any machine.
+    "huge_batch": {
+        "[space]": "[space]\nbatch_size = [10000000]",
+        "dense = [64]\n": "dense = [64]\nbatch_size = 10000000\n",
+        "dense = [32]\n": "dense = [32]\nbatch_size = 10000000\n",
+    },
+}
+
+# Mistakes in the preset and what the error says of each (tests/presets/malformed.toml), as
+# parameters (old, new, message) for tests of presets.load and of the CLI.
+MALFORMED = [
+    pytest.param(m["old"], m["new"], m["error"], id=m["id"])
+    for m in tomllib.loads((PRESETS / "malformed.toml").read_text())["mistake"]
+]
+
+
+def preset_text(*variants: str, pruner: str = "sha", **replace: str) -> str:
+    """tests/presets/tiny.toml with `pruner`, the named variants, then `replace` applied.
+
+    Each key of a variant or of `replace` is text of the preset that must be there: a
+    replacement that matches nothing fails here rather than leave the preset unchanged.
+    """
+    text = TINY.read_text()
+    steps = [{'pruner = "sha"': f'pruner = "{pruner}"'}, *(VARIANTS[v] for v in variants), replace]
+    for step in steps:
+        for old, new in step.items():
+            if old not in text:
+                raise ValueError(f"{old!r} is not in the preset: {variants}, {replace}")
+            text = text.replace(old, new)
+    return text
+
+
+def write_preset(
+    folder: Path, *variants: str, name: str = "tiny", pruner: str = "sha", **replace: str
+) -> Path:
+    """The preset of `preset_text` written as `folder/NAME.toml`; its study is named NAME."""
+    path = folder / f"{name}.toml"
+    path.write_text(preset_text(*variants, pruner=pruner, **replace))
+    return path
+
+
+def run(*args: str) -> Result:
+    """`search ARGS` in this process. A user error exits (SystemExit); anything else fails."""
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def db_url(folder: Path) -> str:
+    """The storage URL of the SQLite file that `search` keeps in `folder` (storage/)."""
+    return f"sqlite:///{folder / 'search.db'}"
+
+
+def load_study(folder: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=db_url(folder))
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def popen(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """A child process that Ctrl-C (SIGINT) stops however pytest itself was started.
+
+    A background job of a script (`pytest &`) starts with SIGINT ignored, and an ignored
+    signal stays ignored across fork and exec (restore_signals and process groups leave it),
+    so a test's `search` would ignore the Ctrl-C the test sends. The child gets SIGINT's
+    default back before it runs, as in a terminal, and Python then turns it into
+    KeyboardInterrupt. The product itself keeps an ignored SIGINT ignored (nohup, `&`).
+    """
+    return subprocess.Popen(command, text=True, preexec_fn=_default_sigint, **kwargs)
+
+
+def check_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
+    """Several workers ran exactly `total` finished trials between them, and left none open."""
+    states = [t.state for t in trials]
+    assert sum(s in FINISHED for s in states) == total  # exactly, not at least
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # unique, without gaps
+    workers_seen = {t.user_attrs.get("worker") for t in trials}
+    assert len(workers_seen) > 1  # the trials really were shared out

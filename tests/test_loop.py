@@ -1,0 +1,219 @@
+"""The worker loop: exactly the study's total, beside other workers, on real storages.
+
+The loop is tested the way Optuna tests its storages: several processes start at the same
+moment on a fresh database. The same loop in one process shows each rule on its own: failures
+do not count, a dead worker's trial is retried, SIGTERM is an interrupt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import datasets, loop, presets, storage, study
+from tests.helpers import check_exact, db_url, write_preset
+
+pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
+
+
+def quick_trial(trial: optuna.Trial) -> float:
+    """Writes what a real trial writes, with some failed and pruned trials, but trains nothing."""
+    x = trial.suggest_float("x", -1, 1)
+    for step in range(3):
+        time.sleep(random.uniform(0, 0.03))
+        trial.report(x * x, step)
+        trial.set_user_attr("epochs_trained", step + 1)
+    if x > 0.8:
+        raise ValueError("a configuration that fails")  # FAIL: not counted, the worker goes on
+    if x < -0.8:
+        raise optuna.TrialPruned()
+    return x * x
+
+
+def join_and_run(
+    url: str, preset: str, total: int, ready: object, results: multiprocessing.Queue
+) -> None:
+    """One worker process: open the storage, create or join the study, run trials."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        ready.wait()  # type: ignore[attr-defined]  # all processes hit the fresh database at once
+        rdb = storage.open_storage(url)
+        s, _ = study.create_or_load(rdb, "race", presets.load(preset))
+        loop.run_trials(s, quick_trial, total, storage=rdb, log=lambda line: None)
+        results.put("ok")
+    except BaseException as e:  # reported to the test, whatever it is
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def race(url: str, preset: Path, processes: int, total: int) -> list[optuna.trial.FrozenTrial]:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes)
+    results: multiprocessing.Queue = context.Queue()
+    started = [
+        context.Process(target=join_and_run, args=(url, str(preset), total, ready, results))
+        for _ in range(processes)
+    ]
+    for p in started:
+        p.start()
+    outcomes = [results.get(timeout=180) for _ in started]
+    for p in started:
+        p.join(timeout=30)
+    assert outcomes == ["ok"] * processes  # no storage error in any worker
+    assert [p.exitcode for p in started] == [0] * processes
+    return optuna.load_study(study_name="race", storage=url).get_trials()
+
+
+def test_six_workers_on_a_fresh_postgresql_database_stop_at_exactly_the_total(
+    pg_url: str, tmp_path: Path
+) -> None:
+    trials = race(pg_url, write_preset(tmp_path), processes=6, total=30)
+    check_exact(trials, 30)
+    assert any(t.state == TrialState.FAIL for t in trials)  # failures were not counted...
+    assert any(t.state == TrialState.PRUNED for t in trials)  # ...pruned trials were
+
+
+def test_four_workers_on_one_sqlite_file_stop_at_exactly_the_total(
+    private_storage: Path, tmp_path: Path
+) -> None:
+    trials = race(db_url(private_storage), write_preset(tmp_path), processes=4, total=16)
+    check_exact(trials, 16)
+
+
+# One worker in this process ------------------------------------------------------------------
+@pytest.fixture
+def rdb(private_storage: Path) -> optuna.storages.RDBStorage:
+    return storage.open_storage(db_url(private_storage))
+
+
+def scripted(outcomes: dict[int, str]) -> Callable[[optuna.Trial], float]:
+    """An objective whose trial n completes, is pruned or fails as outcomes[n] says."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        outcome = outcomes.get(trial.number, "complete")
+        if outcome == "fail":
+            raise ValueError("a configuration that fails")
+        if outcome == "pruned":
+            raise optuna.TrialPruned()
+        return x
+
+    return objective
+
+
+def test_one_worker_runs_to_the_total_and_failures_do_not_count(
+    rdb: optuna.storages.RDBStorage,
+) -> None:
+    s = optuna.create_study(storage=rdb, study_name="alone")
+    seen: list[int] = []
+    objective = scripted({1: "fail", 2: "pruned"})
+    loop.run_trials(
+        s,
+        objective,
+        3,
+        storage=rdb,
+        log=print,
+        callbacks=[lambda _, trial: seen.append(trial.number)],
+    )
+    assert [t.state for t in s.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+    ]
+    assert seen == [0, 1, 2, 3]  # every trial reached the callbacks, the failure too
+    assert {t.user_attrs["worker"] for t in s.trials} == {f"{socket.gethostname()}:{os.getpid()}"}
+    loop.run_trials(s, objective, 3, storage=rdb)  # at its total: nothing more
+    assert len(s.trials) == 4
+    loop.run_trials(s, objective, 5, storage=rdb)  # a larger total: only the remainder
+    assert study.finished(s) == 5 and len(s.trials) == 6
+
+
+def test_stop_ends_the_loop_between_trials(rdb: optuna.storages.RDBStorage) -> None:
+    s = optuna.create_study(storage=rdb, study_name="stopped")
+    loop.run_trials(s, scripted({}), 10, storage=rdb, stop=lambda: len(s.trials) >= 2)
+    assert len(s.trials) == 2
+
+
+def test_a_trial_whose_worker_fell_silent_is_failed_and_run_again(
+    rdb: optuna.storages.RDBStorage,
+) -> None:
+    s = optuna.create_study(storage=rdb, study_name="orphan")
+    with warnings.catch_warnings():  # Optuna warns that heartbeats go with optimize()
+        warnings.simplefilter("ignore")
+        orphan = s.ask()
+    orphan.suggest_float("x", 0, 1)
+    started = time.monotonic()
+    rdb.record_heartbeat(orphan._trial_id)  # one heartbeat, then its worker died
+    lines: list[str] = []
+    loop.run_trials(s, scripted({}), 1, storage=rdb, log=lines.append)
+    assert time.monotonic() - started >= 4  # not before the grace period
+    assert lines[0] == (
+        "0/1 finished; waiting for the 1 running trial(s) of other workers (a "
+        "lost one is retried here)."
+    )
+    assert "trial #0 lost its worker (no heartbeat for 4 s): failed; a retry is queued." in lines
+    dead, retry = s.trials
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == dead.params
+
+
+def test_sigterm_is_an_interrupt_inside_and_as_it_was_outside() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with loop.sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)  # the handler raises at once
+    assert signal.getsignal(signal.SIGTERM) is before
+    seen: list[object] = []
+
+    def elsewhere() -> None:  # only the main thread may set handlers: it changes nothing
+        with loop.sigterm_as_interrupt():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert seen == [before]
+
+
+def test_a_worker_at_the_total_does_not_load_the_data(
+    rdb: optuna.storages.RDBStorage, tmp_path: Path
+) -> None:
+    preset = presets.load(write_preset(tmp_path))
+    s, _ = study.create_or_load(rdb, "tiny", preset)
+    for value in (0.5, 0.4):
+        s.add_trial(optuna.create_trial(value=value))
+    lines: list[str] = []
+    loop.run_worker(
+        s, preset, 2, storage=rdb, data_dir=str(tmp_path / "nowhere"), log=lines.append
+    )  # a data folder that is not there is never read
+    assert lines == ["Study 'tiny' already has 2 finished trials (of 2); nothing to do."]
+
+
+def test_a_worker_loads_its_data_once_and_runs_real_trials(
+    rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
+) -> None:
+    preset = dataclasses.replace(presets.load(write_preset(tmp_path, "small")), epochs=1)
+    s, _ = study.create_or_load(rdb, "tiny", preset)  # lab test 9 first
+    lines: list[str] = []
+    loaded: list[datasets.Split] = []
+    loop.run_worker(s, preset, 1, storage=rdb, log=lines.append, threads=1, on_data=loaded.append)
+    assert len(loaded) == 1 and (len(loaded[0].x_train), len(loaded[0].x_val)) == (2000, 1000)
+    assert "Data: 2,000 training and 1,000 validation images of fashion_mnist." in lines
+    assert lines[-1].startswith("trial 1/1 (#0) COMPLETE: val_loss ")
+    first = s.trials[0]
+    assert first.user_attrs["baseline"] == "lab test 9" and first.state == TrialState.COMPLETE
+    assert first.user_attrs["val_accuracy"] > 0.5  # chance is 0.1

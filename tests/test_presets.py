@@ -1,0 +1,115 @@
+"""Presets: the TOML files read strictly, every mistake named with its file and key.
+
+The CLI's sentence for the same mistakes is in test_errors.py; random junk in test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from search import presets
+from search.errors import SearchError
+from search.presets import PresetError
+from search.space import Space
+from tests.helpers import MALFORMED, write_preset
+
+SHIPPED = sorted(p.stem for p in presets.STUDIES_DIR.glob("*.toml"))
+
+
+def test_a_preset_loads_by_name_or_by_path(tmp_path: Path) -> None:
+    assert SHIPPED == ["demo", "fashion_mnist", "mnist"]
+    assert presets.load("demo") == presets.load(presets.STUDIES_DIR / "demo.toml")
+    tiny = presets.load(write_preset(tmp_path, name="mine"))
+    assert tiny.name == "mine"  # the file's name, not the dataset's
+    assert (tiny.dataset, tiny.trials, tiny.epochs, tiny.max_params) == (
+        "fashion_mnist",
+        4,
+        3,
+        400_000,
+    )
+    assert tiny.space.conv_layers == (1, 2) and tiny.space.optimizer == Space().optimizer
+    assert [b.name for b in tiny.baselines] == ["lab test 9", "starved"]
+    assert tiny.baselines[0].params == 347_146  # counted, as no params were given
+
+
+def test_a_missing_preset_names_the_file_and_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(PresetError) as raised:
+        presets.load("nosuch")
+    assert str(raised.value) == (
+        f"No preset file {presets.STUDIES_DIR / 'nosuch.toml'}; "
+        f"known presets: {', '.join(SHIPPED)}."
+    )
+    with pytest.raises(PresetError, match="No preset file .*elsewhere.toml"):
+        presets.load(tmp_path / "elsewhere.toml")
+    assert issubclass(PresetError, SearchError)  # the CLI prints it as one sentence
+
+
+def test_a_file_that_is_not_text_is_not_valid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(PresetError, match=r"binary.toml: not valid TOML"):
+        presets.load(path)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), MALFORMED)
+def test_a_mistake_names_the_file_and_the_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    path = write_preset(tmp_path, **{old: new})
+    with pytest.raises(PresetError) as raised:
+        presets.load(path)
+    assert str(raised.value).startswith(f"{path}: ")
+    assert message in str(raised.value)
+
+
+def test_an_unknown_pruner_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(
+        PresetError,
+        match=r"'pruner' must be one of \['hyperband', 'sha', "
+        r"'median', 'none'\]",
+    ):
+        presets.load(write_preset(tmp_path, pruner="random"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_preset_stored_on_a_study_is_the_preset(name: str) -> None:
+    preset = presets.load(name)
+    assert presets.from_json(preset.to_json()) == preset
+
+
+def test_the_fingerprint_covers_what_makes_trials_comparable(tmp_path: Path) -> None:
+    tiny = presets.load(write_preset(tmp_path))
+    # Name, description, trial total, budget and speed may change on a study under way.
+    same = dataclasses.replace(
+        tiny,
+        name="other",
+        description="x",
+        trials=99,
+        max_params=10,
+        max_mflops=1.5,
+        steps_per_execution=8,
+    )
+    assert same.fingerprint() == tiny.fingerprint() and same.differences(tiny) == []
+    # The data, the training budget and the space may not.
+    other = dataclasses.replace(tiny, epochs=4, space=dataclasses.replace(tiny.space, kernel=(3,)))
+    assert other.fingerprint() != tiny.fingerprint()
+    assert other.differences(tiny) == ["epochs", "space.kernel"]
+
+
+def test_the_objective_decides_directions_and_metric_names(tmp_path: Path) -> None:
+    tiny = presets.load(write_preset(tmp_path))
+    assert (tiny.multi_objective, tiny.directions, tiny.metric_names) == (
+        False,
+        ["minimize"],
+        ["val_loss"],
+    )
+    sized = dataclasses.replace(tiny, objective="val_loss+params")
+    assert (sized.multi_objective, sized.directions, sized.metric_names) == (
+        True,
+        ["minimize", "minimize"],
+        ["val_loss", "params"],
+    )
+    assert sized.fingerprint() != tiny.fingerprint()  # never mixed in one study

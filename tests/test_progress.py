@@ -1,0 +1,165 @@
+"""What a person reads: the line per finished trial, the best trial, and `status`'s table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from search import progress
+from search.progress import MAX_CONSECUTIVE_FAILURES, Progress
+from tests.helpers import db_url
+
+
+@pytest.fixture
+def sqlite(private_storage: Path) -> str:
+    private_storage.mkdir()
+    return db_url(private_storage)
+
+
+def trial_that(outcomes: dict[int, str]) -> object:
+    """An objective whose trial n completes, is pruned or fails as outcomes[n] says."""
+
+    def objective(trial: optuna.Trial) -> float:
+        n = trial.number
+        trial.set_user_attr("architecture", f"C{8 * (n + 1)}k3-F-D32")
+        outcome = outcomes.get(n, "complete")
+        if outcome == "pruned":
+            trial.set_user_attr("reason", "too big")
+            raise optuna.TrialPruned()
+        if outcome == "fail":
+            trial.set_user_attr("reason", "training failed: ValueError: bad")
+            raise ValueError("bad")
+        trial.set_user_attr("val_loss", 0.5 - n / 10)
+        trial.set_user_attr("val_accuracy", 0.8 + n / 100)
+        return 0.5 - n / 10
+
+    return objective
+
+
+def test_one_line_per_finished_trial_with_the_best_so_far(sqlite: str) -> None:
+    lines: list[str] = []
+    study = optuna.create_study(storage=sqlite)
+    study.optimize(
+        trial_that({0: "pruned", 2: "fail"}),
+        n_trials=4,
+        catch=(ValueError,),
+        callbacks=[Progress(4, lines.append)],
+    )
+    assert lines == [
+        "trial 1/4 (#0) PRUNED: too big | C8k3-F-D32",  # nothing has completed yet
+        "trial 2/4 (#1) COMPLETE: val_loss 0.4000 val_accuracy 0.8100 | C16k3-F-D32 | "
+        "best #1 val_loss 0.4000 val_accuracy 0.8100",
+        # A failure is not counted among the finished trials: 2/4 again.
+        "trial 2/4 (#2) FAIL: training failed: ValueError: bad | C24k3-F-D32 | "
+        "best #1 val_loss 0.4000 val_accuracy 0.8100",
+        "trial 3/4 (#3) COMPLETE: val_loss 0.2000 val_accuracy 0.8300 | C32k3-F-D32 | "
+        "best #3 val_loss 0.2000 val_accuracy 0.8300",
+    ]
+
+
+def test_a_worker_gives_up_after_failures_in_a_row_only(sqlite: str) -> None:
+    lines: list[str] = []
+    study = optuna.create_study(storage=sqlite)
+    watch = Progress(20, lines.append)
+    # Four failures, a success that resets the count, then failures until it gives up.
+    outcomes = {n: "fail" for n in range(20) if n != MAX_CONSECUTIVE_FAILURES - 1}
+    study.optimize(trial_that(outcomes), n_trials=20, catch=(ValueError,), callbacks=[watch])
+    assert watch.gave_up and watch.failures_in_a_row == MAX_CONSECUTIVE_FAILURES
+    assert len(study.trials) == 2 * MAX_CONSECUTIVE_FAILURES  # study.stop() ended optimize
+    assert study.trials[MAX_CONSECUTIVE_FAILURES - 1].state == TrialState.COMPLETE
+    assert lines[-1] == (
+        f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
+        "worker (see 'search status' for the reasons)."
+    )
+    assert sum("in a row" in line for line in lines) == 1
+
+
+def test_summary_and_best_line_read_the_trial_s_record(sqlite: str) -> None:
+    study = optuna.create_study(storage=sqlite)
+    assert progress.best_line(study) == "No trial has completed yet."
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"reason": "slow"}))
+    study.add_trial(
+        create_trial(
+            value=0.3,
+            user_attrs={
+                "val_loss": 0.3,
+                "val_accuracy": 0.91,
+                "params": 12_345,
+                "best_epoch": 2,
+                "epochs_trained": 3,
+                "architecture": "C8k3-F-D32",
+            },
+        )
+    )
+    pruned, done = study.get_trials()
+    assert progress.summary(pruned) == {
+        "number": 0,
+        "state": "PRUNED",
+        "val_loss": None,
+        "val_accuracy": None,
+        "params": None,
+        "epochs": 0,
+        "seconds": None,
+        "architecture": "",
+        "reason": "slow",
+    }
+    assert progress.summary(done)["epochs"] == 3 and progress.summary(done)["reason"] == ""
+    assert progress.best_line(study) == (
+        "Best: trial #1 val_loss 0.3000 val_accuracy 0.9100 at epoch 2, 12,345 params, C8k3-F-D32"
+    )
+
+
+def test_status_shows_the_table_the_counts_the_best_and_the_test_result(sqlite: str) -> None:
+    study = optuna.create_study(storage=sqlite, study_name="one")
+    assert list(progress.status_lines(study))[1:] == [
+        "Trials: none",
+        "No trial has completed yet.",
+    ]
+    study.optimize(trial_that({0: "pruned", 2: "fail"}), n_trials=3, catch=(ValueError,))
+    study.set_user_attr("test_accuracy", 0.9012)
+    lines = list(progress.status_lines(study))
+    assert lines[0].split() == [
+        "#",
+        "state",
+        "val_loss",
+        "val_acc",
+        "params",
+        "epochs",
+        "seconds",
+        "architecture",
+    ]
+    rows = lines[1:4]
+    assert rows[0].split()[:7] == ["0", "PRUNED", "-", "-", "-", "0", "0"]
+    assert rows[0].endswith("C8k3-F-D32  (too big)")
+    assert rows[1].split()[:4] == ["1", "COMPLETE", "0.4000", "0.8100"]
+    assert rows[1].endswith("C16k3-F-D32")  # no reason shown for a completed trial
+    assert rows[2].endswith("C24k3-F-D32  (training failed: ValueError: bad)")
+    assert lines[4:] == [
+        "Trials: 1 complete, 1 pruned, 1 fail",
+        progress.best_line(study),
+        "Retrained: test accuracy 0.9012",
+    ]
+
+
+def test_status_of_a_size_aware_study_lists_the_pareto_front(sqlite: str) -> None:
+    study = optuna.create_study(storage=sqlite, directions=["minimize", "minimize"])
+    for loss, params in ((0.4, 9000), (0.5, 1000), (0.45, 12_000)):
+        study.add_trial(
+            create_trial(
+                values=[loss, params],
+                user_attrs={"val_accuracy": 1 - loss, "architecture": f"C{params}"},
+            )
+        )
+    lines = list(progress.status_lines(study))
+    start = lines.index(
+        "Pareto front (val_loss against parameters; retrain any with "
+        "'search retrain-best --trial N'):"
+    )
+    assert lines[start + 1 :] == [
+        "  #0    val_loss 0.4000  val_accuracy 0.6000       9,000 params  C9000",
+        "  #1    val_loss 0.5000  val_accuracy 0.5000       1,000 params  C1000",
+    ]
+    assert lines[start - 1].startswith("Best: trial #0 val_loss 0.4000")

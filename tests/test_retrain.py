@@ -1,0 +1,92 @@
+"""retrain-best without the CLI: which trial, and a real retraining tested once.
+
+The command's output, reproducibility and the untouched test set are in test_cli.py; a full
+disk in test_errors.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from search import presets, retrain, storage, study
+from search.space import Config, Conv
+from search.study import StudyError
+from tests.helpers import db_url, write_preset
+
+SMALL = Config(convs=(Conv(16, 3, True),), dense=(32,))
+
+
+def trained(
+    value: float | None, state: TrialState = TrialState.COMPLETE, **attrs: object
+) -> optuna.trial.FrozenTrial:
+    """A finished trial as a worker records it."""
+    return create_trial(
+        state=state,
+        value=value,
+        params={},
+        distributions={},
+        user_attrs={"config": SMALL.to_json(), **attrs},
+    )
+
+
+@pytest.fixture
+def sqlite(private_storage: Path) -> str:
+    private_storage.mkdir()
+    return db_url(private_storage)
+
+
+def test_pick_takes_the_best_or_a_trial_that_trained(sqlite: str) -> None:
+    s = optuna.create_study(storage=sqlite, study_name="picky")
+    with pytest.raises(
+        StudyError, match="Study 'picky' has no completed trial yet; run 'search start'"
+    ):
+        retrain.pick(s, None)
+    s.add_trial(trained(0.5, best_epoch=3))
+    s.add_trial(trained(0.3, best_epoch=2))
+    s.add_trial(trained(None, TrialState.PRUNED, best_epoch=1))  # stopped after an epoch
+    s.add_trial(trained(None, TrialState.FAIL))  # failed before its first epoch
+    assert retrain.pick(s, None).number == 1  # the lowest val_loss
+    assert retrain.pick(s, 0).number == 0
+    assert retrain.pick(s, 2).number == 2  # pruned, but it has a best epoch to retrain for
+    with pytest.raises(
+        StudyError, match="Trial #3 is FAIL and never finished an epoch; pick a completed trial"
+    ):
+        retrain.pick(s, 3)
+    for number in (4, -1):
+        with pytest.raises(StudyError, match=f"Study 'picky' has no trial #{number}\\."):
+            retrain.pick(s, number)
+
+
+def test_a_failed_save_leaves_no_half_written_file(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "x.keras"
+    with pytest.raises(OSError, match="has no attribute 'save'"):  # not a model at all
+        retrain._save(object(), path)
+    assert list(path.parent.iterdir()) == []
+
+
+def test_retrain_trains_on_all_training_images_tests_once_and_saves(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    preset = presets.load(write_preset(tmp_path))  # 1,000 validation and 5,000 training
+    s, _ = study.create_or_load(storage.open_storage(db_url(private_storage)), "tiny", preset)
+    s.add_trial(trained(0.6, best_epoch=1, seed=7))
+    number = s.trials[-1].number
+    lines: list[str] = []
+    result = retrain.retrain(s, preset, out_dir=private_storage, log=lines.append)
+    assert (result.trial, result.epochs, result.seed) == (number, 1, 7)
+    assert result.train_images == 6000 and result.architecture == "C16k3-P-F-D32"
+    assert result.test_accuracy > 0.5  # chance is 0.1; one epoch on 6,000 images
+    assert lines[0] == (
+        f"Retraining trial #{number} C16k3-P-F-D32 ({result.params:,} params) "
+        "on 6,000 images for 1 epochs, seed 7."
+    )
+    model = private_storage / "models" / f"tiny-trial{number}.keras"
+    assert result.model_path == str(model) and model.is_file()
+    assert [p.name for p in model.parent.iterdir()] == [model.name]  # no temporary file left
+    attrs = optuna.load_study(study_name="tiny", storage=db_url(private_storage)).user_attrs
+    assert attrs["retrain"]["test_accuracy"] == result.test_accuracy
+    assert attrs["test_accuracy"] == round(result.test_accuracy, 4)

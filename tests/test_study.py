@@ -1,0 +1,208 @@
+"""Studies: creating, resuming and finding them, on real SQLite files, without the CLI.
+
+What the commands print about the same policies is in test_cli.py and test_errors.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from search import presets, storage, study
+from search.presets import Preset
+from search.space import Config, Conv
+from search.storage import StorageError
+from search.study import StudyError
+from tests.helpers import db_url, write_preset
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Preset:
+    return presets.load(write_preset(tmp_path))
+
+
+def finish(s: optuna.Study, *values: float) -> None:
+    """Add completed trials of these values (the baselines stay queued)."""
+    for value in values:
+        s.add_trial(create_trial(value=value, params={}, distributions={}))
+
+
+def test_a_new_study_starts_from_the_lab_s_runs(tiny: Preset, private_storage: Path) -> None:
+    run = study.prepare(tiny, url=None)  # the default: storage/search.db under SEARCH_DIR
+    assert run.url == db_url(private_storage) and (private_storage / "search.db").is_file()
+    assert run.created and run.total == 4 and run.lost == ()
+    s = run.study
+    assert s.study_name == "tiny" and s.metric_names == ["val_loss"]
+    assert s.user_attrs["dataset"] == "fashion_mnist" and s.user_attrs["trials"] == 4
+    assert s.user_attrs["objective"] == "minimize val_loss"
+    assert study.stored_preset(s) == tiny
+    queued = s.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["baseline"] for t in queued] == ["lab test 9", "starved"]
+    assert queued[1].system_attrs["fixed_params"]["learning_rate"] == 0.0001  # the lab's own
+    assert isinstance(s.pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(s.sampler, optuna.samplers.TPESampler)
+
+
+def test_resuming_keeps_the_study_s_own_settings_for_what_is_left_out(
+    tiny: Preset, private_storage: Path
+) -> None:
+    first = study.prepare(tiny, url=None, trials=7, max_params=50_000, objective="val_loss+params")
+    assert first.created and first.total == 7
+    assert (first.preset.max_params, first.preset.objective) == (50_000, "val_loss+params")
+    finish(first.study)  # nothing finished: resuming is about settings only
+
+    again = study.prepare(tiny, url=None)  # the preset file says 4 trials, 400,000, val_loss
+    assert not again.created and again.total == 7
+    assert (again.preset.max_params, again.preset.objective) == (50_000, "val_loss+params")
+    assert len(again.study.directions) == 2
+    assert len(again.study.get_trials()) == 2  # the baselines were not enqueued twice
+
+    bigger = study.prepare(tiny, url=None, trials=9, max_params=80_000)
+    assert bigger.total == 9 and bigger.preset.max_params == 80_000
+    # Recorded, so workers that join later use this run's budget and total.
+    stored = study.open_existing(None, "tiny")
+    assert stored.preset.max_params == 80_000 and study.stored_total(stored.study) == 9
+
+
+def test_a_study_is_never_resumed_with_another_space_or_dataset(
+    tiny: Preset, tmp_path: Path
+) -> None:
+    s = study.prepare(tiny, url=None).study
+    finish(s, 0.5)
+    before = [(t.number, t.state, t.value) for t in s.get_trials()]
+    wider = write_preset(tmp_path / "..", **{"kernel = [3, 5]": "kernel = [3, 5, 7]"})
+    with pytest.raises(
+        StudyError,
+        match=r"different preset or search space \(tiny; differs in "
+        r"space.kernel\); pass --study NEW_NAME",
+    ):
+        study.prepare(presets.load(wider), url=None)
+    digits = presets.load("mnist")
+    with pytest.raises(StudyError, match="searches fashion_mnist, not mnist"):
+        study.prepare(digits, url=None, name="tiny")
+    after = study.open_existing(None, "tiny").study.get_trials()
+    assert [(t.number, t.state, t.value) for t in after] == before
+
+
+def test_resolve_finds_the_only_study_and_never_creates_a_database(
+    tiny: Preset, private_storage: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(StorageError, match=f"No study database at {missing}"):
+        study.resolve(f"sqlite:///{missing}", None)
+    with pytest.raises(StorageError, match="No study database"):
+        study.resolve(None, "tiny", required=False)
+    assert not missing.exists() and not private_storage.exists()
+
+    study.prepare(tiny, url=None)
+    rdb, url, name = study.resolve(None, None)
+    assert (url, name) == (db_url(private_storage), "tiny")
+    assert study.names(rdb) == ["tiny"]
+    with pytest.raises(
+        StudyError,
+        match=r"No study named 'other' in this storage \(studies: "
+        r"tiny\)",
+    ):
+        study.resolve(None, "other")
+
+
+def test_resolve_wants_a_name_where_there_are_several_studies_or_none(
+    tiny: Preset, private_storage: Path
+) -> None:
+    url = db_url(private_storage)
+    rdb = storage.open_storage(url)  # a database with Optuna's tables and no study
+    with pytest.raises(StudyError, match=r"Pass --study NAME; this storage holds no studies\."):
+        study.resolve(url, None)
+    study.create_or_load(rdb, "a", tiny)
+    study.create_or_load(rdb, "b", tiny)
+    with pytest.raises(StudyError, match=r"holds 2 studies: a, b\."):
+        study.resolve(url, None)
+    assert study.resolve(url, None, required=False)[2] is None  # the dashboard shows them all
+    assert study.resolve(url, "b")[2] == "b"
+    opened = study.open_existing(url, "b")
+    assert opened.study.study_name == "b" and opened.preset == tiny and opened.url == url
+
+
+def test_a_study_search_did_not_make_or_an_older_version_made_is_refused(
+    private_storage: Path,
+) -> None:
+    url = db_url(private_storage)
+    rdb = storage.open_storage(url)
+    foreign = optuna.create_study(storage=rdb, study_name="foreign")
+    with pytest.raises(StudyError, match="Study 'foreign' was not made by 'search start'"):
+        study.stored_preset(foreign)
+    foreign.set_user_attr("preset", json.dumps({"dataset": "mnist"}))  # fields are missing
+    with pytest.raises(StudyError, match="made by an incompatible version of search"):
+        study.open_existing(url, "foreign")
+    with pytest.raises(StudyError, match="has no trial total yet; run 'search start --trials N'"):
+        study.stored_total(foreign)
+
+
+def test_a_trial_s_network_is_rebuilt_from_its_record_or_the_reason_is_given() -> None:
+    config = Config(convs=(Conv(16, 3, True),), dense=(32,), learning_rate=0.002)
+    trial = create_trial(value=0.4, user_attrs={"config": config.to_json()})
+    assert study.config_of(trial) == config
+    for attrs, reason in (({}, "KeyError"), ({"config": "{not json"}, "JSONDecodeError")):
+        with pytest.raises(
+            StudyError,
+            match=f"cannot be rebuilt: its stored configuration is "
+            f"missing or from an older version \\({reason}",
+        ):
+            study.config_of(create_trial(value=0.4, user_attrs=attrs))
+    deep = Config(convs=tuple(Conv(8, 5, True) for _ in range(3)))
+    with pytest.raises(StudyError, match="cannot be rebuilt: conv 3 has a 5x5 kernel"):
+        study.config_of(create_trial(value=0.4, user_attrs={"config": deep.to_json()}))
+
+
+def test_counts_best_and_the_pareto_front(tiny: Preset, private_storage: Path) -> None:
+    sized = study.prepare(tiny, url=None, objective="val_loss+params").study
+    for values in ([0.50, 1000], [0.40, 9000], [0.45, 12_000], [0.60, 800]):
+        sized.add_trial(create_trial(values=values, params={}, distributions={}))
+    sized.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))
+    sized.add_trial(create_trial(state=TrialState.FAIL, params={}, distributions={}))
+    counts = study.counts(sized)
+    assert (counts["WAITING"], counts["COMPLETE"], counts["PRUNED"], counts["FAIL"]) == (
+        2,
+        4,
+        1,
+        1,
+    )
+    assert study.finished(sized) == 5  # complete and pruned; a failure is not counted
+    best = study.best(sized)
+    assert best is not None and best.values == [0.40, 9000]  # the lowest val_loss
+    front = study.pareto(sized)
+    assert [t.values for t in front] == [[0.40, 9000], [0.50, 1000], [0.60, 800]]
+    assert best in front
+
+    plain = study.prepare(tiny, url=None, name="plain").study
+    assert study.best(plain) is None and study.pareto(plain) == []
+    finish(plain, 0.7, 0.3)
+    assert study.best(plain).value == 0.3  # type: ignore[union-attr]
+    assert study.pareto(plain) == []  # one objective: no front
+
+
+def test_the_sampler_is_seeded_apart_per_worker_and_the_pruner_follows_the_preset(
+    tiny: Preset,
+) -> None:
+    def first_draws(worker: int) -> list[float]:
+        s = optuna.create_study(sampler=study.sampler(tiny, worker))
+        return [s.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_draws(0) == first_draws(0)  # reproducible...
+    assert first_draws(0) != first_draws(1)  # ...and another worker draws others
+    kinds = {
+        name: type(study.pruner(Preset(**{**tiny.__dict__, "pruner": name})))
+        for name in presets.PRUNERS
+    }
+    assert kinds == {
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "sha": optuna.pruners.SuccessiveHalvingPruner,
+        "median": optuna.pruners.MedianPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    sized = Preset(**{**tiny.__dict__, "objective": "val_loss+params"})
+    assert isinstance(study.pruner(sized), optuna.pruners.NopPruner)  # cannot prune two

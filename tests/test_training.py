@@ -1,0 +1,90 @@
+"""Training one model: fit on real Fashion-MNIST images, and the History it keeps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from search.datasets import Split
+from search.runtime import configure
+from search.space import Config, Conv, build
+from search.training import History, fit
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("val_loss", "best"),
+    [
+        ([0.9, 0.5, 0.7], 2),
+        ([NAN, 0.5, 0.4, INF], 3),  # NaN and infinity never win...
+        ([0.6, NAN, NAN], 1),
+        ([NAN, NAN], 1),  # ...not even when nothing else is there: the first epoch is named
+    ],
+)
+def test_the_best_epoch_is_the_lowest_finite_val_loss(val_loss: list[float], best: int) -> None:
+    assert History(val_loss=val_loss).best_epoch == best
+
+
+def test_the_history_is_stored_rounded_without_the_timings() -> None:
+    history = History(
+        loss=[1.23456789],
+        accuracy=[0.5],
+        val_loss=[0.987654321],
+        val_accuracy=[0.25],
+        seconds=[3.5],
+    )
+    assert history.as_dict() == {
+        "loss": [1.234568],
+        "accuracy": [0.5],
+        "val_loss": [0.987654],
+        "val_accuracy": [0.25],
+    }
+
+
+def train(config: Config, data: Split, epochs: int) -> tuple[History, list[int]]:
+    configure()
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(5)
+    seen: list[int] = []
+    history = History()
+    returned = fit(
+        build(config),
+        config,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        validation=(data.x_val, data.y_val),
+        on_epoch=seen.append,
+        history=history,
+    )
+    assert returned is history  # the caller's History is filled as the epochs end
+    return history, seen
+
+
+def test_fit_learns_from_uint8_images_and_records_every_epoch(small_split: Split) -> None:
+    config = Config(convs=(Conv(16, 3, True),), dense=(32,))
+    history, seen = train(config, small_split, epochs=2)
+    assert seen == [0, 1]
+    for values in (
+        history.loss,
+        history.accuracy,
+        history.val_loss,
+        history.val_accuracy,
+        history.seconds,
+    ):
+        assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    assert history.loss[1] < history.loss[0]
+    assert history.val_accuracy[-1] > 0.5  # chance is 0.1
+    assert all(s > 0 for s in history.seconds)
+
+
+def test_fit_stops_at_the_first_epoch_whose_loss_is_not_finite(small_split: Split) -> None:
+    diverging = Config(convs=(Conv(8, 5, True),), dense=(32,), learning_rate=1e12)
+    history, seen = train(diverging, small_split, epochs=3)
+    assert len(seen) < 3 and len(history.loss) == len(seen)
+    assert not math.isfinite(history.loss[-1]) or not math.isfinite(history.val_loss[-1])
+    assert all(math.isfinite(v) for v in history.loss[:-1])  # it stopped at the first
