@@ -26,14 +26,15 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 
-def add_common(parser: argparse.ArgumentParser, *, data: bool = True
-               ) -> argparse.ArgumentParser:
+def add_common(parser: argparse.ArgumentParser, *, data: bool = True) -> argparse.ArgumentParser:
     """The options the benchmarks share: --data-dir (where `data`) and --no-write."""
     if data:
-        parser.add_argument("--data-dir", type=Path,
-                            help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print only; leave benchmarks/RESULTS.md as it is")
+        parser.add_argument(
+            "--data-dir", type=Path, help="folder with the Fashion-MNIST IDX files"
+        )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md as it is"
+    )
     return parser
 
 
@@ -56,8 +57,10 @@ def nproc() -> int:
 
 def machine() -> str:
     """`nproc`, the CPU model and the load when the run started: the figures' context."""
-    return (f"{nproc()} cores (nproc), {cpu_model()}, load average "
-            f"{os.getloadavg()[0]:.1f} at the start")
+    return (
+        f"{nproc()} cores (nproc), {cpu_model()}, load average "
+        f"{os.getloadavg()[0]:.1f} at the start"
+    )
 
 
 def today() -> str:
@@ -91,10 +94,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def section(title: str, body: str, *, extra: str = "") -> str:
     """A RESULTS.md section: title, how it was run, then the figures."""
-    head = (f"## {title}\n\n"
-            f"- Command: `{command()}`\n"
-            f"- Date: {today()}\n"
-            f"- Machine: {machine()}\n")
+    head = f"## {title}\n\n- Command: `{command()}`\n- Date: {today()}\n- Machine: {machine()}\n"
     if extra:
         head += extra.rstrip() + "\n"
     return f"{head}\n{body.rstrip()}\n"
@@ -139,8 +139,7 @@ def lab_model(config: object) -> object:
     stack.append(layers.Flatten())
     if config.has_dropout_flatten:  # type: ignore[attr-defined]
         stack.append(layers.Dropout(config.dropout_rate))  # type: ignore[attr-defined]
-    stack += [layers.Dense(units, activation="relu")
-              for units in config.dense]  # type: ignore[attr-defined]
+    stack += [layers.Dense(units, activation="relu") for units in config.dense]  # type: ignore[attr-defined]
     stack.append(layers.Dense(10, activation="softmax"))
     model = keras.Sequential(stack)
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
@@ -153,5 +152,7 @@ def lab_arrays(x: object, y: object) -> tuple[object, object]:
     import numpy as np
 
     images = np.asarray(x)
-    return ((images.astype("float32") / 255).reshape(-1, 28, 28, 1),
-            keras.utils.to_categorical(np.asarray(y), 10))
+    return (
+        (images.astype("float32") / 255).reshape(-1, 28, 28, 1),
+        keras.utils.to_categorical(np.asarray(y), 10),
+    )

@@ -32,11 +32,29 @@ def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
     """A small search over a wide space (the Fashion-MNIST preset's axes, narrowed), so the
     architectures vary from trial to trial; no pruner and no lab runs enqueued."""
     base = presets.load("fashion_mnist")
-    space = replace(base.space, conv_layers=(1, 3), filters=(8, 16, 32, 64),
-                    dense_units=(32, 64, 128), learning_rate=(0.0003, 0.003))
-    return replace(base, name="memory", description="", trials=trials, val_size=500,
-                   train_size=images, epochs=epochs, patience=1, seed=5, pruner="none",
-                   max_params=400_000, steps_per_execution=1, space=space, baselines=())
+    space = replace(
+        base.space,
+        conv_layers=(1, 3),
+        filters=(8, 16, 32, 64),
+        dense_units=(32, 64, 128),
+        learning_rate=(0.0003, 0.003),
+    )
+    return replace(
+        base,
+        name="memory",
+        description="",
+        trials=trials,
+        val_size=500,
+        train_size=images,
+        epochs=epochs,
+        patience=1,
+        seed=5,
+        pruner="none",
+        max_params=400_000,
+        steps_per_execution=1,
+        space=space,
+        baselines=(),
+    )
 
 
 def rss_mb() -> float:
@@ -58,11 +76,17 @@ def isolate(models: int) -> str:
     rows = []
     for i in range(1, models + 1):
         keras.backend.clear_session(free_memory=True)
-        model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                                  keras.layers.Dense(32, activation="relu"),
-                                  keras.layers.Dense(10, activation="softmax")])
-        model.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+        model.compile(
+            optimizer="rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         model.fit(x, y, epochs=1, verbose=0)
         del model
         gc.collect()
@@ -70,11 +94,12 @@ def isolate(models: int) -> str:
             graphs = sum(isinstance(o, FuncGraph) for o in gc.get_objects())
             rows.append([i, f"{rss_mb():.0f}", graphs])
             print(f"model {i}: RSS {rss_mb():.0f} MB, {graphs} FuncGraphs alive", flush=True)
-    return ("The same loop without the product: a plain two-layer Keras model compiled and "
-            "fitted for one epoch, `keras.backend.clear_session(free_memory=True)` and "
-            "`gc.collect()` between models:\n\n"
-            + common.table(["models fitted", "RSS MB", "TensorFlow FuncGraphs still alive"],
-                           rows))
+    return (
+        "The same loop without the product: a plain two-layer Keras model compiled and "
+        "fitted for one epoch, `keras.backend.clear_session(free_memory=True)` and "
+        "`gc.collect()` between models:\n\n"
+        + common.table(["models fitted", "RSS MB", "TensorFlow FuncGraphs still alive"], rows)
+    )
 
 
 def main() -> None:
@@ -82,10 +107,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--trim", action="store_true",
-                        help="call glibc's malloc_trim(0) after each trial, before reading RSS")
-    parser.add_argument("--isolate", type=int, metavar="MODELS", default=0,
-                        help="then fit a plain Keras model MODELS times and count what stays")
+    parser.add_argument(
+        "--trim",
+        action="store_true",
+        help="call glibc's malloc_trim(0) after each trial, before reading RSS",
+    )
+    parser.add_argument(
+        "--isolate",
+        type=int,
+        metavar="MODELS",
+        default=0,
+        help="then fit a plain Keras model MODELS times and count what stays",
+    )
     args = common.add_common(parser).parse_args()
 
     import optuna
@@ -104,14 +137,19 @@ def main() -> None:
     def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if args.trim:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        curve.append((trial.number, trial.state.name, trial.user_attrs.get("architecture", ""),
-                      rss_mb()))
-        print(f"trial {trial.number:2d} {trial.state.name:8s} RSS {curve[-1][3]:7.1f} MB  "
-              f"{curve[-1][2]}", flush=True)
+        curve.append(
+            (trial.number, trial.state.name, trial.user_attrs.get("architecture", ""), rss_mb())
+        )
+        print(
+            f"trial {trial.number:2d} {trial.state.name:8s} RSS {curve[-1][3]:7.1f} MB  "
+            f"{curve[-1][2]}",
+            flush=True,
+        )
 
     start = rss_mb()
-    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok,
-                          log=lambda line: None)
+    objective = Objective(
+        preset, data, flip=datasets.info(preset.dataset).flip_ok, log=lambda line: None
+    )
     # The product's worker loop (gc_after_trial, failures caught, heartbeats), to the total of
     # finished trials; `record` runs after each trial, where the progress line would print.
     loop.run_trials(study, objective, args.trials, storage=rdb, callbacks=[record])
@@ -119,22 +157,34 @@ def main() -> None:
     half = len(rss) // 2
     slope = float(np.polyfit(np.arange(half, len(rss)), rss[half:], 1)[0])
     first_slope = float(np.polyfit(np.arange(half), rss[:half], 1)[0])
-    summary = (f"RSS {before_data:.0f} MB after importing TensorFlow, {start:.0f} MB with the "
-               f"data and storage open; after trial 1: {rss[0]:.0f} MB, after trial "
-               f"{half}: {rss[half - 1]:.0f} MB, after trial {len(rss)}: {rss[-1]:.0f} MB "
-               f"(peak {rss.max():.0f} MB). Slope: {first_slope:+.1f} MB a trial over the "
-               f"first half, {slope:+.1f} MB a trial over the second half.")
-    body = (summary + "\n\n"
-            + common.table(["trial", "state", "architecture", "RSS MB"],
-                           [[n, s, a, f"{r:.0f}"] for n, s, a, r in curve]))
+    summary = (
+        f"RSS {before_data:.0f} MB after importing TensorFlow, {start:.0f} MB with the "
+        f"data and storage open; after trial 1: {rss[0]:.0f} MB, after trial "
+        f"{half}: {rss[half - 1]:.0f} MB, after trial {len(rss)}: {rss[-1]:.0f} MB "
+        f"(peak {rss.max():.0f} MB). Slope: {first_slope:+.1f} MB a trial over the "
+        f"first half, {slope:+.1f} MB a trial over the second half."
+    )
+    body = (
+        summary
+        + "\n\n"
+        + common.table(
+            ["trial", "state", "architecture", "RSS MB"],
+            [[n, s, a, f"{r:.0f}"] for n, s, a, r in curve],
+        )
+    )
     print(summary)
     if args.isolate:
         body += "\n\n" + isolate(args.isolate)
     if not args.no_write:
-        common.write_section("memory", common.section(
-            "Memory: RSS over 30 trials in one worker", body,
-            extra=f"- Study: {args.trials} trials, {args.images:,} training images, "
-                  f"{args.epochs} epochs a trial, architectures varied by the sampler"))
+        common.write_section(
+            "memory",
+            common.section(
+                "Memory: RSS over 30 trials in one worker",
+                body,
+                extra=f"- Study: {args.trials} trials, {args.images:,} training images, "
+                f"{args.epochs} epochs a trial, architectures varied by the sampler",
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -30,21 +30,37 @@ def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> presets.
     """The demo preset (its space with a wider learning-rate range) at this benchmark's budget,
     with no lab runs enqueued: the sampler picks every trial."""
     base = presets.load("demo")
-    return replace(base, name=f"p-{pruner}-{seed}", description="", trials=args.trials,
-                   val_size=1000, train_size=args.images, epochs=args.epochs, patience=3,
-                   seed=seed, pruner=pruner, steps_per_execution=1, baselines=(),
-                   space=replace(base.space, learning_rate=(0.0001, 0.01)))
+    return replace(
+        base,
+        name=f"p-{pruner}-{seed}",
+        description="",
+        trials=args.trials,
+        val_size=1000,
+        train_size=args.images,
+        epochs=args.epochs,
+        patience=3,
+        seed=seed,
+        pruner=pruner,
+        steps_per_execution=1,
+        baselines=(),
+        space=replace(base.space, learning_rate=(0.0001, 0.01)),
+    )
 
 
-def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace
-            ) -> dict[str, float]:
+def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     preset = pruning_preset(pruner, seed, args)
     rdb = storage.open_storage(f"sqlite:///{folder / f'{pruner}-{seed}.db'}")
     study, _ = study_mod.create_or_load(rdb, "pruning", preset)
     started: list[float] = []  # the clock starts once the data is loaded, before the trials
-    loop.run_worker(study, preset, args.trials, storage=rdb,
-                    data_dir=str(args.data_dir) if args.data_dir else None, log=lambda line: None,
-                    on_data=lambda data: started.append(time.perf_counter()))
+    loop.run_worker(
+        study,
+        preset,
+        args.trials,
+        storage=rdb,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        log=lambda line: None,
+        on_data=lambda data: started.append(time.perf_counter()),
+    )
     wall = time.perf_counter() - started[0]
     trials = study.get_trials(deepcopy=False)
     best = study_mod.best(study)
@@ -53,10 +69,12 @@ def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace
         "epochs": sum(t.user_attrs.get("epochs_trained", 0) for t in trials),
         "seconds": wall,
         # The pruner's work, apart from the configurations rejected before training.
-        "pruned": sum(t.state.name == "PRUNED" and "epochs_trained" in t.user_attrs
-                      for t in trials),
-        "rejected": sum(t.state.name == "PRUNED" and "epochs_trained" not in t.user_attrs
-                        for t in trials),
+        "pruned": sum(
+            t.state.name == "PRUNED" and "epochs_trained" in t.user_attrs for t in trials
+        ),
+        "rejected": sum(
+            t.state.name == "PRUNED" and "epochs_trained" not in t.user_attrs for t in trials
+        ),
         "failed": sum(t.state.name == "FAIL" for t in trials),
         "best_val_loss": float(best.value),  # type: ignore[arg-type]
         "best_val_accuracy": float(best.user_attrs["val_accuracy"]),
@@ -69,8 +87,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--images", type=int, default=3000, help="training images")
-    parser.add_argument("--pruners", nargs="+", default=["hyperband", "sha", "median"],
-                        choices=[p for p in presets.PRUNERS if p != "none"])
+    parser.add_argument(
+        "--pruners",
+        nargs="+",
+        default=["hyperband", "sha", "median"],
+        choices=[p for p in presets.PRUNERS if p != "none"],
+    )
     args = common.add_common(parser).parse_args()
 
     import optuna
@@ -81,52 +103,97 @@ def main() -> None:
     order = ["none", *args.pruners]
     for i, seed in enumerate(args.seeds):
         # Rotate the order per seed, so a slow spell of the machine does not hit one pruner.
-        for pruner in order[i % len(order):] + order[:i % len(order)]:
+        for pruner in order[i % len(order) :] + order[: i % len(order)]:
             r = run_one(folder, pruner, seed, args)
             runs[pruner, seed] = r
-            print(f"seed {seed} {pruner:>9}: {r['epochs']:4.0f} epochs {r['seconds']:6.0f} s "
-                  f"{r['pruned']:2.0f} pruned, best val_loss {r['best_val_loss']:.4f} "
-                  f"val_accuracy {r['best_val_accuracy']:.4f}", flush=True)
+            print(
+                f"seed {seed} {pruner:>9}: {r['epochs']:4.0f} epochs {r['seconds']:6.0f} s "
+                f"{r['pruned']:2.0f} pruned, best val_loss {r['best_val_loss']:.4f} "
+                f"val_accuracy {r['best_val_accuracy']:.4f}",
+                flush=True,
+            )
 
     rows, verdicts = [], []
     for pruner in args.pruners:
         e = [runs[pruner, s]["epochs"] / runs["none", s]["epochs"] for s in args.seeds]
         t = [runs[pruner, s]["seconds"] / runs["none", s]["seconds"] for s in args.seeds]
-        v = [runs[pruner, s]["best_val_loss"] / runs["none", s]["best_val_loss"]
-             for s in args.seeds]
+        v = [
+            runs[pruner, s]["best_val_loss"] / runs["none", s]["best_val_loss"] for s in args.seeds
+        ]
         met = common.median(e) <= 1 / 3 and common.median(v) <= 1.01
         verdicts.append((pruner, common.median(e), common.median(v), met))
-        rows.append([
-            pruner,
-            " / ".join(f"{runs[pruner, s]['epochs']:.0f} vs {runs['none', s]['epochs']:.0f}"
-                       for s in args.seeds),
-            common.spread(e, ".2f"), common.spread(t, ".2f"),
-            " / ".join(f"{runs[pruner, s]['best_val_loss']:.4f} vs "
-                       f"{runs['none', s]['best_val_loss']:.4f}" for s in args.seeds),
-            common.spread(v, ".3f"),
-            "met" if met else "not met",
-        ])
+        rows.append(
+            [
+                pruner,
+                " / ".join(
+                    f"{runs[pruner, s]['epochs']:.0f} vs {runs['none', s]['epochs']:.0f}"
+                    for s in args.seeds
+                ),
+                common.spread(e, ".2f"),
+                common.spread(t, ".2f"),
+                " / ".join(
+                    f"{runs[pruner, s]['best_val_loss']:.4f} vs "
+                    f"{runs['none', s]['best_val_loss']:.4f}"
+                    for s in args.seeds
+                ),
+                common.spread(v, ".3f"),
+                "met" if met else "not met",
+            ]
+        )
     body = common.table(
-        ["pruner", "epochs per seed (pruner vs none)", "epochs ratio, median (min-max)",
-         "seconds ratio", "best val_loss per seed (pruner vs none)", "val_loss ratio",
-         "target (<= 0.33 epochs, <= 1.01 val_loss)"], rows)
+        [
+            "pruner",
+            "epochs per seed (pruner vs none)",
+            "epochs ratio, median (min-max)",
+            "seconds ratio",
+            "best val_loss per seed (pruner vs none)",
+            "val_loss ratio",
+            "target (<= 0.33 epochs, <= 1.01 val_loss)",
+        ],
+        rows,
+    )
     detail = common.table(
-        ["seed", "pruner", "epochs", "seconds", "pruned", "rejected untrained", "failed",
-         "best val_loss", "best val_accuracy"],
-        [[s, p, f"{r['epochs']:.0f}", f"{r['seconds']:.0f}", f"{r['pruned']:.0f}",
-          f"{r['rejected']:.0f}",
-          f"{r['failed']:.0f}", f"{r['best_val_loss']:.4f}", f"{r['best_val_accuracy']:.4f}"]
-         for (p, s), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
+        [
+            "seed",
+            "pruner",
+            "epochs",
+            "seconds",
+            "pruned",
+            "rejected untrained",
+            "failed",
+            "best val_loss",
+            "best val_accuracy",
+        ],
+        [
+            [
+                s,
+                p,
+                f"{r['epochs']:.0f}",
+                f"{r['seconds']:.0f}",
+                f"{r['pruned']:.0f}",
+                f"{r['rejected']:.0f}",
+                f"{r['failed']:.0f}",
+                f"{r['best_val_loss']:.4f}",
+                f"{r['best_val_accuracy']:.4f}",
+            ]
+            for (p, s), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ],
+    )
     print(body)
     if args.no_write:
         return
-    study_text = (f"- Study: {args.trials} trials per run, {args.images:,} training and 1,000 "
-                  f"validation images, at most {args.epochs} epochs a trial, early stopping "
-                  f"patience 3, seeds {', '.join(map(str, args.seeds))}; every run in one "
-                  "process, in turn.")
-    common.write_section("pruning", common.section(
-        "3. Pruning efficiency", body + "\n\nEvery run:\n\n" + detail,
-        extra=study_text))
+    study_text = (
+        f"- Study: {args.trials} trials per run, {args.images:,} training and 1,000 "
+        f"validation images, at most {args.epochs} epochs a trial, early stopping "
+        f"patience 3, seeds {', '.join(map(str, args.seeds))}; every run in one "
+        "process, in turn."
+    )
+    common.write_section(
+        "pruning",
+        common.section(
+            "3. Pruning efficiency", body + "\n\nEvery run:\n\n" + detail, extra=study_text
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -83,19 +83,33 @@ def realistic_trials(preset: presets.Preset, count: int) -> list[Any]:
         for epoch, value in enumerate(curve):
             trial.report(value, epoch)
         attrs = {
-            "architecture": describe(config), "params": size(config).params,
-            "mflops": round(size(config).flops / 1e6, 3), "seed": trial_seed(preset, number),
-            "config": config.to_json(), "epochs_trained": epochs, "best_epoch": epochs,
-            "val_loss": min(curve), "val_accuracy": 0.9, "seconds_per_epoch": 10.0,
-            "curves": {"loss": curve, "accuracy": [0.9] * epochs, "val_loss": curve,
-                       "val_accuracy": [0.9] * epochs},
+            "architecture": describe(config),
+            "params": size(config).params,
+            "mflops": round(size(config).flops / 1e6, 3),
+            "seed": trial_seed(preset, number),
+            "config": config.to_json(),
+            "epochs_trained": epochs,
+            "best_epoch": epochs,
+            "val_loss": min(curve),
+            "val_accuracy": 0.9,
+            "seconds_per_epoch": 10.0,
+            "curves": {
+                "loss": curve,
+                "accuracy": [0.9] * epochs,
+                "val_loss": curve,
+                "val_accuracy": [0.9] * epochs,
+            },
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        state = (optuna.trial.TrialState.COMPLETE if epochs == EPOCHS
-                 else optuna.trial.TrialState.PRUNED)
-        scratch.tell(trial, min(curve) if state == optuna.trial.TrialState.COMPLETE else None,
-                     state=state)
+        state = (
+            optuna.trial.TrialState.COMPLETE
+            if epochs == EPOCHS
+            else optuna.trial.TrialState.PRUNED
+        )
+        scratch.tell(
+            trial, min(curve) if state == optuna.trial.TrialState.COMPLETE else None, state=state
+        )
         made.append(scratch.trials[-1])
     return made
 
@@ -109,19 +123,27 @@ def one_trial(study: Any, preset: presets.Preset) -> dict[str, float]:
     config = suggest(trial, preset.space)
     t1 = time.perf_counter()
     cost = size(config)
-    for key, value in {"architecture": describe(config), "params": cost.params,
-                       "mflops": round(cost.flops / 1e6, 3), "seed": 1,
-                       "config": config.to_json()}.items():
+    for key, value in {
+        "architecture": describe(config),
+        "params": cost.params,
+        "mflops": round(cost.flops / 1e6, 3),
+        "seed": 1,
+        "config": config.to_json(),
+    }.items():
         trial.set_user_attr(key, value)
     curve: list[float] = []
     for epoch in range(EPOCHS):
         curve.append(0.5 - 0.01 * epoch)
         trial.report(curve[-1], epoch)  # what KerasPruningCallback does each epoch
         trial.should_prune()
-        for key, value in {"epochs_trained": epoch + 1, "best_epoch": epoch + 1,
-                           "val_loss": curve[-1], "val_accuracy": 0.9,
-                           "seconds_per_epoch": 10.0,
-                           "curves": {"val_loss": curve, "loss": curve}}.items():
+        for key, value in {
+            "epochs_trained": epoch + 1,
+            "best_epoch": epoch + 1,
+            "val_loss": curve[-1],
+            "val_accuracy": 0.9,
+            "seconds_per_epoch": 10.0,
+            "curves": {"val_loss": curve, "loss": curve},
+        }.items():
             trial.set_user_attr(key, value)
     study.tell(trial, curve[-1])
     t2 = time.perf_counter()
@@ -134,15 +156,20 @@ def one_trial(study: Any, preset: presets.Preset) -> dict[str, float]:
     return {"sampler": t1 - t0, "storage": t2 - t1, "build": built}
 
 
-def measure(url: str, preset: presets.Preset, stored: list[Any], samples: int
-            ) -> dict[str, list[float]]:
+def measure(
+    url: str, preset: presets.Preset, stored: list[Any], samples: int
+) -> dict[str, list[float]]:
     import optuna
 
     rdb = storage.open_storage(url)
     # The product's sampler and pruner; the stored copies stand for a search's history.
-    study = optuna.create_study(storage=rdb, study_name=f"overhead-{len(stored)}",
-                                direction="minimize", sampler=study_mod.sampler(preset),
-                                pruner=study_mod.pruner(preset))
+    study = optuna.create_study(
+        storage=rdb,
+        study_name=f"overhead-{len(stored)}",
+        direction="minimize",
+        sampler=study_mod.sampler(preset),
+        pruner=study_mod.pruner(preset),
+    )
     study.add_trials(stored)
     times: dict[str, list[float]] = {"sampler": [], "storage": [], "build": []}
     for _ in range(samples):
@@ -160,26 +187,34 @@ def typical_seconds(url: str | None, fallback: float) -> tuple[float, str]:
 
     trials = []
     for summary in optuna.get_all_study_summaries(storage.open_storage(url, must_exist=True)):
-        study = optuna.load_study(study_name=summary.study_name,
-                                  storage=storage.open_storage(url, must_exist=True))
-        trials += [t.duration.total_seconds() for t in study.get_trials(deepcopy=False)
-                   if t.duration and t.user_attrs.get("epochs_trained")]
+        study = optuna.load_study(
+            study_name=summary.study_name, storage=storage.open_storage(url, must_exist=True)
+        )
+        trials += [
+            t.duration.total_seconds()
+            for t in study.get_trials(deepcopy=False)
+            if t.duration and t.user_attrs.get("epochs_trained")
+        ]
     if not trials:
         return fallback, f"{fallback:.0f} s (no trained trial in {storage.masked(url)})"
     value = common.median(trials)
-    return value, (f"{value:.0f} s, the median of the {len(trials)} trials that trained in "
-                   f"{storage.masked(url)}")
+    return value, (
+        f"{value:.0f} s, the median of the {len(trials)} trials that trained in "
+        f"{storage.masked(url)}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, nargs="+", default=[10, 1000],
-                        help="trials already in the study")
+    parser.add_argument(
+        "--trials", type=int, nargs="+", default=[10, 1000], help="trials already in the study"
+    )
     parser.add_argument("--samples", type=int, default=10, help="trials timed per case")
     parser.add_argument("--typical-from", metavar="URL", help="a real search's storage")
     parser.add_argument("--typical-seconds", type=float, default=120.0)
-    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"],
-                        choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"]
+    )
     args = common.add_common(parser, data=False).parse_args()
 
     import optuna
@@ -192,28 +227,57 @@ def main() -> None:
     rows, raw = [], {}
     folder = Path(tempfile.mkdtemp(prefix="overhead-"))
     for backend in args.backends:
-        with (postgres() if backend == "postgresql"
-              else contextlib.nullcontext(f"sqlite:///{folder / 'bench.db'}")) as url:
+        with (
+            postgres()
+            if backend == "postgresql"
+            else contextlib.nullcontext(f"sqlite:///{folder / 'bench.db'}")
+        ) as url:
             # Each study size gets its own study (and so its own rows) in the same database.
             for n in args.trials:
                 times = measure(url, preset, made[n], args.samples)
                 raw[backend, n] = times
                 total = sum(common.median(v) for v in times.values())
                 share = total / typical
-                rows.append([backend, f"{n:,}",
-                             *(f"{common.median(times[k]) * 1000:.0f}"
-                               for k in ("sampler", "storage", "build")),
-                             f"{total * 1000:.0f}", f"{share:.2%}",
-                             "met" if share < 0.01 else "not met"])
+                rows.append(
+                    [
+                        backend,
+                        f"{n:,}",
+                        *(
+                            f"{common.median(times[k]) * 1000:.0f}"
+                            for k in ("sampler", "storage", "build")
+                        ),
+                        f"{total * 1000:.0f}",
+                        f"{share:.2%}",
+                        "met" if share < 0.01 else "not met",
+                    ]
+                )
                 print(" | ".join(rows[-1]), flush=True)
-    body = (f"Median of {args.samples} trials per case, milliseconds; storage = the writes of a "
-            f"trial that trains {EPOCHS} epochs. A typical trial: {typical_text}.\n\n"
-            + common.table(["backend", "trials stored", "sampler ms", "storage ms",
-                            "model build ms", "total ms", "share of a typical trial",
-                            "target < 1 %"], rows))
+    body = (
+        f"Median of {args.samples} trials per case, milliseconds; storage = the writes of a "
+        f"trial that trains {EPOCHS} epochs. A typical trial: {typical_text}.\n\n"
+        + common.table(
+            [
+                "backend",
+                "trials stored",
+                "sampler ms",
+                "storage ms",
+                "model build ms",
+                "total ms",
+                "share of a typical trial",
+                "target < 1 %",
+            ],
+            rows,
+        )
+    )
     print(body)
-    print(json.dumps({f"{b}-{n}": {k: round(common.median(v), 4) for k, v in t.items()}
-                      for (b, n), t in raw.items()}))
+    print(
+        json.dumps(
+            {
+                f"{b}-{n}": {k: round(common.median(v), 4) for k, v in t.items()}
+                for (b, n), t in raw.items()
+            }
+        )
+    )
     if not args.no_write:
         common.write_section("service_overhead", common.section("5. Service overhead", body))
 

@@ -38,8 +38,10 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
     if not trials:
         raise SystemExit(f"Study '{name}' has no started trial yet.")
     start = min(t.datetime_start for t in trials)
-    done = sorted((t for t in trials if t.datetime_complete and t.state.is_finished()),
-                  key=lambda t: t.datetime_complete)
+    done = sorted(
+        (t for t in trials if t.datetime_complete and t.state.is_finished()),
+        key=lambda t: t.datetime_complete,
+    )
     best, reached, rows = 0.0, None, []
     for t in done:
         acc = t.user_attrs.get("val_accuracy")
@@ -47,19 +49,29 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
             continue
         best = acc
         at = (t.datetime_complete - start).total_seconds()
-        rows.append([t.number, t.state.name, f"{acc:.4f}", t.user_attrs.get("architecture", ""),
-                     f"{at / 60:.1f}"])
+        rows.append(
+            [
+                t.number,
+                t.state.name,
+                f"{acc:.4f}",
+                t.user_attrs.get("architecture", ""),
+                f"{at / 60:.1f}",
+            ]
+        )
         if reached is None and acc >= goal:
             reached = (t.number, at)
     last = max((t.datetime_complete or t.datetime_start) for t in trials)
     elapsed = (last - start).total_seconds()
     running = sum(t.state.name == "RUNNING" for t in trials)
-    body = (f"Study '{name}': {len(done)} finished trials ({running} running) over "
-            f"{elapsed / 60:.1f} minutes since its first trial started at "
-            f"{start:%Y-%m-%d %H:%M} UTC. Each new best val_accuracy (at the trial's best "
-            "epoch), with the minutes from the start to that trial's end:\n\n"
-            + common.table(["trial", "state", "val_accuracy", "architecture",
-                            "minutes from the start"], rows))
+    body = (
+        f"Study '{name}': {len(done)} finished trials ({running} running) over "
+        f"{elapsed / 60:.1f} minutes since its first trial started at "
+        f"{start:%Y-%m-%d %H:%M} UTC. Each new best val_accuracy (at the trial's best "
+        "epoch), with the minutes from the start to that trial's end:\n\n"
+        + common.table(
+            ["trial", "state", "val_accuracy", "architecture", "minutes from the start"], rows
+        )
+    )
     return body, {"reached": reached, "best": best, "elapsed": elapsed}
 
 
@@ -84,14 +96,31 @@ def lab_epochs(data_dir: Path | None, train_size: int | None = None) -> tuple[st
         model.fit(x, y, batch_size=64, epochs=1, validation_data=(xv, yv), verbose=0)
         seconds = time.perf_counter() - start
         total += seconds * LAB_EPOCHS
-        rows.append([baseline.name, f"{baseline.params:,}", f"{seconds:.1f}",
-                     f"{seconds * LAB_EPOCHS / 60:.1f}", f"{load:.1f}"])
+        rows.append(
+            [
+                baseline.name,
+                f"{baseline.params:,}",
+                f"{seconds:.1f}",
+                f"{seconds * LAB_EPOCHS / 60:.1f}",
+                f"{load:.1f}",
+            ]
+        )
         print(f"{baseline.name}: {seconds:.1f} s an epoch (load {load:.1f})", flush=True)
-    body = (f"The lab's six runs, its plain code (float32, batch 64, validation each epoch), "
-            f"one epoch each measured, times {LAB_EPOCHS}:\n\n"
-            + common.table(["run", "params", "seconds an epoch",
-                            f"minutes for {LAB_EPOCHS} epochs", "load average"], rows)
-            + f"\n\nTotal: {total / 60:.1f} minutes.")
+    body = (
+        f"The lab's six runs, its plain code (float32, batch 64, validation each epoch), "
+        f"one epoch each measured, times {LAB_EPOCHS}:\n\n"
+        + common.table(
+            [
+                "run",
+                "params",
+                "seconds an epoch",
+                f"minutes for {LAB_EPOCHS} epochs",
+                "load average",
+            ],
+            rows,
+        )
+        + f"\n\nTotal: {total / 60:.1f} minutes."
+    )
     return body, total
 
 
@@ -100,10 +129,14 @@ def main() -> None:
     parser.add_argument("--storage", help="the search's storage URL (default: as 'search')")
     parser.add_argument("--study", default="fashion_mnist")
     parser.add_argument("--goal", type=float, default=0.921, help="val_accuracy to reach")
-    parser.add_argument("--skip-lab", action="store_true",
-                        help="do not time the lab's epochs (print the search's progress only)")
-    parser.add_argument("--images", type=int,
-                        help="time the lab's epochs on fewer training images (a quick check)")
+    parser.add_argument(
+        "--skip-lab",
+        action="store_true",
+        help="do not time the lab's epochs (print the search's progress only)",
+    )
+    parser.add_argument(
+        "--images", type=int, help="time the lab's epochs on fewer training images (a quick check)"
+    )
     args = common.add_common(parser).parse_args()
 
     import optuna
@@ -122,21 +155,30 @@ def main() -> None:
         if found["reached"]:
             number, at = found["reached"]
             ratio = at / lab_total
-            summary = (f"The search first reached val_accuracy >= {args.goal:.1%} with trial "
-                       f"#{number}, {at / 60:.1f} minutes after its start: "
-                       f"{ratio:.2f} of the lab's {lab_total / 60:.1f} minutes; target <= 0.5, "
-                       f"{'met' if ratio <= 0.5 else 'not met'}.")
+            summary = (
+                f"The search first reached val_accuracy >= {args.goal:.1%} with trial "
+                f"#{number}, {at / 60:.1f} minutes after its start: "
+                f"{ratio:.2f} of the lab's {lab_total / 60:.1f} minutes; target <= 0.5, "
+                f"{'met' if ratio <= 0.5 else 'not met'}."
+            )
         else:
-            summary = (f"The search has not reached {args.goal:.1%} yet: its best is "
-                       f"{found['best']:.2%} after {found['elapsed'] / 60:.1f} minutes, "
-                       f"{found['elapsed'] / lab_total:.2f} of the lab's "
-                       f"{lab_total / 60:.1f} minutes. Target <= 0.5: not met so far.")
+            summary = (
+                f"The search has not reached {args.goal:.1%} yet: its best is "
+                f"{found['best']:.2%} after {found['elapsed'] / 60:.1f} minutes, "
+                f"{found['elapsed'] / lab_total:.2f} of the lab's "
+                f"{lab_total / 60:.1f} minutes. Target <= 0.5: not met so far."
+            )
         print(summary)
         parts.append(summary)
     if not args.no_write:
-        common.write_section("time_to_lab_best", common.section(
-            "4. Time to the lab's best", "\n\n".join(parts),
-            extra=f"- Storage read: {storage.masked(url)}, study '{args.study}'"))
+        common.write_section(
+            "time_to_lab_best",
+            common.section(
+                "4. Time to the lab's best",
+                "\n\n".join(parts),
+                extra=f"- Storage read: {storage.masked(url)}, study '{args.study}'",
+            ),
+        )
 
 
 if __name__ == "__main__":

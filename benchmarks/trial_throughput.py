@@ -85,15 +85,22 @@ def headline(data: datasets.Split, reps: int, batch_sizes: list[int]) -> tuple[s
     runners: dict[str, Callable[[], object]] = {}
     keras.utils.set_random_seed(0)
     lab: Any = common.lab_model(base)
-    runners["lab"] = lambda: lab.fit(xf, yf, batch_size=64, epochs=1, validation_data=(xvf, yvf),
-                                     verbose=0)
+    runners["lab"] = lambda: lab.fit(
+        xf, yf, batch_size=64, epochs=1, validation_data=(xvf, yvf), verbose=0
+    )
     for batch in batch_sizes:
         config = replace(base, batch_size=batch)
         model = build(config, steps_per_execution=preset.steps_per_execution)
 
         def ours(model: Any = model, config: Config = config) -> object:
-            return fit(model, config, data.x_train, data.y_train, epochs=1,
-                       validation=(data.x_val, data.y_val))
+            return fit(
+                model,
+                config,
+                data.x_train,
+                data.y_train,
+                epochs=1,
+                validation=(data.x_val, data.y_val),
+            )
 
         runners[f"ours, batch {batch}"] = ours
     assert size(base).params == lab.count_params() == 130_890
@@ -102,10 +109,12 @@ def headline(data: datasets.Split, reps: int, batch_sizes: list[int]) -> tuple[s
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for rep in range(reps):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             seconds[name].append(timed(runners[name]))
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()),
-              flush=True)
+        print(
+            f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()),
+            flush=True,
+        )
     rows, verdicts = [], []
     for name in names:
         rate = [n / s for s in seconds[name]]
@@ -118,21 +127,31 @@ def headline(data: datasets.Split, reps: int, batch_sizes: list[int]) -> tuple[s
             row += [common.spread(ratio, ".2f"), "met" if met else "not met"]
             verdicts.append(f"{name}: {common.median(ratio):.2f}x the lab's samples/s")
         rows.append(row)
-    body = (f"One epoch of the lab's test 7 network on {n:,} images plus validation on "
-            f"{len(data.x_val):,}, {reps} interleaved repetitions after a warm-up epoch each; "
-            f"ours uses steps_per_execution={preset.steps_per_execution} "
-            "(studies/fashion_mnist.toml). Ratio: the lab's seconds / ours, pair by pair.\n\n"
-            + common.table(["code", "seconds per epoch, median (min-max)",
-                            "samples/s, median (min-max)", "ratio to the lab", "target >= 1.5x"],
-                           rows))
+    body = (
+        f"One epoch of the lab's test 7 network on {n:,} images plus validation on "
+        f"{len(data.x_val):,}, {reps} interleaved repetitions after a warm-up epoch each; "
+        f"ours uses steps_per_execution={preset.steps_per_execution} "
+        "(studies/fashion_mnist.toml). Ratio: the lab's seconds / ours, pair by pair.\n\n"
+        + common.table(
+            [
+                "code",
+                "seconds per epoch, median (min-max)",
+                "samples/s, median (min-max)",
+                "ratio to the lab",
+                "target >= 1.5x",
+            ],
+            rows,
+        )
+    )
     return body, verdicts
 
 
 # ---------------------------------------------------------------------------------------------
 # Levers, each alone, on chunks of the training set.
 # ---------------------------------------------------------------------------------------------
-def lever_model(config: Config, *, spe: int = 1, jit: bool = False,
-                policy: str = "float32") -> Any:
+def lever_model(
+    config: Config, *, spe: int = 1, jit: bool = False, policy: str = "float32"
+) -> Any:
     import keras
 
     keras.mixed_precision.set_global_policy(policy)
@@ -141,17 +160,25 @@ def lever_model(config: Config, *, spe: int = 1, jit: bool = False,
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if jit:
-        model.compile(optimizer=type(model.optimizer)(learning_rate=config.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=spe, jit_compile=True)
+        model.compile(
+            optimizer=type(model.optimizer)(learning_rate=config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=spe,
+            jit_compile=True,
+        )
     return model
 
 
 def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int) -> Any:
     import tensorflow as tf
 
-    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x))
-            .batch(batch).prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x))
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def levers(data: datasets.Split, reps: int, images: int) -> str:
@@ -178,15 +205,20 @@ def levers(data: datasets.Split, reps: int, images: int) -> str:
     variants: dict[str, Callable[[], Callable[[], object]]] = {
         "lab: float32 NumPy, one-hot, batch 64": lab_run,
         "uint8 in memory, scaled in the graph (NumPy into fit)": lambda: numpy_fit(
-            lever_model(base), 64),
+            lever_model(base), 64
+        ),
         "uint8 through tf.data, shuffle + prefetch": tf_data_run,
-        **{f"steps_per_execution {spe}": (lambda spe=spe: numpy_fit(lever_model(base, spe=spe),
-                                                                    64))
-           for spe in (4, 16, 64)},
-        **{f"batch {b}": (lambda b=b: numpy_fit(lever_model(with_batch(b)), b))
-           for b in (128, 256)},
-        "mixed_bfloat16 policy": lambda: numpy_fit(lever_model(base, policy="mixed_bfloat16"),
-                                                   64),
+        **{
+            f"steps_per_execution {spe}": (
+                lambda spe=spe: numpy_fit(lever_model(base, spe=spe), 64)
+            )
+            for spe in (4, 16, 64)
+        },
+        **{
+            f"batch {b}": (lambda b=b: numpy_fit(lever_model(with_batch(b)), b))
+            for b in (128, 256)
+        },
+        "mixed_bfloat16 policy": lambda: numpy_fit(lever_model(base, policy="mixed_bfloat16"), 64),
         "XLA (jit_compile=True)": lambda: numpy_fit(lever_model(base, jit=True), 64),
     }
     runs = {}
@@ -202,29 +234,41 @@ def levers(data: datasets.Split, reps: int, images: int) -> str:
     val: dict[int, list[float]] = {64: [], VAL_BATCH: []}
     names = list(runs)
     for rep in range(reps):
-        for name in (names if rep % 2 == 0 else names[::-1]):
+        for name in names if rep % 2 == 0 else names[::-1]:
             seconds[name].append(timed(runs[name]))
         for batch in val:
-            val[batch].append(timed(lambda b=batch: val_model.evaluate(
-                data.x_val, data.y_val, batch_size=b, verbose=0)))
+            val[batch].append(
+                timed(
+                    lambda b=batch: val_model.evaluate(
+                        data.x_val, data.y_val, batch_size=b, verbose=0
+                    )
+                )
+            )
         print(f"levers rep {rep + 1}/{reps} done", flush=True)
     lab_name = names[0]
     rows = []
     for name in names:
         ratio = [a / b for a, b in zip(seconds[lab_name], seconds[name], strict=True)]
-        rows.append([name, common.spread([images / s for s in seconds[name]]),
-                     common.spread(ratio, ".2f")])
+        rows.append(
+            [name, common.spread([images / s for s in seconds[name]]), common.spread(ratio, ".2f")]
+        )
     epoch_s = common.median(seconds[names[1]]) * len(data.x_train) / images
-    val_rows = [[f"validation of {len(data.x_val):,} images at batch {b}",
-                 common.spread(v, ".2f"), f"{common.median(v) / epoch_s:.1%}"]
-                for b, v in val.items()]
-    return (f"Each lever alone on the test 7 network, {images:,}-image chunks, {reps} "
-            "interleaved repetitions; ratio to the lab's code, pair by pair.\n\n"
-            + common.table(["variant", "samples/s, median (min-max)", "ratio to the lab"], rows)
-            + "\n\nValidation cost per epoch (forward pass only), against one training epoch of "
-              "55,000 images on the uint8 path:\n\n"
-            + common.table(["what", "seconds, median (min-max)", "share of an epoch"],
-                           val_rows))
+    val_rows = [
+        [
+            f"validation of {len(data.x_val):,} images at batch {b}",
+            common.spread(v, ".2f"),
+            f"{common.median(v) / epoch_s:.1%}",
+        ]
+        for b, v in val.items()
+    ]
+    return (
+        f"Each lever alone on the test 7 network, {images:,}-image chunks, {reps} "
+        "interleaved repetitions; ratio to the lab's code, pair by pair.\n\n"
+        + common.table(["variant", "samples/s, median (min-max)", "ratio to the lab"], rows)
+        + "\n\nValidation cost per epoch (forward pass only), against one training epoch of "
+        "55,000 images on the uint8 path:\n\n"
+        + common.table(["what", "seconds, median (min-max)", "share of an epoch"], val_rows)
+    )
 
 
 def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> None:
@@ -243,8 +287,7 @@ def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> N
     model = build(config)
     model.fit(x[:1280], y[:1280], batch_size=64, epochs=1, verbose=0)
     seconds = timed(lambda: fit(model, config, x, y, epochs=1))
-    print(json.dumps({"intra": intra, "inter": inter, "seconds": seconds,
-                      "pid": os.getpid()}))
+    print(json.dumps({"intra": intra, "inter": inter, "seconds": seconds, "pid": os.getpid()}))
 
 
 def threads(reps: int, images: int, data_dir: Path | None) -> str:
@@ -252,23 +295,35 @@ def threads(reps: int, images: int, data_dir: Path | None) -> str:
     settings = sorted({(n, n), (n, 1), (1, 1), (max(1, n // 2), 1)}, reverse=True)
     seconds: dict[tuple[int, int], list[float]] = {s: [] for s in settings}
     for rep in range(reps):
-        for intra, inter in (settings if rep % 2 == 0 else settings[::-1]):
-            cmd = [sys.executable, __file__, "--thread-child", str(intra), str(inter),
-                   "--lever-images", str(images)]
+        for intra, inter in settings if rep % 2 == 0 else settings[::-1]:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--thread-child",
+                str(intra),
+                str(inter),
+                "--lever-images",
+                str(images),
+            ]
             if data_dir:
                 cmd += ["--data-dir", str(data_dir)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             seconds[intra, inter].append(json.loads(out.strip().splitlines()[-1])["seconds"])
         print(f"threads rep {rep + 1}/{reps} done", flush=True)
     default = (n, n)
-    rows = [[f"intra {a}, inter {b}" + (" (TensorFlow's default)" if (a, b) == default else ""),
-             common.spread([images / s for s in v]),
-             common.spread([d / s for d, s in zip(seconds[default], v, strict=True)], ".2f")]
-            for (a, b), v in seconds.items()]
-    return (f"TensorFlow's thread pools on the trial path (one process at a time, {images:,} "
-            f"images, {reps} interleaved repetitions, each in a fresh process):\n\n"
-            + common.table(["threads", "samples/s, median (min-max)",
-                            "ratio to the default"], rows))
+    rows = [
+        [
+            f"intra {a}, inter {b}" + (" (TensorFlow's default)" if (a, b) == default else ""),
+            common.spread([images / s for s in v]),
+            common.spread([d / s for d, s in zip(seconds[default], v, strict=True)], ".2f"),
+        ]
+        for (a, b), v in seconds.items()
+    ]
+    return (
+        f"TensorFlow's thread pools on the trial path (one process at a time, {images:,} "
+        f"images, {reps} interleaved repetitions, each in a fresh process):\n\n"
+        + common.table(["threads", "samples/s, median (min-max)", "ratio to the default"], rows)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +338,8 @@ def profile(data: datasets.Split, steps: int) -> str:
     for batch in (64, 128):
         config = replace(lab_config(), batch_size=batch)
         model = build(config, steps_per_execution=preset.steps_per_execution)
-        x, y = data.x_train[:batch * steps], data.y_train[:batch * steps]
-        fit(model, config, x[:batch * 10], y[:batch * 10], epochs=1)
+        x, y = data.x_train[: batch * steps], data.y_train[: batch * steps]
+        fit(model, config, x[: batch * 10], y[: batch * 10], epochs=1)
         logdir = tempfile.mkdtemp(prefix="tf-profile-")
         tf.profiler.experimental.start(logdir)
         wall = timed(lambda m=model, c=config, a=x, b=y: fit(m, c, a, b, epochs=1))
@@ -304,27 +359,44 @@ def profile(data: datasets.Split, steps: int) -> str:
                     if ":" not in name or "::" in name:
                         continue  # the executor's own events enclose the kernels: not counted
                     scope, kind = name.rsplit(":", 1)
-                    layer = next((p for p in scope.split("/") if p.startswith(
-                        ("conv2d", "dense", "max_pooling", "rescaling", "flatten"))), "other")
+                    layer = next(
+                        (
+                            p
+                            for p in scope.split("/")
+                            if p.startswith(
+                                ("conv2d", "dense", "max_pooling", "rescaling", "flatten")
+                            )
+                        ),
+                        "other",
+                    )
                     if "gradient_tape" in scope:
                         layer += " backward"
                     by_kind[f"{kind} ({layer})"] += event.duration_ps / 1e12
         total = sum(by_kind.values())
         rows = [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in by_kind.most_common(10)]
-        out.append(f"Batch {batch}: {steps} steps in {wall:.2f} s ({wall / steps * 1000:.1f} ms a "
-                   f"step, {batch * steps / wall:.0f} samples/s); kernel time summed over "
-                   f"TensorFlow's compute threads {total:.2f} s "
-                   f"({total / steps * 1000:.1f} ms a step); the ten largest:\n\n"
-                   + common.table(["kernel (layer)", "seconds", "share"], rows))
-    return ("TensorFlow's profiler (tf.profiler.experimental) over the trial path:\n\n"
-            + "\n\n".join(out))
+        out.append(
+            f"Batch {batch}: {steps} steps in {wall:.2f} s ({wall / steps * 1000:.1f} ms a "
+            f"step, {batch * steps / wall:.0f} samples/s); kernel time summed over "
+            f"TensorFlow's compute threads {total:.2f} s "
+            f"({total / steps * 1000:.1f} ms a step); the ten largest:\n\n"
+            + common.table(["kernel (layer)", "seconds", "share"], rows)
+        )
+    return (
+        "TensorFlow's profiler (tf.profiler.experimental) over the trial path:\n\n"
+        + "\n\n".join(out)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions of each epoch")
-    parser.add_argument("--batch", type=int, nargs="+", default=[64, 128],
-                        help="batch sizes of our path (the lab's is 64)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[64, 128],
+        help="batch sizes of our path (the lab's is 64)",
+    )
     parser.add_argument("--levers", action="store_true", help="also measure each lever")
     parser.add_argument("--lever-reps", type=int, default=5)
     parser.add_argument("--lever-images", type=int, default=12_800)
@@ -333,8 +405,9 @@ def main() -> None:
     parser.add_argument("--thread-child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = common.add_common(parser).parse_args()
     if args.thread_child:
-        thread_child(*args.thread_child, args.lever_images,
-                     str(args.data_dir) if args.data_dir else None)
+        thread_child(
+            *args.thread_child, args.lever_images, str(args.data_dir) if args.data_dir else None
+        )
         return
 
     configure()
@@ -342,8 +415,7 @@ def main() -> None:
     import tensorflow as tf
 
     device = device_name()
-    print(f"Device: {device}; TensorFlow {tf.__version__}, Keras {keras.__version__}",
-          flush=True)
+    print(f"Device: {device}; TensorFlow {tf.__version__}, Keras {keras.__version__}", flush=True)
     images, labels = datasets.load_train("fashion_mnist", args.data_dir)
     data = datasets.split(images, labels, 5000, args.images)
     body, verdicts = headline(data, args.reps, args.batch)
@@ -359,10 +431,17 @@ def main() -> None:
     if not args.no_write:
         name = SECTION if not tf.config.list_physical_devices("GPU") else SECTION + "_gpu"
         title = "1. Trial throughput against the lab's code" + (
-            " (GPU)" if name.endswith("gpu") else "")
-        common.write_section(name, common.section(
-            title, text, extra=f"- Device: {device}; TensorFlow {tf.__version__}, "
-                               f"Keras {keras.__version__}"))
+            " (GPU)" if name.endswith("gpu") else ""
+        )
+        common.write_section(
+            name,
+            common.section(
+                title,
+                text,
+                extra=f"- Device: {device}; TensorFlow {tf.__version__}, "
+                f"Keras {keras.__version__}",
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,31 @@ def scaling_preset(trials: int, images: int, epochs: int) -> presets.Preset:
     every trial is an enqueued copy of it, so no sampler choice differs."""
     base = presets.load("demo")
     lab_test_7 = next(b for b in base.baselines if b.name == "lab test 7")
-    space = replace(base.space, conv_layers=(3, 3), filters=(32, 64), kernel=(3,),
-                    dropout=("none",), dense_units=(128,), learning_rate=(0.001, 0.001))
-    return replace(base, name="scaling", description="", trials=trials, val_size=1000,
-                   train_size=images, epochs=epochs, patience=epochs, seed=1, pruner="none",
-                   max_params=None, steps_per_execution=1, space=space,
-                   baselines=tuple(replace(lab_test_7, name=f"lab test 7 ({i})")
-                                   for i in range(trials)))
+    space = replace(
+        base.space,
+        conv_layers=(3, 3),
+        filters=(32, 64),
+        kernel=(3,),
+        dropout=("none",),
+        dense_units=(128,),
+        learning_rate=(0.001, 0.001),
+    )
+    return replace(
+        base,
+        name="scaling",
+        description="",
+        trials=trials,
+        val_size=1000,
+        train_size=images,
+        epochs=epochs,
+        patience=epochs,
+        seed=1,
+        pruner="none",
+        max_params=None,
+        steps_per_execution=1,
+        space=space,
+        baselines=tuple(replace(lab_test_7, name=f"lab test 7 ({i})") for i in range(trials)),
+    )
 
 
 def scaling(args: argparse.Namespace) -> None:
@@ -54,18 +72,28 @@ def scaling(args: argparse.Namespace) -> None:
     folder = Path(tempfile.mkdtemp(prefix="worker-scaling-"))
     preset = scaling_preset(args.trials, args.images, args.epochs)
     data_dir = ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    arms = {"1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
-            "--workers auto": ["--workers", "auto"]}
+    arms = {
+        "1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
+        "--workers auto": ["--workers", "auto"],
+    }
     rates: dict[str, list[float]] = {label: [] for label in arms}
     cores: dict[str, list[float]] = {label: [] for label in arms}
     for rep in range(args.reps):
         # A B, then B A: a slow spell of the shared machine hits both arms alike.
-        for label in (list(arms) if rep % 2 == 0 else list(arms)[::-1]):
+        for label in list(arms) if rep % 2 == 0 else list(arms)[::-1]:
             url = f"sqlite:///{folder / f'arm{list(arms).index(label)}-{rep}.db'}"
             # Created here as `search start` creates it; `search worker` runs it to its total.
             study.prepare(preset, url=url)
-            command = [str(common.ROOT / ".venv/bin/search"), "worker", "--storage", url,
-                       "--study", preset.name, *data_dir, *arms[label]]
+            command = [
+                str(common.ROOT / ".venv/bin/search"),
+                "worker",
+                "--storage",
+                url,
+                "--study",
+                preset.name,
+                *data_dir,
+                *arms[label],
+            ]
             print(f"{label}: {' '.join(command)}", flush=True)
             started = time.perf_counter()
             before = os.times()
@@ -74,8 +102,12 @@ def scaling(args: argparse.Namespace) -> None:
             wall = time.perf_counter() - started
             # CPU seconds of the command and every process it waited for: how many cores the
             # arm actually got, and what an epoch cost in CPU time.
-            cpu = (after.children_user - before.children_user
-                   + after.children_system - before.children_system)
+            cpu = (
+                after.children_user
+                - before.children_user
+                + after.children_system
+                - before.children_system
+            )
             cores[label].append(cpu / wall)
             trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
             assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
@@ -84,24 +116,39 @@ def scaling(args: argparse.Namespace) -> None:
             last = max(t.datetime_complete for t in trials)
             minutes = (last - first).total_seconds() / 60
             rates[label].append(epochs / minutes)
-            print(f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
-                  f"({wall:.0f} s with start-up): {rates[label][-1]:.2f} epochs/min, "
-                  f"{cpu:.0f} CPU s ({cores[label][-1]:.2f} cores busy on average)", flush=True)
+            print(
+                f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
+                f"({wall:.0f} s with start-up): {rates[label][-1]:.2f} epochs/min, "
+                f"{cpu:.0f} CPU s ({cores[label][-1]:.2f} cores busy on average)",
+                flush=True,
+            )
     one, auto = rates.values()
     ratios = [b / a for a, b in zip(one, auto, strict=True)]
-    summary = (f"--workers auto / 1 worker x 2 threads: {common.median(ratios):.2f}x epochs per "
-               f"minute (pairs: {', '.join(f'{r:.2f}' for r in ratios)}); target >= 1.8x, "
-               f"{'met' if common.median(ratios) >= 1.8 else 'not met'}.")
+    summary = (
+        f"--workers auto / 1 worker x 2 threads: {common.median(ratios):.2f}x epochs per "
+        f"minute (pairs: {', '.join(f'{r:.2f}' for r in ratios)}); target >= 1.8x, "
+        f"{'met' if common.median(ratios) >= 1.8 else 'not met'}."
+    )
     print(summary)
-    body = (f"The same {args.trials} trials (the lab's test 7, {args.epochs} epochs each on "
-            f"{args.images:,} images, no pruning) through `search worker`, {args.reps} "
-            "interleaved repetitions of each arm; epochs per minute between the first trial's "
-            "start and the last one's end.\n\n"
-            + common.table(["arm", "epochs per minute, median (min-max)",
-                            "cores busy (CPU s / wall s, start-up included)"],
-                           [[label, common.spread(v, ".1f"), common.spread(cores[label], ".2f")]
-                            for label, v in rates.items()])
-            + "\n\n" + summary)
+    body = (
+        f"The same {args.trials} trials (the lab's test 7, {args.epochs} epochs each on "
+        f"{args.images:,} images, no pruning) through `search worker`, {args.reps} "
+        "interleaved repetitions of each arm; epochs per minute between the first trial's "
+        "start and the last one's end.\n\n"
+        + common.table(
+            [
+                "arm",
+                "epochs per minute, median (min-max)",
+                "cores busy (CPU s / wall s, start-up included)",
+            ],
+            [
+                [label, common.spread(v, ".1f"), common.spread(cores[label], ".2f")]
+                for label, v in rates.items()
+            ],
+        )
+        + "\n\n"
+        + summary
+    )
     if not args.no_write:
         common.write_section("worker_scaling", common.section("2. Worker scaling", body))
 
@@ -117,14 +164,26 @@ class Writes:
         for epoch in range(self.epochs):
             time.sleep(self.pause)
             trial.report(x * x + 1 / (epoch + 1), epoch)
-            for key in ("epochs_trained", "best_epoch", "val_loss", "val_accuracy",
-                        "seconds_per_epoch", "curves"):
+            for key in (
+                "epochs_trained",
+                "best_epoch",
+                "val_loss",
+                "val_accuracy",
+                "seconds_per_epoch",
+                "curves",
+            ):
                 trial.set_user_attr(key, epoch)
         return x * x
 
 
-def stress_worker(url: str, total: int, epochs: int, pause: float, busy: int | None,
-                  results: multiprocessing.Queue) -> None:
+def stress_worker(
+    url: str,
+    total: int,
+    epochs: int,
+    pause: float,
+    busy: int | None,
+    results: multiprocessing.Queue,
+) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if busy is not None:
         storage.SQLITE_BUSY_SECONDS = busy
@@ -152,10 +211,13 @@ def sqlite_limit(args: argparse.Namespace) -> None:
             sqlite3.connect(folder / "stress.db").execute("PRAGMA journal_mode=WAL").close()
         total = args.trials_per_worker * n
         results: multiprocessing.Queue = context.Queue()
-        processes = [context.Process(target=stress_worker,
-                                     args=(url, total, args.epochs, args.pause, args.busy,
-                                           results))
-                     for _ in range(n)]
+        processes = [
+            context.Process(
+                target=stress_worker,
+                args=(url, total, args.epochs, args.pause, args.busy, results),
+            )
+            for _ in range(n)
+        ]
         started = time.perf_counter()
         for p in processes:
             p.start()
@@ -166,10 +228,13 @@ def sqlite_limit(args: argparse.Namespace) -> None:
         s = optuna.load_study(study_name="stress", storage=url)
         done = len(s.get_trials(states=study.FINISHED))
         running = len(s.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
-        print(f"{n:>7} {done:>6} {seconds:>7.1f} {done / seconds:>8.2f} {len(errors):>6}"
-              + (f"  running {running}" if running else "")
-              + (f"  exceeded {done - total}" if done > total else "")
-              + (f"  first: {errors[0]}" if errors else ""), flush=True)
+        print(
+            f"{n:>7} {done:>6} {seconds:>7.1f} {done / seconds:>8.2f} {len(errors):>6}"
+            + (f"  running {running}" if running else "")
+            + (f"  exceeded {done - total}" if done > total else "")
+            + (f"  first: {errors[0]}" if errors else ""),
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -31,8 +31,11 @@ def value_target(trial: FrozenTrial) -> float:
 
 def pruned_by_pruner(trial: FrozenTrial) -> bool:
     """Stopped by the pruner after training; rejections (cost guard, NaN) carry a reason."""
-    return (trial.state == TrialState.PRUNED and "reason" not in trial.user_attrs
-            and trial.user_attrs.get("epochs_trained", 0) > 0)
+    return (
+        trial.state == TrialState.PRUNED
+        and "reason" not in trial.user_attrs
+        and trial.user_attrs.get("epochs_trained", 0) > 0
+    )
 
 
 def config_of(trial: FrozenTrial) -> Config | None:
@@ -86,18 +89,44 @@ class Row:
     epochs: str
     other: str
 
-    HEADER = ("run", "layers", "filters", "kernel", "pooling", "dropout", "dense", "val_loss",
-              "val_accuracy", "params", "epochs trained", "other settings")
+    HEADER = (
+        "run",
+        "layers",
+        "filters",
+        "kernel",
+        "pooling",
+        "dropout",
+        "dense",
+        "val_loss",
+        "val_accuracy",
+        "params",
+        "epochs trained",
+        "other settings",
+    )
 
     def cells(self) -> tuple[str, ...]:
-        return (self.run, self.layers, self.filters, self.kernel, self.pooling, self.dropout,
-                self.dense, self.val_loss, self.val_accuracy, self.params, self.epochs,
-                self.other)
+        return (
+            self.run,
+            self.layers,
+            self.filters,
+            self.kernel,
+            self.pooling,
+            self.dropout,
+            self.dense,
+            self.val_loss,
+            self.val_accuracy,
+            self.params,
+            self.epochs,
+            self.other,
+        )
 
 
 def describe_dropout(config: Config) -> str:
-    where = {"blocks": "after each pooled block", "flatten": "after Flatten",
-             "both": "after each pooled block and after Flatten"}
+    where = {
+        "blocks": "after each pooled block",
+        "flatten": "after Flatten",
+        "both": "after each pooled block and after Flatten",
+    }
     if config.dropout == "none" or config.dropout_rate == 0:
         return "none"
     return f"{config.dropout_rate:g} {where[config.dropout]}"
@@ -150,25 +179,30 @@ def table_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The lab's runs (whatever became of them) and the search's best completed trials."""
     trials = study.get_trials(deepcopy=False)
     # A lab run killed with its worker is retried as a new trial: show the retry only.
-    lab = [t for t in trials if "baseline" in t.user_attrs
-           and t.state not in (TrialState.RUNNING, TrialState.FAIL)]
-    ours = sorted((t for t in complete(study) if "baseline" not in t.user_attrs),
-                  key=value_target)[:TOP]
+    lab = [
+        t
+        for t in trials
+        if "baseline" in t.user_attrs and t.state not in (TrialState.RUNNING, TrialState.FAIL)
+    ]
+    ours = sorted(
+        (t for t in complete(study) if "baseline" not in t.user_attrs), key=value_target
+    )[:TOP]
     chosen = [t for t in lab + ours if config_of(t) is not None]
 
     def key(t: FrozenTrial) -> tuple[int, float]:
         loss = t.user_attrs.get("val_loss")
         # Completed trials rank by their value; the lab's unfinished runs follow.
-        return (0 if t.state == TrialState.COMPLETE else 1,
-                loss if loss is not None and math.isfinite(loss) else math.inf)
+        return (
+            0 if t.state == TrialState.COMPLETE else 1,
+            loss if loss is not None and math.isfinite(loss) else math.inf,
+        )
 
     return sorted(chosen, key=key)
 
 
 def table_rows(study: optuna.Study) -> list[Row]:
     """The rows of the comparison table, in table_trials' order."""
-    return [row(t, config) for t in table_trials(study)
-            if (config := config_of(t)) is not None]
+    return [row(t, config) for t in table_trials(study) if (config := config_of(t)) is not None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,12 +247,20 @@ def savings(study: optuna.Study, preset: Preset) -> Savings:
         high += latest
         low_s += earliest * per_epoch
         high_s += latest * per_epoch
-    rejected = sum(1 for t in trials if t.state == TrialState.PRUNED
-                   and t.user_attrs.get("epochs_trained", 0) == 0)
+    rejected = sum(
+        1
+        for t in trials
+        if t.state == TrialState.PRUNED and t.user_attrs.get("epochs_trained", 0) == 0
+    )
     return Savings(
         pruned=len(pruned),
         trained_by_pruned=sum(int(t.user_attrs["epochs_trained"]) for t in pruned),
-        at_least=low, at_most=high, seconds_at_least=low_s, seconds_at_most=high_s,
+        at_least=low,
+        at_most=high,
+        seconds_at_least=low_s,
+        seconds_at_most=high_s,
         trained_in_all=sum(int(t.user_attrs.get("epochs_trained", 0)) for t in trials),
-        rejected=rejected, epochs_limit=preset.epochs, patience=preset.patience,
+        rejected=rejected,
+        epochs_limit=preset.epochs,
+        patience=preset.patience,
     )

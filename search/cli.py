@@ -34,8 +34,10 @@ class Group(click.Group):
                 traceback.print_exc()
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("\nInterrupted. The study is consistent; rerun the same command to "
-                       "resume.", err=True)
+            click.echo(
+                "\nInterrupted. The study is consistent; rerun the same command to resume.",
+                err=True,
+            )
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -44,8 +46,11 @@ class Group(click.Group):
                 traceback.print_exc()
             else:
                 first = storage_mod.scrub(first_line(e), _storage_argument())
-                click.echo(f"Error: unexpected {type(e).__name__}: {first} "
-                           "(rerun with --debug for the full traceback).", err=True)
+                click.echo(
+                    f"Error: unexpected {type(e).__name__}: {first} "
+                    "(rerun with --debug for the full traceback).",
+                    err=True,
+                )
             sys.exit(1)
 
 
@@ -62,17 +67,29 @@ def _storage_argument() -> str | None:
 
 def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--data-dir, shared by every command that reads images."""
-    return click.option("--data-dir", type=click.Path(path_type=Path),
-                        help=f"Folder with the four IDX .gz files or Keras's .npz{purpose}.")
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        help=f"Folder with the four IDX .gz files or Keras's .npz{purpose}.",
+    )
 
 
 def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--study", "study_name", metavar="NAME",
-                     help="Study name. Defaults to the preset's name (the dataset's).")(f)
-    f = click.option("--storage", "url", metavar="URL", envvar=storage_mod.ENV_URL,
-                     show_envvar=True,
-                     help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
-                     "Defaults to storage/search.db.")(f)
+    f = click.option(
+        "--study",
+        "study_name",
+        metavar="NAME",
+        help="Study name. Defaults to the preset's name (the dataset's).",
+    )(f)
+    f = click.option(
+        "--storage",
+        "url",
+        metavar="URL",
+        envvar=storage_mod.ENV_URL,
+        show_envvar=True,
+        help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
+        "Defaults to storage/search.db.",
+    )(f)
     return f
 
 
@@ -81,8 +98,9 @@ class WorkerCount(click.ParamType):
 
     name = "N|auto"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> str | int:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | int:
         if isinstance(value, int) or value == "auto":
             return value
         if str(value).isdigit() and int(value) >= 1:
@@ -91,14 +109,26 @@ class WorkerCount(click.ParamType):
 
 
 def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--threads", type=click.IntRange(min=1), envvar="SEARCH_THREADS",
-                     show_envvar=True,
-                     help="TensorFlow threads per worker process. Defaults to the cores shared "
-                     "out among the workers.")(f)
-    f = click.option("--workers", "workers", type=WorkerCount(), default="1", metavar="N|auto",
-                     envvar="SEARCH_WORKERS", show_envvar=True, show_default=True,
-                     help="Worker processes on this machine, or auto: one per core, as memory "
-                     "allows (at most 64 on SQLite).")(f)
+    f = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        envvar="SEARCH_THREADS",
+        show_envvar=True,
+        help="TensorFlow threads per worker process. Defaults to the cores shared "
+        "out among the workers.",
+    )(f)
+    f = click.option(
+        "--workers",
+        "workers",
+        type=WorkerCount(),
+        default="1",
+        metavar="N|auto",
+        envvar="SEARCH_WORKERS",
+        show_envvar=True,
+        show_default=True,
+        help="Worker processes on this machine, or auto: one per core, as memory "
+        "allows (at most 64 on SQLite).",
+    )(f)
     return f
 
 
@@ -126,23 +156,44 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command()
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), help="Dataset to search on.")
-@click.option("--preset", metavar="NAME|FILE",
-              help="Preset in studies/ (NAME) or a .toml file. Defaults to the dataset's.")
-@click.option("--trials", type=click.IntRange(min=1, max=100_000),
-              help="The study's total of finished trials (default: the preset's).")
+@click.option(
+    "--preset",
+    metavar="NAME|FILE",
+    help="Preset in studies/ (NAME) or a .toml file. Defaults to the dataset's.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1, max=100_000),
+    help="The study's total of finished trials (default: the preset's).",
+)
 @data_dir_option()
-@click.option("--max-params", type=click.IntRange(min=1),
-              help="Parameter budget: larger networks end untrained, as pruned. Overrides the "
-              "preset's max_params; pruning on val_loss is kept.")
-@click.option("--objective", type=click.Choice(OBJECTIVES),
-              help="val_loss (default), or val_loss+params: a multi-objective search for the "
-              "Pareto front of val_loss against size. Optuna cannot prune multi-objective "
-              "studies, so trials then run to early stopping; the cost guard still applies.")
+@click.option(
+    "--max-params",
+    type=click.IntRange(min=1),
+    help="Parameter budget: larger networks end untrained, as pruned. Overrides the "
+    "preset's max_params; pruning on val_loss is kept.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(OBJECTIVES),
+    help="val_loss (default), or val_loss+params: a multi-objective search for the "
+    "Pareto front of val_loss against size. Optuna cannot prune multi-objective "
+    "studies, so trials then run to early stopping; the cost guard still applies.",
+)
 @worker_options
 @storage_options
-def start(dataset: str | None, preset: str | None, trials: int | None, data_dir: Path | None,
-          max_params: int | None, objective: str | None, workers: str | int,
-          threads: int | None, url: str | None, study_name: str | None) -> None:
+def start(
+    dataset: str | None,
+    preset: str | None,
+    trials: int | None,
+    data_dir: Path | None,
+    max_params: int | None,
+    objective: str | None,
+    workers: str | int,
+    threads: int | None,
+    url: str | None,
+    study_name: str | None,
+) -> None:
     """Start or resume a search; rerunning the same command resumes to the same total.
 
     Several copies, on this machine or on others sharing the storage, work on one study.
@@ -159,15 +210,21 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
     chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
-    run = study_mod.prepare(chosen, url=url, name=study_name, trials=trials,
-                            max_params=max_params, objective=objective)
+    run = study_mod.prepare(
+        chosen, url=url, name=study_name, trials=trials, max_params=max_params, objective=objective
+    )
     done = study_mod.finished(run.study)
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
-    click.echo(f"Study '{run.study.study_name}' "
-               f"({'new' if run.created else f'resuming, {done} finished'}): {run.total} trials, "
-               f"preset {run.preset.name}, "
-               + ("objectives val_loss and params, no pruning."
-                  if run.preset.multi_objective else f"pruner {run.preset.pruner}."))
+    click.echo(
+        f"Study '{run.study.study_name}' "
+        f"({'new' if run.created else f'resuming, {done} finished'}): {run.total} trials, "
+        f"preset {run.preset.name}, "
+        + (
+            "objectives val_loss and params, no pruning."
+            if run.preset.multi_objective
+            else f"pruner {run.preset.pruner}."
+        )
+    )
     _echo_lost(run.lost)
     _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
@@ -177,8 +234,13 @@ def start(dataset: str | None, preset: str | None, trials: int | None, data_dir:
 @data_dir_option()
 @worker_options
 @storage_options
-def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: str | None,
-           study_name: str | None) -> None:
+def worker(
+    data_dir: Path | None,
+    workers: str | int,
+    threads: int | None,
+    url: str | None,
+    study_name: str | None,
+) -> None:
     """Join a study under way from any machine that reaches its storage, and help finish it.
 
     Runs trials until the study reaches the total its 'search start' set.
@@ -193,32 +255,54 @@ def worker(data_dir: Path | None, workers: str | int, threads: int | None, url: 
     lost = study_mod.recover(run.study)
     running = study_mod.counts(run.study)["RUNNING"]
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
-    click.echo(f"Joining study '{run.study.study_name}': {study_mod.finished(run.study)} of "
-               f"{total} trials finished, {running} running.")
+    click.echo(
+        f"Joining study '{run.study.study_name}': {study_mod.finished(run.study)} of "
+        f"{total} trials finished, {running} running."
+    )
     _echo_lost(tuple(lost))
     _run(run, total, workers, threads, fresh=False, data_dir=data_dir)
 
 
-def _run(run: study_mod.Opened, total: int, count: str | int, threads: int | None, *,
-         fresh: bool, data_dir: Path | None) -> None:
+def _run(
+    run: study_mod.Opened,
+    total: int,
+    count: str | int,
+    threads: int | None,
+    *,
+    fresh: bool,
+    data_dir: Path | None,
+) -> None:
     """Run the study's trials here, print the best, and fail if the total was not reached.
 
     A worker that gave up (trials failing in a row) is a failure, not a success.
     """
-    workers.run_study(run.study, run.preset, total, storage=run.storage, url=run.url,
-                      workers=workers.count(count, run.url), threads=threads, fresh=fresh,
-                      data_dir=str(data_dir) if data_dir else None, log=click.echo)
+    workers.run_study(
+        run.study,
+        run.preset,
+        total,
+        storage=run.storage,
+        url=run.url,
+        workers=workers.count(count, run.url),
+        threads=threads,
+        fresh=fresh,
+        data_dir=str(data_dir) if data_dir else None,
+        log=click.echo,
+    )
     click.echo(progress.best_line(run.study))
     done = study_mod.finished(run.study)
     if done < total:
-        raise study_mod.StudyError(f"Stopped with {done} of {total} trials finished because "
-                                   "trials kept failing; 'search status' shows their reasons.")
+        raise study_mod.StudyError(
+            f"Stopped with {done} of {total} trials finished because "
+            "trials kept failing; 'search status' shows their reasons."
+        )
 
 
 def _echo_lost(numbers: tuple[int, ...]) -> None:
     if numbers:
-        click.echo(f"Trial(s) {', '.join(f'#{n}' for n in numbers)} had lost their worker: "
-                   "failed, and queued again.")
+        click.echo(
+            f"Trial(s) {', '.join(f'#{n}' for n in numbers)} had lost their worker: "
+            "failed, and queued again."
+        )
 
 
 @cli.command()
@@ -231,19 +315,26 @@ def status(url: str | None, study_name: str | None) -> None:
       search status --study fashion_mnist
     """
     opened = study_mod.open_existing(url, study_name)
-    click.echo(f"Study '{opened.study.study_name}' on {opened.preset.dataset} (preset "
-               f"{opened.preset.name}), {storage_mod.describe(opened.url)}")
+    click.echo(
+        f"Study '{opened.study.study_name}' on {opened.preset.dataset} (preset "
+        f"{opened.preset.name}), {storage_mod.describe(opened.url)}"
+    )
     for line in progress.status_lines(opened.study):
         click.echo(line)
 
 
 @cli.command("retrain-best")
-@click.option("--trial", "number", type=click.IntRange(min=0),
-              help="Retrain this trial instead of the best one.")
+@click.option(
+    "--trial",
+    "number",
+    type=click.IntRange(min=0),
+    help="Retrain this trial instead of the best one.",
+)
 @data_dir_option()
 @storage_options
-def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
-                 study_name: str | None) -> None:
+def retrain_best(
+    number: int | None, data_dir: Path | None, url: str | None, study_name: str | None
+) -> None:
     """Retrain the best trial on all training images, test it once, and save the model.
 
     The best trial has the lowest val_loss; in a size-aware (val_loss+params) study that
@@ -254,21 +345,37 @@ def retrain_best(number: int | None, data_dir: Path | None, url: str | None,
       search retrain-best --study fashion_mnist
     """
     opened = study_mod.open_existing(url, study_name)
-    result = retrain.retrain(opened.study, opened.preset, out_dir=storage_mod.home(),
-                             number=number, data_dir=str(data_dir) if data_dir else None,
-                             log=click.echo)
+    result = retrain.retrain(
+        opened.study,
+        opened.preset,
+        out_dir=storage_mod.home(),
+        number=number,
+        data_dir=str(data_dir) if data_dir else None,
+        log=click.echo,
+    )
     delta = (result.test_accuracy - result.lab_test_accuracy) * 100
-    click.echo(f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
-               f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points.")
+    click.echo(
+        f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
+        f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
+    )
     click.echo(f"Model saved to {result.model_path}")
 
 
 @cli.command()
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
-              help="Address to listen on. The dashboard has no authentication: any other "
-              "address lets whoever reaches it read and delete studies.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port).")
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on. The dashboard has no authentication: any other "
+    "address lets whoever reaches it read and delete studies.",
+)
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
 @storage_options
 def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> None:
     """Browse the studies in optuna-dashboard, served on the search's storage.
@@ -281,9 +388,11 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
     rdb, url, study_name = study_mod.resolve(url, study_name, required=False)
     board = open_dashboard(rdb, host, port, study_name)
     if board.exposed:
-        click.echo(f"Warning: listening on {host}, beyond this machine. optuna-dashboard has no "
-                   "authentication: anyone who can reach this port can read and delete studies.",
-                   err=True)
+        click.echo(
+            f"Warning: listening on {host}, beyond this machine. optuna-dashboard has no "
+            "authentication: anyone who can reach this port can read and delete studies.",
+            err=True,
+        )
     click.echo(f"Storage: {storage_mod.describe(url)}")
     click.echo(f"optuna-dashboard: {board.url}", nl=False)
     click.echo(" (and this machine's other addresses)" if host in ("0.0.0.0", "::") else "")
@@ -296,12 +405,17 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for REPORT.md and the figures. Defaults to storage/reports/STUDY/.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for REPORT.md and the figures. Defaults to storage/reports/STUDY/.",
+)
 @data_dir_option(" (for the test figures)")
 @storage_options
-def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
-           study_name: str | None) -> None:
+def report(
+    out_dir: Path | None, data_dir: Path | None, url: str | None, study_name: str | None
+) -> None:
     """Write figures and REPORT.md: the search against the lab's runs, and the final model.
 
     \b
@@ -311,11 +425,18 @@ def report(out_dir: Path | None, data_dir: Path | None, url: str | None,
     """
     opened = study_mod.open_existing(url, study_name)
     folder = (out_dir or report_mod.default_dir(opened.study.study_name)).resolve()
-    click.echo(f"Report on study '{opened.study.study_name}' ({storage_mod.describe(opened.url)})"
-               f" in {folder}")
-    written = report_mod.write(opened.study, opened.preset, folder,
-                               data_dir=str(data_dir) if data_dir else None, log=click.echo)
-    click.echo(f"Wrote {written.markdown} and {len(written.figures)} figures"
-               + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped
-                  else "."))
-
+    click.echo(
+        f"Report on study '{opened.study.study_name}' ({storage_mod.describe(opened.url)})"
+        f" in {folder}"
+    )
+    written = report_mod.write(
+        opened.study,
+        opened.preset,
+        folder,
+        data_dir=str(data_dir) if data_dir else None,
+        log=click.echo,
+    )
+    click.echo(
+        f"Wrote {written.markdown} and {len(written.figures)} figures"
+        + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped else ".")
+    )

@@ -51,8 +51,9 @@ def exposed(host: str) -> bool:
         try:
             infos = socket.getaddrinfo(host, None)
         except socket.gaierror:
-            raise DashboardError(f"Cannot resolve the host '{host}'; pass an address such as "
-                                 f"{DEFAULT_HOST}.") from None
+            raise DashboardError(
+                f"Cannot resolve the host '{host}'; pass an address such as {DEFAULT_HOST}."
+            ) from None
         return not all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
@@ -86,8 +87,9 @@ class Dashboard:
             self.server.server_close()
 
 
-def open_dashboard(storage: optuna.storages.BaseStorage, host: str, port: int,
-                   study: str | None = None) -> Dashboard:
+def open_dashboard(
+    storage: optuna.storages.BaseStorage, host: str, port: int, study: str | None = None
+) -> Dashboard:
     """Bind optuna-dashboard's WSGI app to host:port; the returned Dashboard serves it."""
     import optuna_dashboard
 
@@ -95,18 +97,22 @@ def open_dashboard(storage: optuna.storages.BaseStorage, host: str, port: int,
     app = optuna_dashboard.wsgi(storage)
     server_class = _Server6 if ":" in host else _Server
     try:
-        server = make_server(host.strip("[]"), port, app, server_class=server_class,
-                             handler_class=_QuietHandler)
+        server = make_server(
+            host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler
+        )
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise DashboardError(f"Port {port} on {host} is already in use; pass --port with "
-                                 "another port.") from None
+            raise DashboardError(
+                f"Port {port} on {host} is already in use; pass --port with another port."
+            ) from None
         if e.errno == errno.EACCES:
-            raise DashboardError(f"Port {port} needs administrator rights; pass --port 1024 or "
-                                 "above.") from None
+            raise DashboardError(
+                f"Port {port} needs administrator rights; pass --port 1024 or above."
+            ) from None
         if e.errno == errno.EADDRNOTAVAIL:
-            raise DashboardError(f"{host} is not an address of this machine; pass --host "
-                                 f"{DEFAULT_HOST}.") from None
+            raise DashboardError(
+                f"{host} is not an address of this machine; pass --host {DEFAULT_HOST}."
+            ) from None
         raise DashboardError(f"Cannot listen on {host}:{port}: {e.strerror or e}.") from None
     actual = int(server.server_address[1])  # --port 0 lets the system choose
     path = "/dashboard"

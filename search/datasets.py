@@ -41,8 +41,16 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
         class_names=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),
         debian_dir=Path("/usr/share/datasets/fashion-mnist"),
         keras_cache="fashion-mnist",
@@ -149,8 +157,9 @@ def _from_npz(path: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, KeyError, zlib.error, EOFError) as e:
         raise DataError(f"{path}: not a readable Keras .npz archive ({e}).") from e
     if images.ndim != 3 or images.shape[1:] != (SIDE, SIDE) or len(images) != len(labels):
-        raise DataError(f"{path}: x_{part}/y_{part} have unexpected shapes "
-                        f"{images.shape}/{labels.shape}.")
+        raise DataError(
+            f"{path}: x_{part}/y_{part} have unexpected shapes {images.shape}/{labels.shape}."
+        )
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
@@ -165,8 +174,9 @@ def _download(ds: DatasetInfo) -> Path:
     try:
         getattr(keras.datasets, ds.name).load_data()
     except Exception as e:  # any network or HTTP failure ends the same way
-        raise DataError(f"No {ds.name} data found and the download failed; {ds.install_hint}.") \
-            from e
+        raise DataError(
+            f"No {ds.name} data found and the download failed; {ds.install_hint}."
+        ) from e
     return _keras_cache_dir() / ds.keras_cache
 
 

@@ -86,24 +86,37 @@ def fig_history(study: optuna.Study) -> Figure:
         raise Skip("no trial has completed yet")
     with _style((9, 5)):
         ax = optuna.visualization.matplotlib.plot_optimization_history(
-            study, target=value_target, target_name=METRIC)
+            study, target=value_target, target_name=METRIC
+        )
         # Optuna plots completed trials only; the pruned ones show where the search went too.
-        pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-                  if t.user_attrs.get("val_loss") is not None]
+        pruned = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            if t.user_attrs.get("val_loss") is not None
+        ]
         if pruned:
-            ax.scatter([t.number for t in pruned], [t.user_attrs["val_loss"] for t in pruned],
-                       marker="x", color=WRONG, alpha=0.8,
-                       label="pruned trial (best val_loss before it was stopped)")
+            ax.scatter(
+                [t.number for t in pruned],
+                [t.user_attrs["val_loss"] for t in pruned],
+                marker="x",
+                color=WRONG,
+                alpha=0.8,
+                label="pruned trial (best val_loss before it was stopped)",
+            )
         handles, labels = ax.get_legend_handles_labels()
         names = {METRIC: "completed trial", "Best Value": "best so far"}
-        ax.legend(handles, [names.get(label, label) for label in labels], loc="upper right",
-                  fontsize=9)
+        ax.legend(
+            handles, [names.get(label, label) for label in labels], loc="upper right", fontsize=9
+        )
         ax.set_title(f"Optimisation history: {METRIC} of each trial and the best so far")
         ax.set_xlabel("trial number")
         ax.set_ylabel(f"{METRIC} (lower is better)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        _log_if_wide(ax, [value_target(t) for t in complete(study)]
-                     + [t.user_attrs["val_loss"] for t in pruned])
+        _log_if_wide(
+            ax,
+            [value_target(t) for t in complete(study)]
+            + [t.user_attrs["val_loss"] for t in pruned],
+        )
         return ax.figure  # type: ignore[return-value]
 
 
@@ -125,8 +138,14 @@ def _draw_trials(ax: Any, trials: list[FrozenTrial]) -> list[float]:
         if t.state == TrialState.PRUNED:
             ax.plot(x[-1], y[-1], marker="X", ms=9, color=WRONG, ls="none")
         if lab:
-            ax.annotate(t.user_attrs["baseline"], (x[-1], y[-1]), xytext=(4, 0),
-                        textcoords="offset points", fontsize=8, va="center")
+            ax.annotate(
+                t.user_attrs["baseline"],
+                (x[-1], y[-1]),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+            )
     return values
 
 
@@ -135,17 +154,26 @@ def _intermediate_legend(trials: list[FrozenTrial], top: FrozenTrial | None) -> 
         return sum(1 for t in trials if t.state in states)
 
     handles = [
-        plt.Line2D([], [], color=COMPLETED, marker=".",
-                   label=f"completed ({n(TrialState.COMPLETE)})"),
-        plt.Line2D([], [], color=WRONG, marker="X",
-                   label=f"pruned ({n(TrialState.PRUNED)}), stopped at the X"),
+        plt.Line2D(
+            [], [], color=COMPLETED, marker=".", label=f"completed ({n(TrialState.COMPLETE)})"
+        ),
+        plt.Line2D(
+            [],
+            [],
+            color=WRONG,
+            marker="X",
+            label=f"pruned ({n(TrialState.PRUNED)}), stopped at the X",
+        ),
         plt.Line2D([], [], color="black", ls="--", lw=1, label="the lab's configurations"),
     ]
     if n(TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING):
         handles.append(plt.Line2D([], [], color="grey", marker=".", label="running or failed"))
     if top is not None:
-        handles.append(plt.Line2D([], [], color="black", lw=2.5, marker="o",
-                                  label=f"best trial #{top.number}"))
+        handles.append(
+            plt.Line2D(
+                [], [], color="black", lw=2.5, marker="o", label=f"best trial #{top.number}"
+            )
+        )
     return handles
 
 
@@ -173,8 +201,9 @@ def fig_intermediate(study: optuna.Study) -> Figure:
 def fig_importances(study: optuna.Study) -> Figure:
     done = complete(study)
     if len(done) < 2:
-        raise Skip(f"parameter importances need at least 2 completed trials; this study has "
-                   f"{len(done)}")
+        raise Skip(
+            f"parameter importances need at least 2 completed trials; this study has {len(done)}"
+        )
     if len({tuple(sorted(t.params.items())) for t in done}) < 2:
         raise Skip("every completed trial has the same parameters, so none can matter more")
     with warnings.catch_warnings(record=True) as caught:
@@ -183,11 +212,14 @@ def fig_importances(study: optuna.Study) -> Figure:
     equal = [str(w.message) for w in caught if "will be equal" in str(w.message)]
     if not importances or not any(v > 0 for v in importances.values()) or equal:
         # PED-ANOVA compares the top 10 % of trials with the rest: too few trials give nothing.
-        raise Skip(f"too few completed trials ({len(done)}) for PED-ANOVA, Optuna's default "
-                   "importance evaluator, to tell the parameters apart")
+        raise Skip(
+            f"too few completed trials ({len(done)}) for PED-ANOVA, Optuna's default "
+            "importance evaluator, to tell the parameters apart"
+        )
     with _style((9, max(4.0, 0.35 * len(importances) + 1.5))):
         ax = optuna.visualization.matplotlib.plot_param_importances(
-            study, target=value_target, target_name=METRIC)
+            study, target=value_target, target_name=METRIC
+        )
         title = f"Parameter importances for {METRIC}, PED-ANOVA on {len(done)} completed trials"
         if len(done) < FEW_FOR_IMPORTANCE:
             title += "\n(few trials: a hint, not a finding)"
@@ -201,14 +233,17 @@ def fig_importances(study: optuna.Study) -> Figure:
 def fig_parallel(study: optuna.Study) -> Figure:
     done = complete(study)
     if len(done) < 2:
-        raise Skip(f"a parallel-coordinate plot needs at least 2 completed trials; this study "
-                   f"has {len(done)}")
+        raise Skip(
+            f"a parallel-coordinate plot needs at least 2 completed trials; this study "
+            f"has {len(done)}"
+        )
     names = sorted({p for t in done for p in t.params})
     if not names:
         raise Skip("the trials have no searched parameters")
     with _style((max(10.0, 1.1 * len(names) + 2), 6)):
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(
-            study, target=value_target, target_name=METRIC)
+            study, target=value_target, target_name=METRIC
+        )
         for lines in cast(list[LineCollection], ax.collections):
             # Optuna's Blues fades the worst trials to white; viridis keeps every line visible.
             lines.set_cmap("viridis")
@@ -226,8 +261,11 @@ def fig_parallel(study: optuna.Study) -> Figure:
                 _pad(axis, 0.04)
                 if axis is not ax:
                     axis.grid(False)  # each axis's own grid would paint over the lines
-        ax.set_title(f"Parallel coordinates: each line a completed trial, coloured by {METRIC} "
-                     "(dark: best); None: layer absent", y=1.03)
+        ax.set_title(
+            f"Parallel coordinates: each line a completed trial, coloured by {METRIC} "
+            "(dark: best); None: layer absent",
+            y=1.03,
+        )
         for label in ax.get_xticklabels():
             label.set_rotation(30)
             label.set_horizontalalignment("right")
@@ -269,16 +307,37 @@ def _draw_sizes(ax: Any, trials: list[FrozenTrial], floor: float) -> None:
     ):
         group = [t for t in trials if t.state == state]
         if group:
-            ax.scatter([t.user_attrs["params"] for t in group], [y(t) for t in group],
-                       color=color, marker=marker, s=45, alpha=0.8, label=label, zorder=3)
+            ax.scatter(
+                [t.user_attrs["params"] for t in group],
+                [y(t) for t in group],
+                color=color,
+                marker=marker,
+                s=45,
+                alpha=0.8,
+                label=label,
+                zorder=3,
+            )
     lab = [t for t in trials if "baseline" in t.user_attrs]
     if lab:
-        ax.scatter([t.user_attrs["params"] for t in lab], [y(t) for t in lab], s=170,
-                   facecolors="none", edgecolors="black", lw=1.5, zorder=4,
-                   label="the lab's configurations")
+        ax.scatter(
+            [t.user_attrs["params"] for t in lab],
+            [y(t) for t in lab],
+            s=170,
+            facecolors="none",
+            edgecolors="black",
+            lw=1.5,
+            zorder=4,
+            label="the lab's configurations",
+        )
         for t in lab:
-            ax.annotate(t.user_attrs["baseline"], (t.user_attrs["params"], y(t)),
-                        xytext=(9, -4), textcoords="offset points", fontsize=8, va="top")
+            ax.annotate(
+                t.user_attrs["baseline"],
+                (t.user_attrs["params"], y(t)),
+                xytext=(9, -4),
+                textcoords="offset points",
+                fontsize=8,
+                va="top",
+            )
 
 
 def _size_axis(ax: Any) -> None:
@@ -287,16 +346,20 @@ def _size_axis(ax: Any) -> None:
     lo, hi = ax.get_xlim()
     # Round sizes (30 K, 50 K, 100 K, ...) rather than powers of ten: a study's models
     # usually span less than a decade.
-    ax.set_xticks([t for t in (m * 10 ** k for k in range(1, 10) for m in (1, 2, 3, 5))
-                   if lo <= t <= hi])
+    ax.set_xticks(
+        [t for t in (m * 10**k for k in range(1, 10) for m in (1, 2, 3, 5)) if lo <= t <= hi]
+    )
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_thousands))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters (log scale)")
 
 
 def fig_size(study: optuna.Study) -> Figure:
-    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED)
-              if t.user_attrs.get("val_accuracy") is not None and t.user_attrs.get("params")]
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if t.user_attrs.get("val_accuracy") is not None and t.user_attrs.get("params")
+    ]
     if not trials:
         raise Skip("no trial has finished an epoch yet")
     winner = best(study)
@@ -306,15 +369,28 @@ def fig_size(study: optuna.Study) -> Figure:
         fig, ax = plt.subplots()
         _draw_sizes(ax, trials, floor)
         if winner is not None:
-            ax.scatter([winner.user_attrs["params"]], [_accuracy(winner)], marker="*", s=340,
-                       color="gold", edgecolors="black", zorder=5,
-                       label=f"best trial #{winner.number} ({winner.user_attrs['architecture']})")
+            ax.scatter(
+                [winner.user_attrs["params"]],
+                [_accuracy(winner)],
+                marker="*",
+                s=340,
+                color="gold",
+                edgecolors="black",
+                zorder=5,
+                label=f"best trial #{winner.number} ({winner.user_attrs['architecture']})",
+            )
         below = [t for t in trials if _accuracy(t) < floor]
         if below:
             ax.axhline(floor, color="grey", lw=0.8, ls=":")
-            ax.annotate(f"{count(len(below), 'trial')} below {floor:.1f} % drawn on this line",
-                        (0.01, floor), xycoords=("axes fraction", "data"), xytext=(0, 4),
-                        textcoords="offset points", fontsize=8, color="dimgrey")
+            ax.annotate(
+                f"{count(len(below), 'trial')} below {floor:.1f} % drawn on this line",
+                (0.01, floor),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 4),
+                textcoords="offset points",
+                fontsize=8,
+                color="dimgrey",
+            )
         _size_axis(ax)
         ax.set_ylabel("val_accuracy at the best epoch (%)")
         ax.set_ylim(floor - 0.5, top + 0.15 * (top - floor) + 0.3)
@@ -343,31 +419,65 @@ def fig_curves(study: optuna.Study, record: dict[str, Any]) -> Figure:
             scale = 1 if key == "loss" else 100
             if search.get(key):
                 n = len(search[key])
-                ax.plot(range(1, n + 1), [scale * v for v in search[key]], "o--",
-                        color=COMPLETED, alpha=0.7, label=f"search #{trial.number}: training")
+                ax.plot(
+                    range(1, n + 1),
+                    [scale * v for v in search[key]],
+                    "o--",
+                    color=COMPLETED,
+                    alpha=0.7,
+                    label=f"search #{trial.number}: training",
+                )
             if search.get(f"val_{key}"):
                 n = len(search[f"val_{key}"])
-                ax.plot(range(1, n + 1), [scale * v for v in search[f"val_{key}"]], "s-",
-                        color="#ff7f0e", label=f"search #{trial.number}: validation")
-            ax.plot(range(1, len(final[key]) + 1), [scale * v for v in final[key]], "o-",
-                    color="black", lw=2,
-                    label=f"final model: training on {record['train_images']:,} images")
-            ax.axvline(epochs, color="grey", ls=":",
-                       label=f"best epoch {epochs} (the final model's length)")
+                ax.plot(
+                    range(1, n + 1),
+                    [scale * v for v in search[f"val_{key}"]],
+                    "s-",
+                    color="#ff7f0e",
+                    label=f"search #{trial.number}: validation",
+                )
+            ax.plot(
+                range(1, len(final[key]) + 1),
+                [scale * v for v in final[key]],
+                "o-",
+                color="black",
+                lw=2,
+                label=f"final model: training on {record['train_images']:,} images",
+            )
+            ax.axvline(
+                epochs,
+                color="grey",
+                ls=":",
+                label=f"best epoch {epochs} (the final model's length)",
+            )
             ax.set_xlabel("epoch")
             ax.set_ylabel(name if key == "loss" else f"{name} (%)")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        right.plot([epochs], [100 * record["test_accuracy"]], marker="*", ms=16, color="gold",
-                   mec="black", ls="none",
-                   label=f"final test accuracy {record['test_accuracy']:.2%}")
-        right.axhline(100 * record["lab_test_accuracy"], color="green", ls="--", lw=1,
-                      label=f"the lab's test accuracy {record['lab_test_accuracy']:.2%}")
+        right.plot(
+            [epochs],
+            [100 * record["test_accuracy"]],
+            marker="*",
+            ms=16,
+            color="gold",
+            mec="black",
+            ls="none",
+            label=f"final test accuracy {record['test_accuracy']:.2%}",
+        )
+        right.axhline(
+            100 * record["lab_test_accuracy"],
+            color="green",
+            ls="--",
+            lw=1,
+            label=f"the lab's test accuracy {record['lab_test_accuracy']:.2%}",
+        )
         left.set_title("Loss per epoch")
         right.set_title("Accuracy per epoch")
         left.legend(fontsize=8, loc="upper right")
         right.legend(fontsize=8, loc="lower right")
-        fig.suptitle(f"Trial #{trial.number} {record['architecture']}: search run and final "
-                     "retrain", fontsize=12)
+        fig.suptitle(
+            f"Trial #{trial.number} {record['architecture']}: search run and final retrain",
+            fontsize=12,
+        )
         fig.tight_layout()
         return fig
 
@@ -382,22 +492,29 @@ def fig_confusion(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...]
     for i in range(k):
         for j in range(k):
             if matrix[i, j]:
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(k), names, rotation=45, ha="right")
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     accuracy = np.trace(matrix) / matrix.sum()
-    ax.set_title(f"Confusion matrix on the {matrix.sum():,} test images "
-                 f"(accuracy {accuracy:.2%})")
+    ax.set_title(f"Confusion matrix on the {matrix.sum():,} test images (accuracy {accuracy:.2%})")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     return fig
 
 
-def fig_predictions(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                    names: tuple[str, ...]) -> Figure:
+def fig_predictions(
+    images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...]
+) -> Figure:
     n = min(GRID, len(images))
     fig, axes = plt.subplots(3, 5, figsize=(11, 7.5))
     for i, ax in enumerate(axes.flat):
@@ -406,10 +523,16 @@ def fig_predictions(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
             continue
         ax.imshow(images[i], cmap="binary")
         right = y_pred[i] == y_true[i]
-        ax.set_title(f"{names[y_pred[i]]} ({names[y_true[i]]})", fontsize=10,
-                     color=RIGHT if right else WRONG)
+        ax.set_title(
+            f"{names[y_pred[i]]} ({names[y_true[i]]})",
+            fontsize=10,
+            color=RIGHT if right else WRONG,
+        )
     hits = int(np.sum(y_pred[:n] == y_true[:n]))
-    fig.suptitle(f"The first {n} test images, predicted (true): {hits} of {n} right "
-                 "(green right, red wrong)", fontsize=12)
+    fig.suptitle(
+        f"The first {n} test images, predicted (true): {hits} of {n} right "
+        "(green right, red wrong)",
+        fontsize=12,
+    )
     fig.tight_layout()
     return fig

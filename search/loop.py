@@ -27,6 +27,7 @@ TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM ends a worker the way Ctrl-C does, so its running trial is not left RUNNING."""
+
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -49,8 +50,13 @@ def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
     return done, running, total - done - running
 
 
-def _run_one(study: optuna.Study, objective: TrialFunction, slot: ExitStack,
-             callbacks: Sequence[Callback], log: Log) -> None:
+def _run_one(
+    study: optuna.Study,
+    objective: TrialFunction,
+    slot: ExitStack,
+    callbacks: Sequence[Callback],
+    log: Log,
+) -> None:
     """Run one trial; the slot's lock is let go as soon as the trial exists."""
     holder = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -70,8 +76,7 @@ def _run_one(study: optuna.Study, objective: TrialFunction, slot: ExitStack,
     except optuna.exceptions.UpdateFinishedTrialError:
         # This worker went silent past the grace period (a stalled machine) and another
         # worker failed its trial; that trial's retry is already queued.
-        log("This worker's trial was failed by another worker after missed heartbeats; "
-            "going on.")
+        log("This worker's trial was failed by another worker after missed heartbeats; going on.")
 
 
 def run_trials(
@@ -99,18 +104,23 @@ def run_trials(
     waiting = False
     while not stop():
         with ExitStack() as slot:
-            slot.enter_context(storage_mod.exclusive(storage.url, f"trials:{study.study_name}",
-                                                     storage.engine))
+            slot.enter_context(
+                storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
+            )
             for number in recover(study):
-                log(f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
-                    "a retry is queued.")
+                log(
+                    f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
+                    "a retry is queued."
+                )
             done, running, free = _free_slots(study, total)
             if done >= total:
                 return
             if free <= 0:
                 if not waiting:
-                    log(f"{done}/{total} finished; waiting for the {running} running trial(s) "
-                        "of other workers (a lost one is retried here).")
+                    log(
+                        f"{done}/{total} finished; waiting for the {running} running trial(s) "
+                        "of other workers (a lost one is retried here)."
+                    )
                 waiting = True
                 slot.close()
                 time.sleep(poll)
@@ -135,18 +145,29 @@ def run_worker(
     Other workers, in this process's siblings or on other machines, may share the study.
     """
     if finished(study) >= total:
-        log(f"Study '{study.study_name}' already has {finished(study)} finished trials "
-            f"(of {total}); nothing to do.")
+        log(
+            f"Study '{study.study_name}' already has {finished(study)} finished trials "
+            f"(of {total}); nothing to do."
+        )
         return
     configure(threads)
     images, labels = datasets.load_train(preset.dataset, data_dir)
     data = datasets.split(images, labels, preset.val_size, preset.train_size)
     if on_data:
         on_data(data)
-    log(f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
-        f"of {preset.dataset}.")
+    log(
+        f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
+        f"of {preset.dataset}."
+    )
     objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
     progress = Progress(total, log)
     with sigterm_as_interrupt():
-        run_trials(study, objective, total, storage=storage, log=log, callbacks=[progress],
-                   stop=lambda: progress.gave_up)
+        run_trials(
+            study,
+            objective,
+            total,
+            storage=storage,
+            log=log,
+            callbacks=[progress],
+            stop=lambda: progress.gave_up,
+        )

@@ -18,8 +18,13 @@ from search.training import History, fit
 
 # What a trial writes as it trains; a retried trial clears what it inherited.
 RUN_RECORD: dict[str, Any] = {
-    "epochs_trained": 0, "best_epoch": None, "val_loss": None, "val_accuracy": None,
-    "seconds_per_epoch": None, "curves": {}, "reason": "",
+    "epochs_trained": 0,
+    "best_epoch": None,
+    "val_loss": None,
+    "val_accuracy": None,
+    "seconds_per_epoch": None,
+    "curves": {},
+    "reason": "",
 }
 MEMORY_SHARE = 0.5  # a trial may plan to use at most this share of the available memory
 
@@ -37,8 +42,11 @@ def trial_seed(preset: Preset, number: int) -> int:
 def record_epoch(trial: optuna.Trial, history: History, epoch: int) -> None:
     """Store the trial's record after an epoch, so a pruned or interrupted trial keeps it too."""
     if not all(math.isfinite(v) for v in (history.loss[-1], history.val_loss[-1])):
-        trial.set_user_attr("reason", f"the loss became NaN or infinite at epoch {epoch + 1}; "
-                            "the learning rate is likely too high")
+        trial.set_user_attr(
+            "reason",
+            f"the loss became NaN or infinite at epoch {epoch + 1}; "
+            "the learning rate is likely too high",
+        )
     best = history.best_epoch
     trial.set_user_attr("epochs_trained", epoch + 1)
     trial.set_user_attr("best_epoch", best)
@@ -91,15 +99,20 @@ class Objective:
         trial.set_user_attr("mflops", round(cost.flops / 1e6, 3))
         budget = self.preset
         if budget.max_params and cost.params > budget.max_params:
-            reject(trial, f"{cost.params:,} parameters exceed the budget of "
-                          f"{budget.max_params:,}")
+            reject(trial, f"{cost.params:,} parameters exceed the budget of {budget.max_params:,}")
         if budget.max_mflops and cost.flops / 1e6 > budget.max_mflops:
-            reject(trial, f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of "
-                          f"{budget.max_mflops:,} MFLOPs")
+            reject(
+                trial,
+                f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of "
+                f"{budget.max_mflops:,} MFLOPs",
+            )
         need, available = cost.training_bytes(config.batch_size), available_memory()
         if available and need > MEMORY_SHARE * available:
-            reject(trial, f"training would need about {need / 2**30:.1f} GiB, more than "
-                          f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available")
+            reject(
+                trial,
+                f"training would need about {need / 2**30:.1f} GiB, more than "
+                f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available",
+            )
         return cost
 
     def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
@@ -126,9 +139,17 @@ class Objective:
         if not self.preset.multi_objective:  # Optuna cannot prune multi-objective studies
             callbacks.append(KerasPruningCallback(trial, "val_loss"))
         try:
-            fit(model, config, self.data.x_train, self.data.y_train, epochs=self.preset.epochs,
-                validation=(self.data.x_val, self.data.y_val), callbacks=callbacks,
-                on_epoch=on_epoch, history=history)
+            fit(
+                model,
+                config,
+                self.data.x_train,
+                self.data.y_train,
+                epochs=self.preset.epochs,
+                validation=(self.data.x_val, self.data.y_val),
+                callbacks=callbacks,
+                on_epoch=on_epoch,
+                history=history,
+            )
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
         except Exception as e:

@@ -68,8 +68,14 @@ class Preset:
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""
         data = asdict(self)
-        for key in ("name", "description", "trials", "max_params", "max_mflops",
-                    "steps_per_execution"):
+        for key in (
+            "name",
+            "description",
+            "trials",
+            "max_params",
+            "max_mflops",
+            "steps_per_execution",
+        ):
             data.pop(key)
         return data
 
@@ -101,16 +107,30 @@ class Preset:
 
 
 _TOP_TYPES: dict[str, tuple[type, ...]] = {
-    "dataset": (str,), "description": (str,), "trials": (int,), "val_size": (int,),
-    "train_size": (int,), "epochs": (int,), "patience": (int,), "seed": (int,), "pruner": (str,),
+    "dataset": (str,),
+    "description": (str,),
+    "trials": (int,),
+    "val_size": (int,),
+    "train_size": (int,),
+    "epochs": (int,),
+    "patience": (int,),
+    "seed": (int,),
+    "pruner": (str,),
     "objective": (str,),
-    "max_params": (int,), "max_mflops": (int, float), "steps_per_execution": (int,),
-    "space": (dict,), "baseline": (list,),
+    "max_params": (int,),
+    "max_mflops": (int, float),
+    "steps_per_execution": (int,),
+    "space": (dict,),
+    "baseline": (list,),
 }
 _RANGES = {"conv_layers", "dense_layers", "dropout_rate", "learning_rate"}
 _ALLOWED: dict[str, tuple[Any, ...]] = {
-    "dropout": DROPOUT_PLACEMENTS, "optimizer": OPTIMIZERS, "padding": PADDINGS,
-    "pool": (True, False), "batchnorm": (True, False), "augment": (True, False),
+    "dropout": DROPOUT_PLACEMENTS,
+    "optimizer": OPTIMIZERS,
+    "padding": PADDINGS,
+    "pool": (True, False),
+    "batchnorm": (True, False),
+    "augment": (True, False),
 }
 
 
@@ -156,19 +176,29 @@ def _space(path: Path, table: dict[str, Any]) -> Space:
             raise _fail(path, where, f"must take values from {list(_ALLOWED[key])}")
     space = Space(**values)
     checks = [
-        ("space.conv_layers",
-         1 <= space.conv_layers[0] and space.conv_layers[1] <= MAX_CONV_LAYERS,
-         f"must lie within [1, {MAX_CONV_LAYERS}]"),
-        ("space.dense_layers",
-         1 <= space.dense_layers[0] and space.dense_layers[1] <= MAX_DENSE_LAYERS,
-         f"must lie within [1, {MAX_DENSE_LAYERS}]"),
-        ("space.kernel", all(k >= 1 and k % 2 == 1 for k in space.kernel),
-         "must hold odd sizes of at least 1"),
+        (
+            "space.conv_layers",
+            1 <= space.conv_layers[0] and space.conv_layers[1] <= MAX_CONV_LAYERS,
+            f"must lie within [1, {MAX_CONV_LAYERS}]",
+        ),
+        (
+            "space.dense_layers",
+            1 <= space.dense_layers[0] and space.dense_layers[1] <= MAX_DENSE_LAYERS,
+            f"must lie within [1, {MAX_DENSE_LAYERS}]",
+        ),
+        (
+            "space.kernel",
+            all(k >= 1 and k % 2 == 1 for k in space.kernel),
+            "must hold odd sizes of at least 1",
+        ),
         ("space.filters", all(f >= 1 for f in space.filters), "must be positive"),
         ("space.dense_units", all(u >= 1 for u in space.dense_units), "must be positive"),
         ("space.batch_size", all(b >= 1 for b in space.batch_size), "must be positive"),
-        ("space.dropout_rate", 0 <= space.dropout_rate[0] and space.dropout_rate[1] < 1,
-         "must lie within [0, 1)"),
+        (
+            "space.dropout_rate",
+            0 <= space.dropout_rate[0] and space.dropout_rate[1] < 1,
+            "must lie within [0, 1)",
+        ),
         ("space.learning_rate", space.learning_rate[0] > 0, "must be positive"),
     ]
     for key, ok, problem in checks:
@@ -191,7 +221,8 @@ def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
         raise _fail(path, where, f"is not a valid configuration ({e})") from e
     for key, value in _config_values(config):
         expected = {"pool": bool}.get(key) or (
-            type(getattr(_LAB, key)) if key in _LAB_FIELDS else int)
+            type(getattr(_LAB, key)) if key in _LAB_FIELDS else int
+        )
         if not _is(value, (expected,) if expected is not float else (int, float)):
             raise _fail(path, f"{where}.{key}", f"holds {value!r}, expected {expected.__name__}")
         if expected in (int, float) and not isinstance(value, bool) and value < 0:
@@ -202,8 +233,11 @@ def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
     counted = size(config).params
     params = table.get("params", counted)
     if params != counted:
-        raise _fail(path, f"{where}.params", f"says {params!r}, but this network has "
-                    f"{counted:,} parameters")
+        raise _fail(
+            path,
+            f"{where}.params",
+            f"says {params!r}, but this network has {counted:,} parameters",
+        )
     return Baseline(name=str(table.get("name", f"baseline {i}")), config=config, params=params)
 
 
@@ -232,8 +266,15 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
         datasets.info(data["dataset"])
     except datasets.DataError as e:
         raise PresetError(f"{path}: {e}") from None
-    for key in ("trials", "val_size", "epochs", "steps_per_execution", "train_size", "max_params",
-                "max_mflops"):
+    for key in (
+        "trials",
+        "val_size",
+        "epochs",
+        "steps_per_execution",
+        "train_size",
+        "max_params",
+        "max_mflops",
+    ):
         if key in data and data[key] <= 0:
             raise _fail(path, key, "must be positive")
     for key in ("patience", "seed"):

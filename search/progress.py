@@ -41,9 +41,11 @@ def best_line(study: optuna.Study) -> str:
     if b is None:
         return "No trial has completed yet."
     a = b.user_attrs
-    return (f"Best: trial #{b.number} val_loss {b.values[0]:.4f} val_accuracy "
-            f"{_val_accuracy(b):.4f} at epoch {a.get('best_epoch')}, "
-            f"{a.get('params', 0):,} params, {a.get('architecture', '')}")
+    return (
+        f"Best: trial #{b.number} val_loss {b.values[0]:.4f} val_accuracy "
+        f"{_val_accuracy(b):.4f} at epoch {a.get('best_epoch')}, "
+        f"{a.get('params', 0):,} params, {a.get('architecture', '')}"
+    )
 
 
 @dataclass
@@ -62,14 +64,22 @@ class Progress:
         elif s["reason"]:
             head += f": {s['reason']}"
         b = best(study)
-        tail = "" if b is None else (f" | best #{b.number} val_loss {b.values[0]:.4f} "
-                                     f"val_accuracy {_val_accuracy(b):.4f}")
+        tail = (
+            ""
+            if b is None
+            else (
+                f" | best #{b.number} val_loss {b.values[0]:.4f} "
+                f"val_accuracy {_val_accuracy(b):.4f}"
+            )
+        )
         self.log(f"{head} | {s['architecture']}{tail}")
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                self.log(f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
-                         "worker (see 'search status' for the reasons).")
+                self.log(
+                    f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
+                    "worker (see 'search status' for the reasons)."
+                )
                 study.stop()
         else:
             self.failures_in_a_row = 0
@@ -85,13 +95,17 @@ def _fmt(value: Any, spec: str) -> str:
 
 def trial_table(study: optuna.Study) -> Iterator[str]:
     """`status`'s table: a header, then one line per trial with its reason where it failed."""
-    yield (f"{'#':>4} {'state':<8} {'val_loss':>8} {'val_acc':>7} {'params':>10} "
-           f"{'epochs':>6} {'seconds':>8}  architecture")
+    yield (
+        f"{'#':>4} {'state':<8} {'val_loss':>8} {'val_acc':>7} {'params':>10} "
+        f"{'epochs':>6} {'seconds':>8}  architecture"
+    )
     for trial in study.get_trials(deepcopy=False):
         s = summary(trial)
-        line = (f"{s['number']:>4} {s['state']:<8} {_fmt(s['val_loss'], '.4f'):>8} "
-                f"{_fmt(s['val_accuracy'], '.4f'):>7} {_fmt(s['params'], ',d'):>10} "
-                f"{s['epochs']:>6} {_fmt(s['seconds'], '.0f'):>8}  {s['architecture']}")
+        line = (
+            f"{s['number']:>4} {s['state']:<8} {_fmt(s['val_loss'], '.4f'):>8} "
+            f"{_fmt(s['val_accuracy'], '.4f'):>7} {_fmt(s['params'], ',d'):>10} "
+            f"{s['epochs']:>6} {_fmt(s['seconds'], '.0f'):>8}  {s['architecture']}"
+        )
         if s["reason"] and s["state"] != "COMPLETE":
             line += f"  ({s['reason']})"
         yield line
@@ -105,11 +119,15 @@ def status_lines(study: optuna.Study) -> Iterator[str]:
     yield best_line(study)
     front = pareto(study)
     if front:
-        yield ("Pareto front (val_loss against parameters; retrain any with "
-               "'search retrain-best --trial N'):")
+        yield (
+            "Pareto front (val_loss against parameters; retrain any with "
+            "'search retrain-best --trial N'):"
+        )
         for t in front:
-            yield (f"  #{t.number:<4} val_loss {t.values[0]:.4f}  val_accuracy "
-                   f"{_val_accuracy(t):.4f}  {int(t.values[1]):>10,} "
-                   f"params  {t.user_attrs.get('architecture', '')}")
+            yield (
+                f"  #{t.number:<4} val_loss {t.values[0]:.4f}  val_accuracy "
+                f"{_val_accuracy(t):.4f}  {int(t.values[1]):>10,} "
+                f"params  {t.user_attrs.get('architecture', '')}"
+            )
     if "test_accuracy" in study.user_attrs:
         yield f"Retrained: test accuracy {study.user_attrs['test_accuracy']:.4f}"

@@ -103,8 +103,9 @@ class _Canvas:
         self.log(f"  {name}")
 
 
-def _predict(record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _predict(
+    record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The saved final model's predictions on the test set; the only read of it here."""
     from search.runtime import configure
 
@@ -118,8 +119,10 @@ def _predict(record: dict[str, Any], dataset: str, data_dir: str | None, log: Lo
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # Keras reports a damaged file in several exception types
-        raise Skip(f"the final model at {path} cannot be read "
-                   f"({first_line(e, type(e).__name__)}); rerun 'search retrain-best'") from None
+        raise Skip(
+            f"the final model at {path} cannot be read "
+            f"({first_line(e, type(e).__name__)}); rerun 'search retrain-best'"
+        ) from None
     try:
         x_test, y_test = datasets.load_test(dataset, Path(data_dir) if data_dir else None)
     except datasets.DataError as e:
@@ -136,13 +139,21 @@ def _draw_search(canvas: _Canvas, study: optuna.Study) -> None:
     canvas.draw(SIZE, lambda: fig_size(study))
 
 
-def _draw_final(canvas: _Canvas, study: optuna.Study, preset: Preset,
-                record: dict[str, Any] | None, data_dir: str | None) -> str:
+def _draw_final(
+    canvas: _Canvas,
+    study: optuna.Study,
+    preset: Preset,
+    record: dict[str, Any] | None,
+    data_dir: str | None,
+) -> str:
     """The final model's figures; returns a note for REPORT.md if its file scores otherwise."""
     if not record:
         for name in FINAL_FIGURES:
-            canvas.skip(name, f"the study has not been retrained; run 'search retrain-best "
-                        f"--study {study.study_name}' and then this report again")
+            canvas.skip(
+                name,
+                f"the study has not been retrained; run 'search retrain-best "
+                f"--study {study.study_name}' and then this report again",
+            )
         return ""
     names = datasets.info(preset.dataset).class_names
     canvas.draw(CURVES, lambda: fig_curves(study, record))
@@ -156,18 +167,28 @@ def _draw_final(canvas: _Canvas, study: optuna.Study, preset: Preset,
     canvas.draw(PREDICTIONS, lambda: fig_predictions(x_test, y_test, y_pred, names))
     again = float(np.mean(y_pred == y_test))
     if abs(again - record["test_accuracy"]) > 5e-4:
-        return (f" The saved model scores {again:.2%} now, not the recorded "
-                f"{record['test_accuracy']:.2%}: the model file has changed since.")
+        return (
+            f" The saved model scores {again:.2%} now, not the recorded "
+            f"{record['test_accuracy']:.2%}: the model file has changed since."
+        )
     return ""
 
 
-def write(study: optuna.Study, preset: Preset, out_dir: Path, *, data_dir: str | None = None,
-          log: Log = print) -> Report:
+def write(
+    study: optuna.Study,
+    preset: Preset,
+    out_dir: Path,
+    *,
+    data_dir: str | None = None,
+    log: Log = print,
+) -> Report:
     """Draw every figure that the study's state allows and write REPORT.md beside them."""
     trials = study.get_trials(deepcopy=False)
     if not any(t.intermediate_values or t.state == TrialState.COMPLETE for t in trials):
-        raise ReportError(f"Study '{study.study_name}' has no trial that trained an epoch yet; "
-                          "run 'search start' first.")
+        raise ReportError(
+            f"Study '{study.study_name}' has no trial that trained an epoch yet; "
+            "run 'search start' first."
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -195,17 +216,27 @@ CAPTIONS = {
     PARALLEL: "Parallel coordinates: every completed trial's parameters, coloured by val_loss.",
     SIZE: "Validation accuracy against parameter count; the lab's runs are circled.",
     CURVES: "The final model: the winning trial's training and validation curves during the "
-            "search, and the retrain on all training images.",
+    "search, and the retrain on all training images.",
     CONFUSION: "Confusion matrix of the final model on the test set.",
     PREDICTIONS: "The first 15 test images, titled predicted (true), green when right and red "
-                 "when wrong.",
+    "when wrong.",
 }
 
 
-def markdown(study: optuna.Study, preset: Preset, report: Report,
-             record: dict[str, Any] | None, test_note: str) -> str:
-    out = (_summary(study, preset) + _table_section(study) + _pruning_section(study, preset)
-           + _test_section(study, preset, record, test_note) + _figures_section(report))
+def markdown(
+    study: optuna.Study,
+    preset: Preset,
+    report: Report,
+    record: dict[str, Any] | None,
+    test_note: str,
+) -> str:
+    out = (
+        _summary(study, preset)
+        + _table_section(study)
+        + _pruning_section(study, preset)
+        + _test_section(study, preset, record, test_note)
+        + _figures_section(report)
+    )
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -222,8 +253,11 @@ def _summary(study: optuna.Study, preset: Preset) -> list[str]:
         f"# Study `{study.study_name}`",
         "",
         f"Dataset **{preset.dataset}**, preset `{preset.name}`, "
-        + ("objectives val_loss and parameters, no pruning. " if preset.multi_objective
-           else f"pruner {preset.pruner}. ")
+        + (
+            "objectives val_loss and parameters, no pruning. "
+            if preset.multi_objective
+            else f"pruner {preset.pruner}. "
+        )
         + f"Each trial trained on {train_images:,} images and validated on the first "
         f"{preset.val_size:,} training images, for at most {preset.epochs} epochs with early "
         f"stopping (patience {preset.patience}). The objective is the best epoch's {METRIC}, "
@@ -236,16 +270,25 @@ def _summary(study: optuna.Study, preset: Preset) -> list[str]:
     top = best(study)
     if top is not None:
         a = top.user_attrs
-        out += ["", f"**Best trial: #{top.number}** `{a.get('architecture', '')}`, {METRIC} "
-                f"{value_target(top):.4f}, val_accuracy {pct(a.get('val_accuracy'))}, "
-                f"{a.get('params', 0):,} parameters, best epoch {a.get('best_epoch')}."]
+        out += [
+            "",
+            f"**Best trial: #{top.number}** `{a.get('architecture', '')}`, {METRIC} "
+            f"{value_target(top):.4f}, val_accuracy {pct(a.get('val_accuracy'))}, "
+            f"{a.get('params', 0):,} parameters, best epoch {a.get('best_epoch')}.",
+        ]
     return out
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(Row.HEADER) + " |",
-             "|" + "|".join("---:" if h in ("layers", "val_loss", "val_accuracy", "params")
-                            else "---" for h in Row.HEADER) + "|"]
+    lines = [
+        "| " + " | ".join(Row.HEADER) + " |",
+        "|"
+        + "|".join(
+            "---:" if h in ("layers", "val_loss", "val_accuracy", "params") else "---"
+            for h in Row.HEADER
+        )
+        + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in r.cells()) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -270,42 +313,58 @@ def _table_section(study: optuna.Study) -> list[str]:
 def _pruning_section(study: optuna.Study, preset: Preset) -> list[str]:
     s = savings(study, preset)
     if not s.pruned:
-        body = [f"The pruner stopped no trial after training began "
-                f"({count(s.trained_in_all, 'epoch')} trained in all), so it saved nothing here."]
+        body = [
+            f"The pruner stopped no trial after training began "
+            f"({count(s.trained_in_all, 'epoch')} trained in all), so it saved nothing here."
+        ]
     else:
-        head = (f"The pruner stopped **{count(s.pruned, 'trial')}** after "
-                f"{count(s.trained_by_pruned, 'epoch')} in all; the study trained "
-                f"{count(s.trained_in_all, 'epoch')} in all. Without the pruner, each of these "
-                f"trials would have trained on until early stopping (patience {s.patience}) or "
-                f"the limit of {s.epochs_limit} epochs. Where they would have stopped is "
-                "unknown, so the saving is bounded: at least the epochs up to each trial's "
-                "earliest possible early stop (its best epoch so far plus the patience, had "
-                "val_loss never improved again), at most the epochs up to the limit.")
+        head = (
+            f"The pruner stopped **{count(s.pruned, 'trial')}** after "
+            f"{count(s.trained_by_pruned, 'epoch')} in all; the study trained "
+            f"{count(s.trained_in_all, 'epoch')} in all. Without the pruner, each of these "
+            f"trials would have trained on until early stopping (patience {s.patience}) or "
+            f"the limit of {s.epochs_limit} epochs. Where they would have stopped is "
+            "unknown, so the saving is bounded: at least the epochs up to each trial's "
+            "earliest possible early stop (its best epoch so far plus the patience, had "
+            "val_loss never improved again), at most the epochs up to the limit."
+        )
         if s.at_least == s.at_most:
-            tail = (f"Here both bounds agree: pruning saved **{count(s.at_most, 'epoch')}**, "
-                    f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
-                    f"trained (about {duration(s.seconds_at_most)}")
+            tail = (
+                f"Here both bounds agree: pruning saved **{count(s.at_most, 'epoch')}**, "
+                f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
+                f"trained (about {duration(s.seconds_at_most)}"
+            )
         else:
-            tail = (f"Pruning saved at least **{count(s.at_least, 'epoch')}** and at most "
-                    f"**{count(s.at_most, 'epoch')}**, {s.share(s.at_least):.0%} to "
-                    f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
-                    f"trained (about {duration(s.seconds_at_least)} to "
-                    f"{duration(s.seconds_at_most)}")
+            tail = (
+                f"Pruning saved at least **{count(s.at_least, 'epoch')}** and at most "
+                f"**{count(s.at_most, 'epoch')}**, {s.share(s.at_least):.0%} to "
+                f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
+                f"trained (about {duration(s.seconds_at_least)} to "
+                f"{duration(s.seconds_at_most)}"
+            )
         body = [f"{head} {tail} at those trials' own measured seconds per epoch)."]
     if s.rejected:
-        body += ["", f"Besides, {count(s.rejected, 'configuration')} ended before training (an "
-                 "impossible network, the cost guard or memory), each of which would otherwise "
-                 f"have trained for up to {s.epochs_limit} epochs; these are not counted above."]
+        body += [
+            "",
+            f"Besides, {count(s.rejected, 'configuration')} ended before training (an "
+            "impossible network, the cost guard or memory), each of which would otherwise "
+            f"have trained for up to {s.epochs_limit} epochs; these are not counted above.",
+        ]
     return _section("What pruning saved", body)
 
 
-def _test_section(study: optuna.Study, preset: Preset, record: dict[str, Any] | None,
-                  test_note: str) -> list[str]:
+def _test_section(
+    study: optuna.Study, preset: Preset, record: dict[str, Any] | None, test_note: str
+) -> list[str]:
     lab = datasets.info(preset.dataset).lab_test_accuracy
     if not record:
-        return _section("Final test accuracy", [
-            f"Not retrained yet: run `search retrain-best --study {study.study_name}` and then "
-            f"this report again. The lab's final test accuracy was {pct(lab)}."])
+        return _section(
+            "Final test accuracy",
+            [
+                f"Not retrained yet: run `search retrain-best --study {study.study_name}` and "
+                f"then this report again. The lab's final test accuracy was {pct(lab)}."
+            ],
+        )
     delta = (record["test_accuracy"] - lab) * 100
     body = [
         f"Trial #{record['trial']} `{record['architecture']}` ({record['params']:,} "
@@ -319,8 +378,10 @@ def _test_section(study: optuna.Study, preset: Preset, record: dict[str, Any] | 
         + test_note
     ]
     if record["train_images"] < TRAIN_IMAGES:
-        body.append(f"\nThe lab trained its final model on all {TRAIN_IMAGES:,} training images; "
-                    f"this one saw {record['train_images']:,}, as the preset asks.")
+        body.append(
+            f"\nThe lab trained its final model on all {TRAIN_IMAGES:,} training images; "
+            f"this one saw {record['train_images']:,}, as the preset asks."
+        )
     return _section("Final test accuracy", body)
 
 

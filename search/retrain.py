@@ -55,8 +55,10 @@ def pick(study: optuna.Study, number: int | None) -> FrozenTrial:
         raise StudyError(f"Study '{study.study_name}' has no trial #{number}.")
     trial = trials[number]
     if trial.state != TrialState.COMPLETE and "best_epoch" not in trial.user_attrs:
-        raise StudyError(f"Trial #{number} is {trial.state.name} and never finished an epoch; "
-                         "pick a completed trial.")
+        raise StudyError(
+            f"Trial #{number} is {trial.state.name} and never finished an epoch; "
+            "pick a completed trial."
+        )
     return trial
 
 
@@ -77,8 +79,9 @@ def _save(model: object, path: Path) -> None:
             os.unlink(tmp)
 
 
-def train_on_all(trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log
-                 ) -> tuple[keras.Model, History, int]:
+def train_on_all(
+    trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log
+) -> tuple[keras.Model, History, int]:
     """A new model of the trial's network trained on every training image, with its seed.
 
     It trains for the trial's best epoch count. Returns the model, its history and how many
@@ -92,19 +95,28 @@ def train_on_all(trial: FrozenTrial, preset: Preset, *, data_dir: str | None, lo
 
     images, labels = datasets.load_train(preset.dataset, data_dir)
     if preset.train_size:
-        images, labels = images[: preset.val_size + preset.train_size], \
-            labels[: preset.val_size + preset.train_size]
-    log(f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
-        f"on {len(images):,} images for {epochs} epochs, seed {seed}.")
+        images, labels = (
+            images[: preset.val_size + preset.train_size],
+            labels[: preset.val_size + preset.train_size],
+        )
+    log(
+        f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
+        f"on {len(images):,} images for {epochs} epochs, seed {seed}."
+    )
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
-    model = build(config, flip=datasets.info(preset.dataset).flip_ok,
-                  steps_per_execution=preset.steps_per_execution)
+    model = build(
+        config,
+        flip=datasets.info(preset.dataset).flip_ok,
+        steps_per_execution=preset.steps_per_execution,
+    )
     history = History()
 
     def on_epoch(epoch: int) -> None:
-        log(f"  epoch {epoch + 1}/{epochs}: loss {history.loss[-1]:.4f} accuracy "
-            f"{history.accuracy[-1]:.4f} ({history.seconds[-1]:.1f} s)")
+        log(
+            f"  epoch {epoch + 1}/{epochs}: loss {history.loss[-1]:.4f} accuracy "
+            f"{history.accuracy[-1]:.4f} ({history.seconds[-1]:.1f} s)"
+        )
 
     fit(model, config, images, labels, epochs=epochs, on_epoch=on_epoch, history=history)
     if not np.isfinite(history.loss[-1]):
@@ -130,12 +142,17 @@ def retrain(
     path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
     config = config_of(trial)
     result = Result(
-        trial=trial.number, architecture=describe(config), params=size(config).params,
-        epochs=len(history.loss), seed=int(trial.user_attrs.get("seed", preset.seed)),
-        train_images=train_images, test_loss=float(test_loss),
+        trial=trial.number,
+        architecture=describe(config),
+        params=size(config).params,
+        epochs=len(history.loss),
+        seed=int(trial.user_attrs.get("seed", preset.seed)),
+        train_images=train_images,
+        test_loss=float(test_loss),
         test_accuracy=float(test_accuracy),
         lab_test_accuracy=datasets.info(preset.dataset).lab_test_accuracy,
-        model_path=str(path), history=history.as_dict(),
+        model_path=str(path),
+        history=history.as_dict(),
     )
     # Results go on the study first, so a failed save below loses nothing already measured.
     study.set_user_attr("retrain", json.loads(json.dumps(asdict(result))))
@@ -144,6 +161,8 @@ def retrain(
     try:
         _save(model, path)
     except OSError as e:
-        raise StudyError(f"The test result is recorded on the study, but the model could not be "
-                         f"saved to {path}: {e.strerror or e}.") from None
+        raise StudyError(
+            f"The test result is recorded on the study, but the model could not be "
+            f"saved to {path}: {e.strerror or e}."
+        ) from None
     return result

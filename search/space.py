@@ -179,8 +179,11 @@ def outside(config: Config, space: Space) -> str | None:
         ("batch_size", config.batch_size, space.batch_size),
     ]
     for conv in config.convs:
-        checks += [("filters", conv.filters, space.filters), ("kernel", conv.kernel, space.kernel),
-                   ("pool", conv.pool, space.pool)]
+        checks += [
+            ("filters", conv.filters, space.filters),
+            ("kernel", conv.kernel, space.kernel),
+            ("pool", conv.pool, space.pool),
+        ]
     checks += [("dense_units", units, space.dense_units) for units in config.dense]
     for name, value, choices in checks:
         if value not in choices:
@@ -314,7 +317,9 @@ def build(config: Config, *, flip: bool = False, steps_per_execution: int = 1) -
             x = layers.RandomFlip("horizontal")(x)
     for conv in config.convs:
         x = layers.Conv2D(
-            conv.filters, conv.kernel, padding=config.padding,
+            conv.filters,
+            conv.kernel,
+            padding=config.padding,
             activation=None if config.batchnorm else "relu",
         )(x)
         if config.batchnorm:

@@ -86,8 +86,11 @@ def masked(url: str) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     parsed = parse(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database \
-            or parsed.database == ":memory:":
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
         return None
     return Path(parsed.database).resolve()
 
@@ -103,8 +106,13 @@ def engine_kwargs(url: URL) -> dict[str, object]:
         return {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
     # Trials run for minutes between writes: check connections before use and recycle old ones.
     # An unreachable server fails within seconds instead of hanging the command.
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800,
-            "connect_args": {"connect_timeout": 10}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 2,
+        "max_overflow": 2,
+        "pool_recycle": 1800,
+        "connect_args": {"connect_timeout": 10},
+    }
 
 
 def heartbeat() -> tuple[int, int]:
@@ -118,8 +126,10 @@ def heartbeat() -> tuple[int, int]:
         values.append(value)
     interval, grace = values
     if grace <= interval:
-        raise StorageError(f"${ENV_GRACE} ({grace}) must be longer than ${ENV_HEARTBEAT} "
-                           f"({interval}), or live trials would be failed as stale.")
+        raise StorageError(
+            f"${ENV_GRACE} ({grace}) must be longer than ${ENV_HEARTBEAT} "
+            f"({interval}), or live trials would be failed as stale."
+        )
     return interval, grace
 
 
@@ -163,8 +173,7 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> I
         try:
             handle = open(path.with_name(path.name + ".lock"), "a")
         except OSError as e:
-            raise StorageError(f"Cannot write beside the database {path}: {e.strerror}.") \
-                from None
+            raise StorageError(f"Cannot write beside the database {path}: {e.strerror}.") from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield  # closing the file releases the lock
@@ -175,13 +184,15 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> I
     own = engine is None
     if engine is None:
         engine = sqlalchemy.create_engine(
-            parsed, poolclass=sqlalchemy.pool.NullPool,
+            parsed,
+            poolclass=sqlalchemy.pool.NullPool,
             connect_args=engine_kwargs(parsed).get("connect_args", {}),
         )
     try:
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"),
-                               {"key": _lock_key(name)})
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(name)}
+            )
             yield  # leaving the block rolls the transaction back, which releases the lock
     finally:
         if own:
@@ -202,11 +213,14 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise StorageError(f"Cannot create the storage folder {path.parent}: "
-                                   f"{e.strerror}.") from None
+                raise StorageError(
+                    f"Cannot create the storage folder {path.parent}: {e.strerror}."
+                ) from None
             if not os.access(path.parent, os.W_OK):
-                raise StorageError(f"The storage folder {path.parent} is not writable; fix its "
-                                   "permissions or pass --storage.")
+                raise StorageError(
+                    f"The storage folder {path.parent} is not writable; fix its "
+                    "permissions or pass --storage."
+                )
     interval, grace = heartbeat()
     # Many workers may open a fresh database at once; Optuna's table creation is not safe
     # against itself, so one process creates the schema while the others wait and then find it.
@@ -222,7 +236,8 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRIES),
+                    max_retry=MAX_RETRIES
+                ),
             )
     except sqlalchemy.exc.DBAPIError as e:  # refused, unreachable, not a database, no rights
         # The driver's message can quote the URL; keep only its first line, without secrets.

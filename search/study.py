@@ -33,8 +33,9 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
     if preset.multi_objective:
         return optuna.pruners.NopPruner()  # Optuna does not prune multi-objective studies
     if preset.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=preset.epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=preset.epochs, reduction_factor=3
+        )
     if preset.pruner == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if preset.pruner == "median":
@@ -59,12 +60,14 @@ def names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def _no_study(name: str, available: list[str]) -> StudyError:
-    return StudyError(f"No study named '{name}' in this storage (studies: "
-                      f"{', '.join(available) or 'none yet'}).")
+    return StudyError(
+        f"No study named '{name}' in this storage (studies: {', '.join(available) or 'none yet'})."
+    )
 
 
-def load(storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
-         ) -> tuple[optuna.Study, Preset]:
+def load(
+    storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
+) -> tuple[optuna.Study, Preset]:
     """An existing study and the preset it was made with."""
     if name not in names(storage):
         raise _no_study(name, names(storage))
@@ -75,13 +78,15 @@ def load(storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
             break
         time.sleep(0.2)
     preset = stored_preset(study)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler(preset, worker),
-                              pruner=pruner(preset))
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler(preset, worker), pruner=pruner(preset)
+    )
     return study, preset
 
 
-def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Preset,
-                   *, worker: int = 0) -> tuple[optuna.Study, bool]:
+def create_or_load(
+    storage: optuna.storages.BaseStorage, name: str, preset: Preset, *, worker: int = 0
+) -> tuple[optuna.Study, bool]:
     """The study `name`, created from `preset` with the lab's runs enqueued if it is new.
 
     An existing study must have been made with the same dataset and search space: trials of
@@ -109,8 +114,11 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
         return study, False
     try:
         study = optuna.create_study(
-            storage=storage, study_name=name, directions=preset.directions,
-            sampler=sampler(preset, worker), pruner=pruner(preset),
+            storage=storage,
+            study_name=name,
+            directions=preset.directions,
+            sampler=sampler(preset, worker),
+            pruner=pruner(preset),
         )
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
         return create_or_load(storage, name, preset, worker=worker)
@@ -119,8 +127,9 @@ def create_or_load(storage: optuna.storages.BaseStorage, name: str, preset: Pres
     study.set_user_attr("objective", "minimize " + " and ".join(preset.metric_names))
     study.set_user_attr("preset_name", preset.name)
     for baseline in preset.baselines:
-        study.enqueue_trial(to_params(baseline.config, preset.space),
-                            user_attrs={"baseline": baseline.name})
+        study.enqueue_trial(
+            to_params(baseline.config, preset.space), user_attrs={"baseline": baseline.name}
+        )
     study.set_user_attr("preset", preset.to_json())  # written last: load() waits for it
     return study, True
 
@@ -143,8 +152,10 @@ def set_total(study: optuna.Study, total: int) -> None:
 def stored_total(study: optuna.Study) -> int:
     total = study.user_attrs.get("trials")
     if not isinstance(total, int):
-        raise StudyError(f"Study '{study.study_name}' has no trial total yet; run 'search start "
-                         "--trials N' for it once.")
+        raise StudyError(
+            f"Study '{study.study_name}' has no trial total yet; run 'search start "
+            "--trials N' for it once."
+        )
     return total
 
 
@@ -228,9 +239,15 @@ class Prepared(Opened):
     lost: tuple[int, ...] = ()
 
 
-def prepare(preset: Preset, *, url: str | None, name: str | None = None,
-            trials: int | None = None, max_params: int | None = None,
-            objective: str | None = None) -> Prepared:
+def prepare(
+    preset: Preset,
+    *,
+    url: str | None,
+    name: str | None = None,
+    trials: int | None = None,
+    max_params: int | None = None,
+    objective: str | None = None,
+) -> Prepared:
     """Create the study `name` from `preset`, or resume it, with the total it will run to.
 
     Resuming keeps the study's own settings for what the caller leaves out (None), not the
@@ -244,8 +261,9 @@ def prepare(preset: Preset, *, url: str | None, name: str | None = None,
         old_study, old = load(rdb, name)
         preset = dataclasses.replace(preset, max_params=old.max_params, objective=old.objective)
         stored_total = old_study.user_attrs.get("trials")
-    preset = dataclasses.replace(preset, max_params=max_params or preset.max_params,
-                                 objective=objective or preset.objective)
+    preset = dataclasses.replace(
+        preset, max_params=max_params or preset.max_params, objective=objective or preset.objective
+    )
     total = trials or stored_total or preset.trials
     study, created = create_or_load(rdb, name, preset)
     set_total(study, total)
@@ -253,8 +271,9 @@ def prepare(preset: Preset, *, url: str | None, name: str | None = None,
     return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
 
 
-def resolve(url: str | None, name: str | None, *, required: bool = True
-            ) -> tuple[optuna.storages.RDBStorage, str, str | None]:
+def resolve(
+    url: str | None, name: str | None, *, required: bool = True
+) -> tuple[optuna.storages.RDBStorage, str, str | None]:
     """The storage of existing studies, its URL, and the study meant.
 
     Never creates an empty database. Without a name, the storage's only study is meant; if it
@@ -273,8 +292,11 @@ def resolve(url: str | None, name: str | None, *, required: bool = True
     if required:
         raise StudyError(
             "Pass --study NAME; this storage holds "
-            + (f"{len(available)} studies: {', '.join(available)}." if available
-               else "no studies.")
+            + (
+                f"{len(available)} studies: {', '.join(available)}."
+                if available
+                else "no studies."
+            )
         )
     return rdb, url, None
 

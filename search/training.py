@@ -35,8 +35,10 @@ class History:
         return int(np.argmin(losses)) + 1
 
     def as_dict(self) -> dict[str, list[float]]:
-        return {k: [round(v, 6) for v in getattr(self, k)]
-                for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        return {
+            k: [round(v, 6) for v in getattr(self, k)]
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+        }
 
 
 def _recorder(history: History, on_epoch: Callable[[int], None]) -> keras.callbacks.Callback:
@@ -74,7 +76,8 @@ def fit(
     """Train `model` on uint8 images (the model scales them itself); metrics go to `history`."""
     history = history if history is not None else History()
     model.fit(
-        x, y,
+        x,
+        y,
         batch_size=config.batch_size,
         epochs=epochs,
         validation_data=validation,

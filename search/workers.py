@@ -115,21 +115,26 @@ def run_study(
     if workers == 1:
         if base:
             study.sampler = study_mod.sampler(preset, worker=base)
-        loop.run_worker(study, preset, total, storage=storage, data_dir=data_dir, log=log,
-                        threads=threads)
+        loop.run_worker(
+            study, preset, total, storage=storage, data_dir=data_dir, log=log, threads=threads
+        )
         return
     if study_mod.finished(study) >= total:
-        log(f"Study '{study.study_name}' already has {study_mod.finished(study)} finished "
-            f"trials (of {total}); nothing to do.")
+        log(
+            f"Study '{study.study_name}' already has {study_mod.finished(study)} finished "
+            f"trials (of {total}); nothing to do."
+        )
         return
     if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
-        log(f"Warning: {workers} workers on one SQLite file; it was measured to serve "
-            f"{SQLITE_WORKERS}. Use PostgreSQL for more.")
+        log(
+            f"Warning: {workers} workers on one SQLite file; it was measured to serve "
+            f"{SQLITE_WORKERS}. Use PostgreSQL for more."
+        )
     threads = threads or thread_share(workers)
-    log(f"Workers: {workers} processes, {threads} TensorFlow thread(s) each, on {cores()} "
-        "cores.")
-    jobs = [Job(i, url, study.study_name, total, base + i, threads, data_dir)
-            for i in range(workers)]
+    log(f"Workers: {workers} processes, {threads} TensorFlow thread(s) each, on {cores()} cores.")
+    jobs = [
+        Job(i, url, study.study_name, total, base + i, threads, data_dir) for i in range(workers)
+    ]
     errors = spawn(jobs, log=lambda line: log(storage_mod.scrub(line, url)))
     done = study_mod.finished(study)
     if done >= total:
@@ -137,8 +142,10 @@ def run_study(
     if errors:
         index, message = next(iter(errors.items()))
         raise StudyError(f"Worker {index} stopped: {storage_mod.scrub(message, url)}")
-    raise StudyError(f"The workers stopped with {done} of {total} trials finished (see the "
-                     "lines above); rerun the command to resume.")
+    raise StudyError(
+        f"The workers stopped with {done} of {total} trials finished (see the "
+        "lines above); rerun the command to resume."
+    )
 
 
 def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
@@ -149,8 +156,9 @@ def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
     errors: dict[int, str] = {}
     for job in jobs:
         reader, writer = context.Pipe(duplex=False)
-        process = context.Process(target=_main, args=(job, writer), daemon=True,
-                                  name=f"search-worker-{job.index}")
+        process = context.Process(
+            target=_main, args=(job, writer), daemon=True, name=f"search-worker-{job.index}"
+        )
         with _sigint_ignored():  # a child starts with Ctrl-C ignored: the parent relays it
             process.start()
         writer.close()
@@ -175,13 +183,16 @@ def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
                 process.kill()
     for job, process in zip(jobs, processes, strict=True):
         if process.exitcode is not None and process.exitcode < 0:
-            log(f"[w{job.index}] was killed by signal {-process.exitcode}; the other workers "
-                "retry its trial.")
+            log(
+                f"[w{job.index}] was killed by signal {-process.exitcode}; the other workers "
+                "retry its trial."
+            )
     return errors
 
 
-def _relay(readers: dict[Connection, int], log: Log, errors: dict[int, str],
-           timeout: float | None = None) -> None:
+def _relay(
+    readers: dict[Connection, int], log: Log, errors: dict[int, str], timeout: float | None = None
+) -> None:
     while readers:
         ready = wait(list(readers), timeout=timeout)
         if not ready:  # only with a timeout: the workers did not stop in time
@@ -251,8 +262,15 @@ def _main(job: Job, conn: Connection) -> None:
     try:
         rdb = storage_mod.open_storage(job.url, must_exist=True)
         study, preset = study_mod.load(rdb, job.study, worker=job.seed)
-        loop.run_worker(study, preset, job.total, storage=rdb, data_dir=job.data_dir,
-                        log=log, threads=job.threads)
+        loop.run_worker(
+            study,
+            preset,
+            job.total,
+            storage=rdb,
+            data_dir=job.data_dir,
+            log=log,
+            threads=job.threads,
+        )
     except KeyboardInterrupt:
         code = 130
     except SearchError as e:
