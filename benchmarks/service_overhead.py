@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import common
 
@@ -55,11 +54,10 @@ DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster (the tests' launcher), with a fresh database's URL."""
     # Imported here: only this backend needs the tests' helpers (and pytest, a dev extra).
-    from tests.postgres import SERVER_SETTINGS, start_cluster
+    from tests.postgres import start_cluster
 
     try:
-        with mock.patch.dict(SERVER_SETTINGS, DURABLE):
-            cluster = start_cluster()
+        cluster = start_cluster(DURABLE)
     except RuntimeError as e:  # no server binaries, or it did not start: one sentence
         raise SystemExit(str(e)) from None
     try:

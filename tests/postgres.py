@@ -94,9 +94,10 @@ def run_as_owner(command: list[str], check: bool = True) -> subprocess.Completed
     return subprocess.run(command, check=check, capture_output=True, text=True, timeout=120)
 
 
-def start_cluster() -> Cluster:
+def start_cluster(settings: dict[str, str] | None = None) -> Cluster:
     """initdb a new cluster in a temporary folder and start it on a free loopback port.
 
+    `settings` override the throwaway server's (durability off) where a caller measures it.
     Raises RuntimeError, with a sentence that says why, if there is no server to start or it
     does not start; nothing is left behind then.
     """
@@ -130,7 +131,9 @@ def start_cluster() -> Cluster:
                 "--no-sync",
             ]
         )
-        options = " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items())
+        options = " ".join(
+            f"-c {k}={v}" for k, v in {**SERVER_SETTINGS, **(settings or {})}.items()
+        )
         for attempt in range(3):  # another program may take the free port first
             cluster = Cluster(binaries, root, free_port(), password)
             started = run_as_owner(
