@@ -1,7 +1,8 @@
-"""The report's figures: the search from its stored trials, and the final model's test results.
+"""The report's figures of the search, drawn from its stored trials alone.
 
 Each fig_* function returns a matplotlib Figure, or raises Skip with the reason it cannot be
-drawn for this study; `search.report` saves them and writes REPORT.md beside them.
+drawn for this study; `search.report` saves them and writes REPORT.md beside them. The final
+model's figures are in `search.final_figures`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from search.study import FINISHED, METRIC, best  # noqa: E402
 
 FEW_FOR_IMPORTANCE = 20  # below this, PED-ANOVA's top 10 % is one or two trials
 FAR_BELOW = 20  # percentage points under the best: drawn on the floor of the size plot
-GRID = 15  # test images in the prediction grid, as in the lab's write-up
 DPI = 110
 RIGHT, WRONG = "#1a7f37", "#cf222e"
 COMPLETED = "#1f77b4"
@@ -52,7 +52,7 @@ class Skip(Exception):
 
 
 @contextmanager
-def _style(size: tuple[float, float]) -> Iterator[None]:
+def style(size: tuple[float, float]) -> Iterator[None]:
     """One look for every figure; restores the global style Optuna's plots change in place."""
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -84,7 +84,7 @@ def _log_if_wide(ax: Any, values: list[float]) -> None:
 def fig_history(study: optuna.Study) -> Figure:
     if not complete(study):
         raise Skip("no trial has completed yet")
-    with _style((9, 5)):
+    with style((9, 5)):
         ax = optuna.visualization.matplotlib.plot_optimization_history(
             study, target=value_target, target_name=METRIC
         )
@@ -184,7 +184,7 @@ def fig_intermediate(study: optuna.Study) -> Figure:
     if not trials:
         raise Skip("no trial has finished an epoch yet")
     top = best(study)
-    with _style((10, 5.5)):
+    with style((10, 5.5)):
         fig, ax = plt.subplots()
         values = _draw_trials(ax, trials)
         if top is not None:
@@ -216,7 +216,7 @@ def fig_importances(study: optuna.Study) -> Figure:
             f"too few completed trials ({len(done)}) for PED-ANOVA, Optuna's default "
             "importance evaluator, to tell the parameters apart"
         )
-    with _style((9, max(4.0, 0.35 * len(importances) + 1.5))):
+    with style((9, max(4.0, 0.35 * len(importances) + 1.5))):
         ax = optuna.visualization.matplotlib.plot_param_importances(
             study, target=value_target, target_name=METRIC
         )
@@ -240,7 +240,7 @@ def fig_parallel(study: optuna.Study) -> Figure:
     names = sorted({p for t in done for p in t.params})
     if not names:
         raise Skip("the trials have no searched parameters")
-    with _style((max(10.0, 1.1 * len(names) + 2), 6)):
+    with style((max(10.0, 1.1 * len(names) + 2), 6)):
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(
             study, target=value_target, target_name=METRIC
         )
@@ -365,7 +365,7 @@ def fig_size(study: optuna.Study) -> Figure:
     winner = best(study)
     top = max(_accuracy(t) for t in trials)
     floor = _floor(trials, top)
-    with _style((9, 5.5)):
+    with style((9, 5.5)):
         fig, ax = plt.subplots()
         _draw_sizes(ax, trials, floor)
         if winner is not None:
@@ -401,138 +401,3 @@ def fig_size(study: optuna.Study) -> Figure:
 
 def _thousands(x: float, _pos: int) -> str:
     return f"{x / 1e6:g} M" if x >= 1e6 else f"{x / 1e3:g} K" if x >= 1e3 else f"{x:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# The final model
-# ---------------------------------------------------------------------------------------------
-def fig_curves(study: optuna.Study, record: dict[str, Any]) -> Figure:
-    trial = study.get_trials(deepcopy=False)[record["trial"]]
-    search = trial.user_attrs.get("curves", {})
-    final = record.get("history", {})
-    if not final.get("loss"):
-        raise Skip("the retrain record holds no per-epoch history")
-    epochs = record["epochs"]
-    with _style((12, 4.8)):
-        fig, (left, right) = plt.subplots(1, 2)
-        for ax, key, name in ((left, "loss", "loss"), (right, "accuracy", "accuracy")):
-            scale = 1 if key == "loss" else 100
-            if search.get(key):
-                n = len(search[key])
-                ax.plot(
-                    range(1, n + 1),
-                    [scale * v for v in search[key]],
-                    "o--",
-                    color=COMPLETED,
-                    alpha=0.7,
-                    label=f"search #{trial.number}: training",
-                )
-            if search.get(f"val_{key}"):
-                n = len(search[f"val_{key}"])
-                ax.plot(
-                    range(1, n + 1),
-                    [scale * v for v in search[f"val_{key}"]],
-                    "s-",
-                    color="#ff7f0e",
-                    label=f"search #{trial.number}: validation",
-                )
-            ax.plot(
-                range(1, len(final[key]) + 1),
-                [scale * v for v in final[key]],
-                "o-",
-                color="black",
-                lw=2,
-                label=f"final model: training on {record['train_images']:,} images",
-            )
-            ax.axvline(
-                epochs,
-                color="grey",
-                ls=":",
-                label=f"best epoch {epochs} (the final model's length)",
-            )
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(name if key == "loss" else f"{name} (%)")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        right.plot(
-            [epochs],
-            [100 * record["test_accuracy"]],
-            marker="*",
-            ms=16,
-            color="gold",
-            mec="black",
-            ls="none",
-            label=f"final test accuracy {record['test_accuracy']:.2%}",
-        )
-        right.axhline(
-            100 * record["lab_test_accuracy"],
-            color="green",
-            ls="--",
-            lw=1,
-            label=f"the lab's test accuracy {record['lab_test_accuracy']:.2%}",
-        )
-        left.set_title("Loss per epoch")
-        right.set_title("Accuracy per epoch")
-        left.legend(fontsize=8, loc="upper right")
-        right.legend(fontsize=8, loc="lower right")
-        fig.suptitle(
-            f"Trial #{trial.number} {record['architecture']}: search run and final retrain",
-            fontsize=12,
-        )
-        fig.tight_layout()
-        return fig
-
-
-def fig_confusion(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...]) -> Figure:
-    k = len(names)
-    matrix = np.zeros((k, k), dtype=int)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(8.5, 7.5))
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            if matrix[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(matrix[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black",
-                )
-    ax.set_xticks(range(k), names, rotation=45, ha="right")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    accuracy = np.trace(matrix) / matrix.sum()
-    ax.set_title(f"Confusion matrix on the {matrix.sum():,} test images (accuracy {accuracy:.2%})")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
-    return fig
-
-
-def fig_predictions(
-    images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...]
-) -> Figure:
-    n = min(GRID, len(images))
-    fig, axes = plt.subplots(3, 5, figsize=(11, 7.5))
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(images[i], cmap="binary")
-        right = y_pred[i] == y_true[i]
-        ax.set_title(
-            f"{names[y_pred[i]]} ({names[y_true[i]]})",
-            fontsize=10,
-            color=RIGHT if right else WRONG,
-        )
-    hits = int(np.sum(y_pred[:n] == y_true[:n]))
-    fig.suptitle(
-        f"The first {n} test images, predicted (true): {hits} of {n} right "
-        "(green right, red wrong)",
-        fontsize=12,
-    )
-    fig.tight_layout()
-    return fig

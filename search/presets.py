@@ -146,35 +146,45 @@ def _is(value: Any, kinds: tuple[type, ...]) -> bool:
 
 
 def _space(path: Path, table: dict[str, Any]) -> Space:
-    names = {f.name: f for f in fields(Space)}
+    names = {f.name for f in fields(Space)}
     values: dict[str, Any] = {}
     for key, value in table.items():
-        where = f"space.{key}"
         if key not in names:
-            raise _fail(path, where, f"is not a known axis (known: {', '.join(names)})")
-        if not isinstance(value, list) or not value:
-            raise _fail(path, where, "must be a non-empty list")
-        default = getattr(Space(), key)
-        kinds: tuple[type, ...] = (type(default[0]),)
-        if kinds == (float,):
-            kinds = (int, float)
-        for item in value:
-            if not _is(item, kinds):
-                raise _fail(path, where, f"holds {item!r}, expected {kinds[0].__name__} values")
-        if key in _RANGES:
-            if len(value) != 2:
-                raise _fail(path, where, "must be [min, max]")
-            lo, hi = value
-            if lo > hi:
-                raise _fail(path, where, f"has min {lo} greater than max {hi}")
-            values[key] = (lo, hi)
-        else:
-            if len(set(value)) != len(value):
-                raise _fail(path, where, "lists a value twice")
-            values[key] = tuple(value)
-        if key in _ALLOWED and not set(value) <= set(_ALLOWED[key]):
-            raise _fail(path, where, f"must take values from {list(_ALLOWED[key])}")
+            raise _fail(path, f"space.{key}", f"is not a known axis (known: {', '.join(names)})")
+        values[key] = _axis(path, key, value)
     space = Space(**values)
+    _check_space(path, space)
+    return space
+
+
+def _axis(path: Path, key: str, value: Any) -> tuple[Any, ...]:
+    """One axis of [space]: a list of choices, or [min, max] for a range, of the right type."""
+    where = f"space.{key}"
+    if not isinstance(value, list) or not value:
+        raise _fail(path, where, "must be a non-empty list")
+    default = getattr(Space(), key)
+    kinds: tuple[type, ...] = (type(default[0]),)
+    if kinds == (float,):
+        kinds = (int, float)
+    for item in value:
+        if not _is(item, kinds):
+            raise _fail(path, where, f"holds {item!r}, expected {kinds[0].__name__} values")
+    if key in _ALLOWED and not set(value) <= set(_ALLOWED[key]):
+        raise _fail(path, where, f"must take values from {list(_ALLOWED[key])}")
+    if key not in _RANGES:
+        if len(set(value)) != len(value):
+            raise _fail(path, where, "lists a value twice")
+        return tuple(value)
+    if len(value) != 2:
+        raise _fail(path, where, "must be [min, max]")
+    lo, hi = value
+    if lo > hi:
+        raise _fail(path, where, f"has min {lo} greater than max {hi}")
+    return (lo, hi)
+
+
+def _check_space(path: Path, space: Space) -> None:
+    """Bounds that hold across axes: layer counts, positive sizes, rates in range."""
     checks = [
         (
             "space.conv_layers",
@@ -204,7 +214,6 @@ def _space(path: Path, table: dict[str, Any]) -> Space:
     for key, ok, problem in checks:
         if not ok:
             raise _fail(path, key, problem)
-    return space
 
 
 def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:

@@ -36,16 +36,14 @@ from search.figures import (
     SEARCH_FIGURES,
     SIZE,
     Skip,
-    fig_confusion,
-    fig_curves,
     fig_history,
     fig_importances,
     fig_intermediate,
     fig_parallel,
-    fig_predictions,
     fig_size,
     save,
 )
+from search.final_figures import fig_confusion, fig_curves, fig_predictions
 from search.presets import Preset
 from search.runtime import Log
 from search.study import METRIC, best, counts
