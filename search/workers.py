@@ -136,6 +136,11 @@ def run_study(
         Job(i, url, study.study_name, total, base + i, threads, data_dir) for i in range(workers)
     ]
     errors = spawn(jobs, log=lambda line: log(storage_mod.scrub(line, url)))
+    _check_done(study, total, errors, url)
+
+
+def _check_done(study: optuna.Study, total: int, errors: dict[int, str], url: str) -> None:
+    """Workers that stopped short of the total: the first error, or that they stopped."""
     done = study_mod.finished(study)
     if done >= total:
         return
