@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from search.datasets import DATASETS
 from search.errors import SearchError, first_line
 from search.loop import sigterm_as_interrupt
+from search.options import data_dir_option, storage_options, worker_options
 from search.presets import OBJECTIVES
 
 
@@ -63,73 +63,6 @@ def _storage_argument() -> str | None:
         if arg == "--storage" and i + 1 < len(args):
             return args[i + 1]
     return os.environ.get(storage_mod.ENV_URL)
-
-
-def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--data-dir, shared by every command that reads images."""
-    return click.option(
-        "--data-dir",
-        type=click.Path(path_type=Path),
-        help=f"Folder with the four IDX .gz files or Keras's .npz{purpose}.",
-    )
-
-
-def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--study",
-        "study_name",
-        metavar="NAME",
-        help="Study name. Defaults to the preset's name (the dataset's).",
-    )(f)
-    f = click.option(
-        "--storage",
-        "url",
-        metavar="URL",
-        envvar=storage_mod.ENV_URL,
-        show_envvar=True,
-        help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
-        "Defaults to storage/search.db.",
-    )(f)
-    return f
-
-
-class WorkerCount(click.ParamType):
-    """`--workers`: a positive number, or `auto`."""
-
-    name = "N|auto"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> str | int:
-        if isinstance(value, int) or value == "auto":
-            return value
-        if str(value).isdigit() and int(value) >= 1:
-            return int(value)
-        self.fail(f"'{value}' is neither a positive number nor 'auto'.", param, ctx)
-
-
-def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        envvar="SEARCH_THREADS",
-        show_envvar=True,
-        help="TensorFlow threads per worker process. Defaults to the cores shared "
-        "out among the workers.",
-    )(f)
-    f = click.option(
-        "--workers",
-        "workers",
-        type=WorkerCount(),
-        default="1",
-        metavar="N|auto",
-        envvar="SEARCH_WORKERS",
-        show_envvar=True,
-        show_default=True,
-        help="Worker processes on this machine, or auto: one per core, as memory "
-        "allows (at most 64 on SQLite).",
-    )(f)
-    return f
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,78 @@
+"""The click options that several commands share: data, storage and workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from search import storage as storage_mod
+
+
+def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--data-dir, shared by every command that reads images."""
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        help=f"Folder with the four IDX .gz files or Keras's .npz{purpose}.",
+    )
+
+
+def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--study",
+        "study_name",
+        metavar="NAME",
+        help="Study name. Defaults to the preset's name (the dataset's).",
+    )(f)
+    f = click.option(
+        "--storage",
+        "url",
+        metavar="URL",
+        envvar=storage_mod.ENV_URL,
+        show_envvar=True,
+        help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
+        "Defaults to storage/search.db.",
+    )(f)
+    return f
+
+
+class WorkerCount(click.ParamType):
+    """`--workers`: a positive number, or `auto`."""
+
+    name = "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str | int:
+        if isinstance(value, int) or value == "auto":
+            return value
+        if str(value).isdigit() and int(value) >= 1:
+            return int(value)
+        self.fail(f"'{value}' is neither a positive number nor 'auto'.", param, ctx)
+
+
+def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        envvar="SEARCH_THREADS",
+        show_envvar=True,
+        help="TensorFlow threads per worker process. Defaults to the cores shared "
+        "out among the workers.",
+    )(f)
+    f = click.option(
+        "--workers",
+        "workers",
+        type=WorkerCount(),
+        default="1",
+        metavar="N|auto",
+        envvar="SEARCH_WORKERS",
+        show_envvar=True,
+        show_default=True,
+        help="Worker processes on this machine, or auto: one per core, as memory "
+        "allows (at most 64 on SQLite).",
+    )(f)
+    return f
