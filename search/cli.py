@@ -11,7 +11,7 @@ from typing import Any
 import click
 import optuna
 
-from search import presets, progress, retrain, workers
+from search import catalog, presets, progress, retrain, workers
 from search import report as report_mod
 from search import storage as storage_mod
 from search import study as study_mod
@@ -92,7 +92,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--preset",
     metavar="NAME|FILE",
-    help="Preset in studies/ (NAME) or a .toml file. Defaults to the dataset's.",
+    help="A preset by name (./studies/NAME.toml, else a shipped one: see 'search "
+    "presets') or a .toml file. Defaults to the dataset's.",
 )
 @click.option(
     "--trials",
@@ -161,6 +162,21 @@ def start(
     _echo_lost(run.lost)
     _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
+
+
+@cli.command("presets")
+def list_presets() -> None:
+    """List the presets that --preset NAME finds, where each comes from, and what it is.
+
+    A preset in ./studies/ of the current directory comes before a shipped one of the
+    same name.
+
+    \b
+    Example:
+      search presets
+    """
+    for line in catalog.lines():
+        click.echo(line)
 
 
 @cli.command()

@@ -1,7 +1,8 @@
 """Presets: the declarative studies/*.toml files, read and checked strictly.
 
 A preset names the dataset, the training budget, the bounds of the search space and the lab's
-own configurations, which become a new study's first trials.
+own configurations, which become a new study's first trials. Where a name finds its file (the
+shipped presets, the user's ./studies/) is catalog.py's job.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from search import datasets
+from search import catalog, datasets
 from search.errors import SearchError
 from search.space import (
     DROPOUT_PLACEMENTS,
@@ -28,7 +29,6 @@ from search.space import (
     size,
 )
 
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 PRUNERS = ("hyperband", "sha", "median", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
 # front of accuracy against size; Optuna cannot prune multi-objective studies.
@@ -306,13 +306,18 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
 
 
 def load(name_or_path: str | Path) -> Preset:
-    """A preset by name (studies/NAME.toml) or by path."""
+    """A preset by path (a .toml file), or by name: ./studies/NAME.toml, else a shipped one."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = STUDIES_DIR / f"{name_or_path}.toml"
+        found = catalog.find(str(name_or_path))
+        if found is None:
+            raise PresetError(
+                f"No preset named '{name_or_path}' in ./{catalog.LOCAL_DIR}/ or among the "
+                f"shipped ones; known presets: {catalog.known()}."
+            )
+        path = found
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
-        raise PresetError(f"No preset file {path}; known presets: {known}.")
+        raise PresetError(f"No preset file {path}; known presets: {catalog.known()}.")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
