@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -46,7 +48,10 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
 def stored_preset(study: optuna.Study) -> Preset:
     text = study.user_attrs.get("preset")
     if text is None:
-        raise StudyError(f"Study '{study.study_name}' was not made by 'search start'.")
+        raise StudyError(
+            f"Study '{study.study_name}' was not made by 'search start', or its 'search start' "
+            "was stopped while creating it: rerun that command, which finishes the creation."
+        )
     try:
         return presets.from_json(text)
     except (ValueError, KeyError, TypeError) as e:
@@ -71,7 +76,8 @@ def load(
     """An existing study and the preset it was made with."""
     if name not in names(storage):
         raise _no_study(name, names(storage))
-    # The creator writes the preset just after creating the study; wait a moment for it.
+    # A `search start` creating the study writes its preset last; readers do not take the
+    # creation lock (see _creating), so wait a moment for it.
     for _ in range(50):
         study = optuna.load_study(study_name=name, storage=storage)
         if "preset" in study.user_attrs:
@@ -84,54 +90,116 @@ def load(
     return study, preset
 
 
+# Creating a study takes several writes (the study, its attributes, the lab's runs, and its
+# preset last), and Ctrl-C or SIGKILL may stop a `search start` between any two of them. So every
+# creation runs under a lock on the storage (storage.exclusive), which a dead holder lets go of:
+# whoever holds the lock and finds a study without its preset knows that its creator died
+# midway. Such a study never ran a trial, since workers load only studies with a preset, so it
+# is deleted (one transaction) and created again, and to the user the study and its preset come
+# into being together or not at all. A study without a preset that holds anything search did not
+# write at creation (a trial that ran, another attribute) is someone else's and is never deleted.
+_CREATION_ATTRS = {"dataset", "objective", "preset_name", "trials"}
+
+
+@contextmanager
+def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
+    """Hold the lock under which study `name` is created; undo a creation that died first."""
+    with storage_mod.exclusive(storage.url, f"create:{name}", storage.engine):
+        if name in names(storage):
+            found = optuna.load_study(study_name=name, storage=storage)
+            if "preset" not in found.user_attrs:
+                trials = found.get_trials(deepcopy=False)
+                if not set(found.user_attrs) <= _CREATION_ATTRS or any(
+                    t.state != TrialState.WAITING or "baseline" not in t.user_attrs for t in trials
+                ):
+                    raise StudyError(
+                        f"Study '{name}' was not made by 'search start' and holds trials or "
+                        "settings of its own; pass --study NEW_NAME to start a new study."
+                    )
+                optuna.delete_study(study_name=name, storage=storage)
+        yield
+
+
 def create_or_load(
-    storage: optuna.storages.BaseStorage, name: str, preset: Preset, *, worker: int = 0
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    preset: Preset,
+    *,
+    worker: int = 0,
+    total: int | None = None,
 ) -> tuple[optuna.Study, bool]:
     """The study `name`, created from `preset` with the lab's runs enqueued if it is new.
 
     An existing study must have been made with the same dataset and search space: trials of
-    different spaces are never mixed in one study.
+    different spaces are never mixed in one study. A new study records `total`, if given.
     """
+    with _creating(storage, name):
+        return _create_or_load(storage, name, preset, worker=worker, total=total)
+
+
+def _create_or_load(
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    preset: Preset,
+    *,
+    worker: int = 0,
+    total: int | None = None,
+) -> tuple[optuna.Study, bool]:
     if name in names(storage):
-        study, old = load(storage, name, worker=worker)
-        if old.dataset != preset.dataset:
-            raise StudyError(
-                f"Study '{name}' searches {old.dataset}, not {preset.dataset}; pass "
-                f"--study NEW_NAME to start a new study."
-            )
-        if old.fingerprint() != preset.fingerprint():
-            changed = ", ".join(old.differences(preset))
-            raise StudyError(
-                f"Study '{name}' was made with a different preset or search space "
-                f"({old.name}; differs in {changed}); pass --study NEW_NAME to start a new "
-                "study, or restore the preset to continue this one."
-            )
-        name_metric(study, preset)
-        if old.to_json() != preset.to_json():
-            # Only what the fingerprint leaves out differs (budget, trial total, description):
-            # record it, so workers that join later use this run's budget.
-            study.set_user_attr("preset", preset.to_json())
-        return study, False
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=name,
-            directions=preset.directions,
-            sampler=sampler(preset, worker),
-            pruner=pruner(preset),
+        return _resume(storage, name, preset, worker), False
+    return _create(storage, name, preset, worker, total), True
+
+
+def _resume(
+    storage: optuna.storages.RDBStorage, name: str, preset: Preset, worker: int
+) -> optuna.Study:
+    study, old = load(storage, name, worker=worker)
+    if old.dataset != preset.dataset:
+        raise StudyError(
+            f"Study '{name}' searches {old.dataset}, not {preset.dataset}; pass "
+            f"--study NEW_NAME to start a new study."
         )
-    except optuna.exceptions.DuplicatedStudyError:  # another worker created it first
-        return create_or_load(storage, name, preset, worker=worker)
+    if old.fingerprint() != preset.fingerprint():
+        changed = ", ".join(old.differences(preset))
+        raise StudyError(
+            f"Study '{name}' was made with a different preset or search space "
+            f"({old.name}; differs in {changed}); pass --study NEW_NAME to start a new "
+            "study, or restore the preset to continue this one."
+        )
+    name_metric(study, preset)
+    if old.to_json() != preset.to_json():
+        # Only what the fingerprint leaves out differs (budget, trial total, description):
+        # record it, so workers that join later use this run's budget.
+        study.set_user_attr("preset", preset.to_json())
+    return study
+
+
+def _create(
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    preset: Preset,
+    worker: int,
+    total: int | None,
+) -> optuna.Study:
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=preset.directions,
+        sampler=sampler(preset, worker),
+        pruner=pruner(preset),
+    )
     name_metric(study, preset)
     study.set_user_attr("dataset", preset.dataset)
     study.set_user_attr("objective", "minimize " + " and ".join(preset.metric_names))
     study.set_user_attr("preset_name", preset.name)
+    if total is not None:
+        set_total(study, total)
     for baseline in preset.baselines:
         study.enqueue_trial(
             to_params(baseline.config, preset.space), user_attrs={"baseline": baseline.name}
         )
-    study.set_user_attr("preset", preset.to_json())  # written last: load() waits for it
-    return study, True
+    study.set_user_attr("preset", preset.to_json())  # last: the creation is complete
+    return study
 
 
 def name_metric(study: optuna.Study, preset: Preset) -> None:
@@ -256,17 +324,22 @@ def prepare(
     name = name or preset.name
     url = storage_mod.resolve(url)
     rdb = storage_mod.open_storage(url)
-    stored_total = None
-    if name in names(rdb):
-        old_study, old = load(rdb, name)
-        preset = dataclasses.replace(preset, max_params=old.max_params, objective=old.objective)
-        stored_total = old_study.user_attrs.get("trials")
-    preset = dataclasses.replace(
-        preset, max_params=max_params or preset.max_params, objective=objective or preset.objective
-    )
-    total = trials or stored_total or preset.trials
-    study, created = create_or_load(rdb, name, preset)
-    set_total(study, total)
+    with _creating(rdb, name):
+        stored_total = None
+        if name in names(rdb):
+            old_study, old = load(rdb, name)
+            preset = dataclasses.replace(
+                preset, max_params=old.max_params, objective=old.objective
+            )
+            stored_total = old_study.user_attrs.get("trials")
+        preset = dataclasses.replace(
+            preset,
+            max_params=max_params or preset.max_params,
+            objective=objective or preset.objective,
+        )
+        total = trials or stored_total or preset.trials
+        study, created = _create_or_load(rdb, name, preset, total=total)
+        set_total(study, total)
     lost = recover(study)
     return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
 

@@ -6,10 +6,16 @@ What the commands print about the same policies is in test_cli.py and test_error
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState, create_trial
 
 from search import presets, storage, study
@@ -17,7 +23,7 @@ from search.presets import Preset
 from search.space import Config, Conv
 from search.storage import StorageError
 from search.study import StudyError
-from tests.helpers import db_url, write_preset
+from tests.helpers import db_url, popen, run, write_preset
 
 
 @pytest.fixture
@@ -133,7 +139,11 @@ def test_a_study_search_did_not_make_or_an_older_version_made_is_refused(
     url = db_url(private_storage)
     rdb = storage.open_storage(url)
     foreign = optuna.create_study(storage=rdb, study_name="foreign")
-    with pytest.raises(StudyError, match="Study 'foreign' was not made by 'search start'"):
+    with pytest.raises(
+        StudyError,
+        match="Study 'foreign' was not made by 'search start', or its 'search start' was "
+        "stopped while creating it: rerun that command",
+    ):
         study.stored_preset(foreign)
     foreign.set_user_attr("preset", json.dumps({"dataset": "mnist"}))  # fields are missing
     with pytest.raises(StudyError, match="made by an incompatible version of search"):
@@ -206,3 +216,128 @@ def test_the_sampler_is_seeded_apart_per_worker_and_the_pruner_follows_the_prese
     }
     sized = Preset(**{**tiny.__dict__, "objective": "val_loss+params"})
     assert isinstance(study.pruner(sized), optuna.pruners.NopPruner)  # cannot prune two
+
+
+# ---------------------------------------------------------------------------------------------
+# A study and its preset come into being together: a creation stopped midway is redone
+# ---------------------------------------------------------------------------------------------
+def check_complete(s: optuna.Study, total: int) -> None:
+    """A whole study of the tiny preset: its settings, its preset, the lab's two runs once."""
+    assert study.stored_preset(s).name == "tiny" and s.user_attrs["trials"] == total
+    assert (s.user_attrs["dataset"], s.user_attrs["preset_name"]) == ("fashion_mnist", "tiny")
+    assert [t.user_attrs["baseline"] for t in s.get_trials()] == ["lab test 9", "starved"]
+
+
+def test_a_creation_stopped_before_its_preset_is_redone_by_the_next_start(
+    tiny: Preset, private_storage: Path
+) -> None:
+    study.prepare(tiny, url=None, name="other")  # a study beside it, which stays as it is
+    database = private_storage / "search.db"
+    # The database fails the last write of a creation, as if the process had died there: with
+    # an integer overflow, since Optuna takes RAISE()'s constraint error for a race and ignores it.
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE TRIGGER stop BEFORE INSERT ON study_user_attributes WHEN NEW.key = 'preset'"
+            " BEGIN SELECT abs(-9223372036854775808); END"
+        )
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        study.prepare(tiny, url=None, trials=5)
+    half = optuna.load_study(study_name="tiny", storage=db_url(private_storage))
+    assert "preset" not in half.user_attrs and len(half.get_trials()) == 2
+    with sqlite3.connect(database) as connection:
+        connection.execute("DROP TRIGGER stop")
+
+    again = study.prepare(tiny, url=None, trials=5)
+    assert again.created  # made anew, not resumed
+    check_complete(again.study, 5)
+    assert study.names(again.storage) == ["other", "tiny"]
+    check_complete(study.open_existing(None, "other").study, 4)
+
+
+def test_a_study_without_a_preset_that_holds_a_trial_is_never_deleted(
+    tiny: Preset, private_storage: Path
+) -> None:
+    url = db_url(private_storage)
+    foreign = optuna.create_study(storage=storage.open_storage(url), study_name="tiny")
+    finish(foreign, 0.5)
+    with pytest.raises(StudyError, match="holds trials or settings of its own; pass --study"):
+        study.prepare(tiny, url=None)
+    kept = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [(t.state, t.value) for t in kept] == [(TrialState.COMPLETE, 0.5)]
+
+
+# Where a creation is held, on PostgreSQL: a trigger sleeps before the first write of the point.
+PAUSES = {
+    "attributes": ("study_user_attributes", "NEW.key = 'dataset'"),  # the study alone exists
+    "baselines": ("trials", "(SELECT count(*) FROM trials) = 1"),  # one of the lab's runs
+    "preset": ("study_user_attributes", "NEW.key = 'preset'"),  # all but the preset
+}
+
+
+def pause_creation(engine: sqlalchemy.Engine, point: str) -> None:
+    table, condition = PAUSES[point]
+    with engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text(
+                "CREATE FUNCTION pause() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF {condition} THEN PERFORM pg_sleep(600); END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            sqlalchemy.text(
+                f"CREATE TRIGGER pause BEFORE INSERT ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION pause()"
+            )
+        )
+
+
+def sleepers(engine: sqlalchemy.Engine) -> list[int]:
+    query = "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+    with engine.connect() as connection:
+        return list(connection.execute(sqlalchemy.text(query)).scalars())
+
+
+@pytest.mark.parametrize(
+    ("signum", "point"),
+    [
+        pytest.param(signal.SIGKILL, "attributes", id="SIGKILL-attributes"),
+        pytest.param(signal.SIGKILL, "preset", id="SIGKILL-preset"),
+        pytest.param(signal.SIGINT, "baselines", id="SIGINT-baselines"),
+    ],
+)
+def test_search_start_killed_while_creating_leaves_a_study_the_next_start_completes(
+    signum: int, point: str, pg_url: str, tmp_path: Path, fashion_dir: Path
+) -> None:
+    # One trial, which the cost guard ends at once (a budget of one parameter): what matters is
+    # the study, not training.
+    args = ["start", "--preset", str(write_preset(tmp_path)), "--storage", pg_url]
+    args += ["--trials", "1", "--max-params", "1", "--data-dir", str(fashion_dir)]
+    storage.open_storage(pg_url)  # Optuna's tables, for the trigger
+    engine = sqlalchemy.create_engine(pg_url)
+    pause_creation(engine, point)
+    child = popen(
+        [sys.executable, "-m", "search", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 120
+    while not sleepers(engine):
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()[0]
+        time.sleep(0.1)
+    child.send_signal(signum)
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == (-9 if signum == signal.SIGKILL else 130), output
+    # A dead client's server process would notice at once; this one sleeps in the trigger.
+    with engine.begin() as connection:
+        for pid in sleepers(engine):
+            connection.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        connection.execute(sqlalchemy.text("DROP FUNCTION pause() CASCADE"))
+    half = optuna.load_study(study_name="tiny", storage=pg_url)
+    assert "preset" not in half.user_attrs  # stopped midway
+    assert len(half.get_trials()) == {"attributes": 0, "baselines": 1, "preset": 2}[point]
+    engine.dispose()
+
+    again = run(*args)  # the same command again, here: it waits for no lock of the dead one's
+    assert again.exit_code == 0, again.output
+    assert "Study 'tiny' (new): 1 trials" in again.output and "trial 1/1" in again.output
+    s = optuna.load_study(study_name="tiny", storage=pg_url)
+    check_complete(s, 1)
+    assert [t.state for t in s.get_trials()] == [TrialState.PRUNED, TrialState.WAITING]
