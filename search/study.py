@@ -134,20 +134,9 @@ def create_or_load(
     different spaces are never mixed in one study. A new study records `total`, if given.
     """
     with _creating(storage, name):
-        return _create_or_load(storage, name, preset, worker=worker, total=total)
-
-
-def _create_or_load(
-    storage: optuna.storages.RDBStorage,
-    name: str,
-    preset: Preset,
-    *,
-    worker: int = 0,
-    total: int | None = None,
-) -> tuple[optuna.Study, bool]:
-    if name in names(storage):
-        return _resume(storage, name, preset, worker), False
-    return _create(storage, name, preset, worker, total), True
+        if name in names(storage):
+            return _resume(storage, name, preset, worker), False
+        return _create(storage, name, preset, worker, total), True
 
 
 def _resume(
@@ -325,8 +314,9 @@ def prepare(
     url = storage_mod.resolve(url)
     rdb = storage_mod.open_storage(url)
     with _creating(rdb, name):
+        created = name not in names(rdb)
         stored_total = None
-        if name in names(rdb):
+        if not created:
             old_study, old = load(rdb, name)
             preset = dataclasses.replace(
                 preset, max_params=old.max_params, objective=old.objective
@@ -338,7 +328,7 @@ def prepare(
             objective=objective or preset.objective,
         )
         total = trials or stored_total or preset.trials
-        study, created = _create_or_load(rdb, name, preset, total=total)
+        study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
     lost = recover(study)
     return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
