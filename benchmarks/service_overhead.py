@@ -11,7 +11,7 @@ preset:
 - storage: the user attributes a trial writes before training, then, for each of 9 epochs,
   the pruning callback's report and should_prune (the pruner reads the study) and the six
   per-epoch attributes, then `tell`;
-- model build: `keras.backend.clear_session` and `search.space.build` of the suggested network.
+- model build: `keras.backend.clear_session` and `search.network.build` of the suggested network.
 
 The stored trials are copies of realistic ones (the preset's parameters, 9 epochs of
 intermediate values, the same user attributes as a real trial). PostgreSQL is a throwaway
@@ -38,9 +38,10 @@ import common
 
 from search import presets, storage
 from search import study as study_mod
+from search.network import build
 from search.objective import trial_seed
 from search.runtime import configure
-from search.space import build, describe, impossible, size, suggest
+from search.space import describe, impossible, size, suggest
 
 EPOCHS = 9  # writes of a trial that trains this many epochs
 

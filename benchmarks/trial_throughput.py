@@ -8,7 +8,7 @@ training images and validate on the 5,000 held-out ones, as every trial does:
 
 - the lab: float32 arrays scaled in NumPy, one-hot labels, `model.fit(x, y, batch_size=64,
   validation_data=...)` with Keras' defaults (jit_compile="auto");
-- ours: `search.space.build` and `search.training.fit`, the code path of every trial, with
+- ours: `search.network.build` and `search.training.fit`, the code path of every trial, with
   the settings of studies/fashion_mnist.toml.
 
 The two alternate (A B B A ...) in one process, after one warm-up epoch each, so a slow spell
@@ -42,8 +42,9 @@ import common
 import numpy as np
 
 from search import datasets, presets
+from search.network import build
 from search.runtime import configure
-from search.space import Config, build, size
+from search.space import Config, size
 from search.training import VAL_BATCH, fit
 
 SECTION = "trial_throughput"

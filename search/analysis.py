@@ -17,7 +17,7 @@ from search.presets import Preset
 from search.space import Config
 
 TOP = 5  # the search's best trials shown beside the lab's runs
-LAB = {"rmsprop": "RMSprop", "adam": "Adam"}
+LAB = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
 
 
 def complete(study: optuna.Study) -> list[FrozenTrial]:
@@ -141,10 +141,16 @@ def describe_other(config: Config) -> str:
         parts.append("batch norm")
     if config.padding != "valid":
         parts.append(f"{config.padding} padding")
-    if config.augment:
-        parts.append("augmentation")
+    if config.augment != "none":
+        parts.append(f"augmentation ({config.augment})")
     if config.batch_size != 64:
         parts.append(f"batch {config.batch_size}")
+    if config.optimizer == "adamw":
+        parts.append(f"weight decay {config.weight_decay:.2g}")
+    if config.schedule != "constant":
+        parts.append(f"{config.schedule} schedule")
+    if config.label_smoothing:
+        parts.append(f"label smoothing {config.label_smoothing:g}")
     return ", ".join(parts)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import optuna
 
-from search import catalog, presets, progress, retrain, workers
+from search import catalog, ensemble, presets, progress, retrain, workers
 from search import report as report_mod
 from search import storage as storage_mod
 from search import study as study_mod
@@ -98,7 +98,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--trials",
     type=click.IntRange(min=1, max=100_000),
-    help="The study's total of finished trials (default: the preset's).",
+    help="The study's total of trained trials: each trained at least one epoch. Networks "
+    "rejected before training (impossible, over budget) are recorded but not counted. "
+    "Default: the preset's, or as many as fit with --hours alone.",
+)
+@click.option(
+    "--hours",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Wall-clock budget from now: no new trial starts after it, in any worker; running "
+    "trials finish. Rerun to resume for as long again. Default: the preset's hours, if any.",
 )
 @data_dir_option()
 @click.option(
@@ -123,6 +131,7 @@ def start(
     data_dir: Path | None,
     max_params: int | None,
     objective: str | None,
+    hours: float | None,
     workers: str | int,
     threads: int | None,
     url: str | None,
@@ -137,6 +146,7 @@ def start(
       search start --dataset fashion_mnist --trials 50
       search start --dataset fashion_mnist --trials 200 --workers auto
       search start --preset demo
+      search start --dataset fashion_mnist --hours 1.5 --workers auto
       search start --dataset mnist --trials 30 --study digits --data-dir ~/mnist
     """
     if dataset is None and preset is None:
@@ -145,7 +155,13 @@ def start(
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
     run = study_mod.prepare(
-        chosen, url=url, name=study_name, trials=trials, max_params=max_params, objective=objective
+        chosen,
+        url=url,
+        name=study_name,
+        trials=trials,
+        max_params=max_params,
+        objective=objective,
+        hours=hours,
     )
     done = study_mod.finished(run.study)
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
@@ -158,6 +174,7 @@ def start(
             if run.preset.multi_objective
             else f"pruner {run.preset.pruner}."
         )
+        + (f" No new trial starts after {run.preset.hours:g} h." if run.preset.hours else "")
     )
     _echo_lost(run.lost)
     _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
@@ -239,7 +256,9 @@ def _run(
     )
     click.echo(progress.best_line(run.study))
     done = study_mod.finished(run.study)
-    if done < total:
+    if done < total and study_mod.time_is_up(run.study):
+        click.echo(f"Time is up with {done} of {total} trials trained; rerun to go on.")
+    elif done < total:
         raise study_mod.StudyError(
             f"Stopped with {done} of {total} trials finished because "
             "trials kept failing; 'search status' shows their reasons."
@@ -279,21 +298,41 @@ def status(url: str | None, study_name: str | None) -> None:
     type=click.IntRange(min=0),
     help="Retrain this trial instead of the best one.",
 )
+@click.option(
+    "--ensemble",
+    "members",
+    type=click.IntRange(min=2, max=20),
+    help="Retrain the K best distinct trials and save one model that averages their "
+    "softmax outputs; each member's test accuracy and the ensemble's are recorded.",
+)
 @data_dir_option()
 @storage_options
 def retrain_best(
-    number: int | None, data_dir: Path | None, url: str | None, study_name: str | None
+    number: int | None,
+    members: int | None,
+    data_dir: Path | None,
+    url: str | None,
+    study_name: str | None,
 ) -> None:
     """Retrain the best trial on all training images, test it once, and save the model.
 
     The best trial has the lowest val_loss; in a size-aware (val_loss+params) study that
     trial is on the Pareto front, and --trial N picks any other.
 
+    The final model trains for the preset's multiple (final_epochs) of the trial's best epoch
+    count, on the preset's schedule (final_schedule); the lab's presets keep its protocol.
+
     \b
     Example:
       search retrain-best --study fashion_mnist
+      search retrain-best --study fashion_mnist --ensemble 3
     """
     opened = study_mod.open_existing(url, study_name)
+    if members:
+        if number is not None:
+            raise click.UsageError("Pass --trial or --ensemble, not both.")
+        _retrain_ensemble(opened, members, data_dir)
+        return
     result = retrain.retrain(
         opened.study,
         opened.preset,
@@ -306,6 +345,24 @@ def retrain_best(
     click.echo(
         f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
         f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
+    )
+    click.echo(f"Model saved to {result.model_path}")
+
+
+def _retrain_ensemble(opened: study_mod.Opened, k: int, data_dir: Path | None) -> None:
+    result = ensemble.retrain_ensemble(
+        opened.study,
+        opened.preset,
+        k,
+        out_dir=storage_mod.home(),
+        data_dir=str(data_dir) if data_dir else None,
+        log=click.echo,
+    )
+    for m in result.members:
+        click.echo(f"  member #{m.trial} {m.architecture}: test accuracy {m.test_accuracy:.2%}")
+    click.echo(
+        f"Ensemble of {k} ({result.params:,} params): test accuracy {result.test_accuracy:.2%} "
+        f"(loss {result.test_loss:.4f})."
     )
     click.echo(f"Model saved to {result.model_path}")
 

@@ -49,9 +49,7 @@ def _final_curve(ax: Any, record: dict[str, Any], key: str, scale: float) -> Non
         label=f"final model: training on {record['train_images']:,} images",
     )
     epochs = record["epochs"]
-    ax.axvline(
-        epochs, color="grey", ls=":", label=f"best epoch {epochs} (the final model's length)"
-    )
+    ax.axvline(epochs, color="grey", ls=":", label=f"the final model's {epochs} epochs")
     ax.set_xlabel("epoch")
     ax.set_ylabel(key if key == "loss" else f"{key} (%)")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

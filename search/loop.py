@@ -18,7 +18,7 @@ from search.objective import Objective
 from search.presets import Preset
 from search.progress import Progress
 from search.runtime import Log, configure
-from search.study import FINISHED, finished, recover
+from search.study import StudyError, finished, recover, time_is_up, trained
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
@@ -44,9 +44,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
     """Finished trials, running trials, and the slots left for new ones."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    done = sum(state in FINISHED for state in states)
-    running = states.count(TrialState.RUNNING)
+    trials = study.get_trials(deepcopy=False)
+    done = sum(trained(t) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
     return done, running, total - done - running
 
 
@@ -169,5 +169,7 @@ def run_worker(
             storage=storage,
             log=log,
             callbacks=[progress],
-            stop=lambda: progress.gave_up,
+            stop=lambda: progress.gave_up or time_is_up(study),
         )
+    if progress.rejected_out:
+        raise StudyError(progress.rejected_out)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
 from search.datasets import Split
 from search.errors import first_line
+from search.network import build, decay_steps
 from search.presets import Preset
 from search.runtime import Log, available_memory, is_oom
-from search.space import Config, Size, build, describe, impossible, size, suggest
+from search.space import Config, Size, describe, impossible, size, suggest
 from search.training import History, fit
+
+if TYPE_CHECKING:
+    import keras
 
 # What a trial writes as it trains; a retried trial clears what it inherited.
 RUN_RECORD: dict[str, Any] = {
@@ -115,14 +119,28 @@ class Objective:
             )
         return cost
 
-    def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
-        """Fit with early stopping and pruning on val_loss; a failure is recorded, then raised."""
+    def callbacks(self, trial: optuna.Trial) -> list[keras.callbacks.Callback]:
+        """Early stopping, and pruning on val_loss (Optuna prunes single-objective studies)."""
         import keras
         from optuna_integration import KerasPruningCallback
 
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience)
+        if self.preset.multi_objective:
+            return [stop]
+        return [stop, KerasPruningCallback(trial, "val_loss")]
+
+    def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
+        """Fit with early stopping and pruning on val_loss; a failure is recorded, then raised."""
+        import keras
+
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(seed)
-        model = build(config, flip=self.flip, steps_per_execution=self.preset.steps_per_execution)
+        model = build(
+            config,
+            flip=self.flip,
+            steps_per_execution=self.preset.steps_per_execution,
+            decay_steps=decay_steps(config, len(self.data.x_train), self.preset.epochs),
+        )
         history = History()
 
         def on_epoch(epoch: int) -> None:
@@ -133,11 +151,6 @@ class Objective:
                 f"{history.val_accuracy[-1]:.4f}  ({history.seconds[-1]:.1f} s)"
             )
 
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience)
-        ]
-        if not self.preset.multi_objective:  # Optuna cannot prune multi-objective studies
-            callbacks.append(KerasPruningCallback(trial, "val_loss"))
         try:
             fit(
                 model,
@@ -146,8 +159,9 @@ class Objective:
                 self.data.y_train,
                 epochs=self.preset.epochs,
                 validation=(self.data.x_val, self.data.y_val),
-                callbacks=callbacks,
+                callbacks=self.callbacks(trial),
                 on_epoch=on_epoch,
+                patience=self.preset.patience,
                 history=history,
             )
         except (optuna.TrialPruned, KeyboardInterrupt):

@@ -15,15 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from search import catalog, datasets
-from search.errors import SearchError
+from search.errors import TRAIN_IMAGES, SearchError
 from search.space import (
+    AUGMENTATIONS,
     DROPOUT_PLACEMENTS,
+    HEADS,
     MAX_CONV_LAYERS,
     MAX_DENSE_LAYERS,
     OPTIMIZERS,
     PADDINGS,
+    SCHEDULES,
     Config,
     Space,
+    augment_kind,
     impossible,
     outside,
     size,
@@ -64,6 +68,15 @@ class Preset:
     max_mflops: float | None = None  # forward MFLOPs per image, same guard
     steps_per_execution: int = 1
     baselines: tuple[Baseline, ...] = ()
+    # How the search runs and how its winner is trained: none of these changes what a trial
+    # measures, so none is part of the fingerprint.
+    hours: float | None = None  # a wall-clock budget: no new trial starts after it
+    sampler: str = "tpe"  # tpe, or tpe-grouped: multivariate TPE over groups of parameters
+    startup_trials: int = 10  # random trials (after the enqueued ones) before TPE models
+    pruner_min_epochs: int = 1  # the first rung of Hyperband or successive halving
+    pruner_reduction: int = 3  # each rung keeps about 1/reduction of the trials
+    final_epochs: float = 1.0  # retrain-best trains this multiple of the best epoch count
+    final_schedule: str = "same"  # same (the trial's schedule) or cosine, for retrain-best
 
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""
@@ -75,6 +88,7 @@ class Preset:
             "max_params",
             "max_mflops",
             "steps_per_execution",
+            *_RUN_SETTINGS,
         ):
             data.pop(key)
         return data
@@ -120,17 +134,44 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "max_params": (int,),
     "max_mflops": (int, float),
     "steps_per_execution": (int,),
+    "hours": (int, float),
+    "sampler": (str,),
+    "startup_trials": (int,),
+    "pruner_min_epochs": (int,),
+    "pruner_reduction": (int,),
+    "final_epochs": (int, float),
+    "final_schedule": (str,),
     "space": (dict,),
     "baseline": (list,),
 }
-_RANGES = {"conv_layers", "dense_layers", "dropout_rate", "learning_rate"}
+_RUN_SETTINGS = (
+    "hours",
+    "sampler",
+    "startup_trials",
+    "pruner_min_epochs",
+    "pruner_reduction",
+    "final_epochs",
+    "final_schedule",
+)
+FINAL_SCHEDULES = ("same", "cosine")
+SAMPLERS = ("tpe", "tpe-grouped")
+_RANGES = {
+    "conv_layers",
+    "dense_layers",
+    "dropout_rate",
+    "learning_rate",
+    "weight_decay",
+    "label_smoothing",
+}
 _ALLOWED: dict[str, tuple[Any, ...]] = {
     "dropout": DROPOUT_PLACEMENTS,
     "optimizer": OPTIMIZERS,
     "padding": PADDINGS,
     "pool": (True, False),
     "batchnorm": (True, False),
-    "augment": (True, False),
+    "augment": AUGMENTATIONS,
+    "head": HEADS,
+    "schedule": SCHEDULES,
 }
 
 
@@ -162,6 +203,8 @@ def _axis(path: Path, key: str, value: Any) -> tuple[Any, ...]:
     where = f"space.{key}"
     if not isinstance(value, list) or not value:
         raise _fail(path, where, "must be a non-empty list")
+    if key == "augment":  # `[false, true]` from before augmentation had kinds
+        value = [augment_kind(v) if isinstance(v, bool) else v for v in value]
     default = getattr(Space(), key)
     kinds: tuple[type, ...] = (type(default[0]),)
     if kinds == (float,):
@@ -210,6 +253,12 @@ def _check_space(path: Path, space: Space) -> None:
             "must lie within [0, 1)",
         ),
         ("space.learning_rate", space.learning_rate[0] > 0, "must be positive"),
+        ("space.weight_decay", space.weight_decay[0] > 0, "must be positive"),
+        (
+            "space.label_smoothing",
+            0 <= space.label_smoothing[0] and space.label_smoothing[1] < 1,
+            "must lie within [0, 1)",
+        ),
     ]
     for key, ok, problem in checks:
         if not ok:
@@ -263,6 +312,44 @@ def _config_values(config: Config) -> list[tuple[str, Any]]:
     return values
 
 
+_POSITIVE = (
+    "trials",
+    "val_size",
+    "epochs",
+    "steps_per_execution",
+    "train_size",
+    "max_params",
+    "max_mflops",
+    "hours",
+    "final_epochs",
+    "startup_trials",
+    "pruner_min_epochs",
+)
+_ONE_OF = {
+    "pruner": PRUNERS,
+    "objective": OBJECTIVES,
+    "sampler": SAMPLERS,
+    "final_schedule": FINAL_SCHEDULES,
+}
+
+
+def _check_settings(path: Path, data: dict[str, Any]) -> None:
+    """The top-level settings' ranges and choices (their types are checked already)."""
+    for key in _POSITIVE:
+        if key in data and data[key] <= 0:
+            raise _fail(path, key, "must be positive")
+    for key in ("patience", "seed"):
+        if key in data and data[key] < 0:
+            raise _fail(path, key, "must not be negative")
+    for key, choices in _ONE_OF.items():
+        if key in data and data[key] not in choices:
+            raise _fail(path, key, f"must be one of {list(choices)}")
+    if data.get("pruner_reduction", 3) < 2:
+        raise _fail(path, "pruner_reduction", "must be at least 2")
+    if data.get("val_size", 5000) >= TRAIN_IMAGES:
+        raise _fail(path, "val_size", "must leave training images (at most 59,999)")
+
+
 def parse(path: Path, data: dict[str, Any]) -> Preset:
     for key, value in data.items():
         if key not in _TOP_TYPES:
@@ -275,27 +362,10 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
         datasets.info(data["dataset"])
     except datasets.DataError as e:
         raise PresetError(f"{path}: {e}") from None
-    for key in (
-        "trials",
-        "val_size",
-        "epochs",
-        "steps_per_execution",
-        "train_size",
-        "max_params",
-        "max_mflops",
-    ):
-        if key in data and data[key] <= 0:
-            raise _fail(path, key, "must be positive")
-    for key in ("patience", "seed"):
-        if key in data and data[key] < 0:
-            raise _fail(path, key, "must not be negative")
-    if data.get("pruner", "hyperband") not in PRUNERS:
-        raise _fail(path, "pruner", f"must be one of {list(PRUNERS)}")
-    if data.get("objective", "val_loss") not in OBJECTIVES:
-        raise _fail(path, "objective", f"must be one of {list(OBJECTIVES)}")
-    if data.get("val_size", 5000) >= 60_000:
-        raise _fail(path, "val_size", "must leave training images (at most 59,999)")
+    _check_settings(path, data)
     space = _space(path, data.get("space", {}))
+    if not datasets.info(data["dataset"]).flip_ok and any("flip" in a for a in space.augment):
+        raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
     baselines = tuple(_baseline(path, i, t) for i, t in enumerate(data.get("baseline", [])))
     for i, b in enumerate(baselines):
         why = outside(b.config, space)
@@ -328,7 +398,10 @@ def load(name_or_path: str | Path) -> Preset:
 def from_json(text: str) -> Preset:
     """The preset stored on a study (see study.py), so any worker can rebuild it."""
     data = json.loads(text)
-    space = Space(**{k: tuple(v) for k, v in data.pop("space").items()})
+    stored = {k: tuple(v) for k, v in data.pop("space").items()}
+    if "augment" in stored:  # stored as booleans before augmentation had kinds
+        stored["augment"] = tuple(augment_kind(v) for v in stored["augment"])
+    space = Space(**stored)
     baselines = tuple(
         Baseline(name=b["name"], config=Config.from_dict(b["config"]), params=b["params"])
         for b in data.pop("baselines")

@@ -10,9 +10,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.runtime import Log
-from search.study import best, counts, finished, pareto
+from search.study import best, counts, finished, pareto, trained
 
 MAX_CONSECUTIVE_FAILURES = 5
+# Rejections cost a sampler call each, not a training run; this many in a row means that
+# almost nothing in the space fits the budget.
+MAX_REJECTIONS_IN_A_ROW = 50
 
 
 def summary(trial: FrozenTrial) -> dict[str, Any]:
@@ -55,10 +58,14 @@ class Progress:
     total: int
     log: Log
     failures_in_a_row: int = 0
+    rejections_in_a_row: int = 0
+    rejected_out: str | None = None  # why this worker stopped: nothing fit the budget
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         s = summary(trial)
-        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {s['state']}"
+        rejected = trial.state == TrialState.PRUNED and not trained(trial)
+        state = "REJECTED" if rejected else s["state"]
+        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {state}"
         if trial.state == TrialState.COMPLETE:
             head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
         elif s["reason"]:
@@ -83,10 +90,22 @@ class Progress:
                 study.stop()
         else:
             self.failures_in_a_row = 0
+        self._count_rejection(study, rejected, s["reason"])
+
+    def _count_rejection(self, study: optuna.Study, rejected: bool, reason: str) -> None:
+        """Stop after a long run of rejections: the budget or space leaves almost nothing."""
+        self.rejections_in_a_row = self.rejections_in_a_row + 1 if rejected else 0
+        if self.rejections_in_a_row >= MAX_REJECTIONS_IN_A_ROW:
+            self.rejected_out = (
+                f"The last {MAX_REJECTIONS_IN_A_ROW} configurations were all rejected before "
+                f"training (the last: {reason}); raise the budget (--max-params, or the "
+                "preset's max_params and max_mflops) or narrow the space."
+            )
+            study.stop()
 
     @property
     def gave_up(self) -> bool:
-        return self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES
+        return self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES or self.rejected_out is not None
 
 
 def _fmt(value: Any, spec: str) -> str:

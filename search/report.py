@@ -233,6 +233,7 @@ def markdown(
         + _table_section(study)
         + _pruning_section(study, preset)
         + _test_section(study, preset, record, test_note)
+        + _ensemble_section(study.user_attrs.get("ensemble"))
         + _figures_section(report)
     )
     return "\n".join(out).rstrip() + "\n"
@@ -381,6 +382,32 @@ def _test_section(
             f"this one saw {record['train_images']:,}, as the preset asks."
         )
     return _section("Final test accuracy", body)
+
+
+def _ensemble_section(record: dict[str, Any] | None) -> list[str]:
+    """`retrain-best --ensemble K`: each member's test accuracy beside the average's."""
+    if not record:
+        return []
+    lines = ["| model | params | epochs | test accuracy |", "|---|---:|---:|---:|"]
+    for m in record["members"]:
+        lines.append(
+            f"| trial #{m['trial']} `{m['architecture']}` | {m['params']:,} | {m['epochs']} "
+            f"| {pct(m['test_accuracy'])} |"
+        )
+    lines.append(
+        f"| **the ensemble** (softmax averaged) | {record['params']:,} | | "
+        f"**{pct(record['test_accuracy'])}** |"
+    )
+    k = len(record["members"])
+    return _section(
+        f"Ensemble of {k}",
+        [
+            f"The {k} best distinct trials, retrained and tested "
+            "as above; the saved model averages their outputs.",
+            "",
+            *lines,
+        ],
+    )
 
 
 def _figures_section(report: Report) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -15,9 +16,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search import datasets
 from search.errors import first_line
+from search.network import build, decay_steps, for_inference
 from search.presets import Preset
 from search.runtime import Log, configure
-from search.space import build, describe, size
+from search.space import Config, describe, size
 from search.storage import safe_name
 from search.study import StudyError, best, config_of
 from search.training import History, fit
@@ -79,36 +81,58 @@ def _save(model: object, path: Path) -> None:
             os.unlink(tmp)
 
 
+def final_plan(trial: FrozenTrial, preset: Preset) -> tuple[Config, int, int]:
+    """The final model's configuration, epochs and schedule length, fixed by the preset.
+
+    It trains `final_epochs` times the trial's best epoch count. With `final_schedule =
+    "cosine"` the learning rate decays to zero over exactly those epochs; with "same" the
+    trial's own schedule runs over its planned epochs, scaled alike. Nothing here looks at the
+    test set.
+    """
+    config = config_of(trial)
+    best_epoch = int(trial.user_attrs.get("best_epoch", preset.epochs))
+    epochs = max(1, round(preset.final_epochs * best_epoch))
+    planned = max(epochs, round(preset.final_epochs * preset.epochs))
+    if preset.final_schedule == "cosine":
+        return dataclasses.replace(config, schedule="cosine"), epochs, epochs
+    return config, epochs, planned
+
+
+def final_images(preset: Preset, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every training image the preset uses: its validation and training images together."""
+    images, labels = datasets.load_train(preset.dataset, data_dir)
+    if preset.train_size:
+        used = preset.val_size + preset.train_size
+        return images[:used], labels[:used]
+    return images, labels
+
+
 def train_on_all(
-    trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log
+    trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log, fresh: bool = True
 ) -> tuple[keras.Model, History, int]:
     """A new model of the trial's network trained on every training image, with its seed.
 
-    It trains for the trial's best epoch count. Returns the model, its history and how many
-    images it trained on.
+    Returns the model, ready for inference, its history and how many images it trained on.
+    `fresh` clears Keras's session first; an ensemble keeps its earlier members alive.
     """
-    config = config_of(trial)
-    epochs = int(trial.user_attrs.get("best_epoch", preset.epochs))
+    config, epochs, planned = final_plan(trial, preset)
     seed = int(trial.user_attrs.get("seed", preset.seed))
     configure()
     import keras
 
-    images, labels = datasets.load_train(preset.dataset, data_dir)
-    if preset.train_size:
-        images, labels = (
-            images[: preset.val_size + preset.train_size],
-            labels[: preset.val_size + preset.train_size],
-        )
+    images, labels = final_images(preset, data_dir)
     log(
         f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
         f"on {len(images):,} images for {epochs} epochs, seed {seed}."
     )
-    keras.backend.clear_session(free_memory=True)
+    if fresh:
+        keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)
     model = build(
         config,
         flip=datasets.info(preset.dataset).flip_ok,
         steps_per_execution=preset.steps_per_execution,
+        decay_steps=decay_steps(config, len(images), planned),
     )
     history = History()
 
@@ -118,10 +142,26 @@ def train_on_all(
             f"{history.accuracy[-1]:.4f} ({history.seconds[-1]:.1f} s)"
         )
 
-    fit(model, config, images, labels, epochs=epochs, on_epoch=on_epoch, history=history)
+    fit(
+        model,
+        config,
+        images,
+        labels,
+        epochs=epochs,
+        on_epoch=on_epoch,
+        history=history,
+        patience=preset.patience,
+    )
     if not np.isfinite(history.loss[-1]):
         raise StudyError(f"Retraining trial #{trial.number} diverged (loss {history.loss[-1]}).")
-    return model, history, len(images)
+    return for_inference(model), history, len(images)
+
+
+def test(model: keras.Model, preset: Preset, data_dir: str | None) -> tuple[float, float]:
+    """Test loss and accuracy on the test set: the only place it is read."""
+    x_test, y_test = datasets.load_test(preset.dataset, data_dir)
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
+    return float(loss), float(accuracy)
 
 
 def retrain(
@@ -136,9 +176,7 @@ def retrain(
     """Retrain a trial (the best by default) on all training images, test it once, save it."""
     trial = pick(study, number)
     model, history, train_images = train_on_all(trial, preset, data_dir=data_dir, log=log)
-    # The only place the test set is read.
-    x_test, y_test = datasets.load_test(preset.dataset, data_dir)
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
+    test_loss, test_accuracy = test(model, preset, data_dir)
     path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
     config = config_of(trial)
     result = Result(
@@ -148,8 +186,8 @@ def retrain(
         epochs=len(history.loss),
         seed=int(trial.user_attrs.get("seed", preset.seed)),
         train_images=train_images,
-        test_loss=float(test_loss),
-        test_accuracy=float(test_accuracy),
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
         lab_test_accuracy=datasets.info(preset.dataset).lab_test_accuracy,
         model_path=str(path),
         history=history.as_dict(),
@@ -158,6 +196,11 @@ def retrain(
     study.set_user_attr("retrain", json.loads(json.dumps(asdict(result))))
     study.set_user_attr("test_accuracy", round(result.test_accuracy, 4))
     study.set_user_attr("test_loss", round(result.test_loss, 4))
+    save_or_explain(model, path)
+    return result
+
+
+def save_or_explain(model: keras.Model, path: Path) -> None:
     try:
         _save(model, path)
     except OSError as e:
@@ -165,4 +208,3 @@ def retrain(
             f"The test result is recorded on the study, but the model could not be "
             f"saved to {path}: {e.strerror or e}."
         ) from None
-    return result

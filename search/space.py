@@ -1,4 +1,4 @@
-"""The search space: suggest(trial) -> Config; build(Config) -> keras.Model; size and validity.
+"""The search space: suggest(trial) -> Config; size, validity and a name, without Keras.
 
 Everything a trial may vary lives in this module. A :class:`Config` is the complete, plain-data
 description of one network and its optimiser, so a trial can be rebuilt from its stored record
@@ -8,17 +8,17 @@ without the preset that suggested it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import keras
-    import optuna
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
 
 SIDE = 28
 NUM_CLASSES = 10
 DROPOUT_PLACEMENTS = ("none", "blocks", "flatten", "both")
-OPTIMIZERS = ("rmsprop", "adam")
+OPTIMIZERS = ("rmsprop", "adam", "adamw")
+AUGMENTATIONS = ("none", "flip", "shift", "shift+flip")
+HEADS = ("flatten", "gap")
+SCHEDULES = ("constant", "cosine", "plateau")
 PADDINGS = ("valid", "same")
 MAX_CONV_LAYERS = 5
 MAX_DENSE_LAYERS = 2
@@ -41,10 +41,14 @@ class Config:
     dropout_rate: float = 0.3
     batchnorm: bool = False  # BatchNormalization after each conv
     padding: str = "valid"
-    augment: bool = False  # random shifts (and flips where the dataset allows) in training
+    augment: str = "none"  # none | flip | shift | shift+flip (flips only where a class allows)
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
     batch_size: int = 64
+    head: str = "flatten"  # flatten | gap (global average pooling) before the Dense layers
+    schedule: str = "constant"  # constant | cosine (over the planned epochs) | plateau
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    label_smoothing: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -56,6 +60,8 @@ class Config:
             Conv(**c) if isinstance(c, dict) else Conv(*c) for c in data["convs"]
         )
         data["dense"] = tuple(data.get("dense", (128,)))
+        if isinstance(data.get("augment"), bool):  # stored before augmentation had kinds
+            data["augment"] = augment_kind(data["augment"])
         return cls(**data)
 
     @classmethod
@@ -70,12 +76,28 @@ class Config:
     def has_dropout_flatten(self) -> bool:
         return self.dropout in ("flatten", "both") and self.dropout_rate > 0
 
+    @property
+    def shifts(self) -> bool:
+        return self.augment in ("shift", "shift+flip")
+
+    @property
+    def flips(self) -> bool:
+        return self.augment in ("flip", "shift+flip")
+
+
+def augment_kind(value: bool | str) -> str:
+    """Augmentation as a kind; `true` in older presets and records meant shifts and flips."""
+    if isinstance(value, bool):
+        return "shift+flip" if value else "none"
+    return value
+
 
 @dataclass(frozen=True)
 class Space:
     """Bounds of the search, read from a preset's [space] table.
 
-    A list of one value fixes that axis; it is then not suggested at all.
+    A list of one value fixes that axis; it is then not suggested at all. The axes after
+    batch_size came later: at their defaults they are off, as for the lab's runs.
     """
 
     conv_layers: tuple[int, int] = (1, 5)
@@ -90,82 +112,158 @@ class Space:
     optimizer: tuple[str, ...] = ("rmsprop",)
     batchnorm: tuple[bool, ...] = (False,)
     padding: tuple[str, ...] = ("valid",)
-    augment: tuple[bool, ...] = (False,)
+    augment: tuple[str, ...] = ("none",)
     batch_size: tuple[int, ...] = (64,)
+    head: tuple[str, ...] = ("flatten",)
+    schedule: tuple[str, ...] = ("constant",)
+    weight_decay: tuple[float, float] = (1e-5, 1e-3)  # searched only for AdamW
+    label_smoothing: tuple[float, float] = (0.0, 0.0)
+
+    def max_conv_layers(self) -> int:
+        """The most convs that fit a 28x28 image with the smallest kernel and no pooling."""
+        if "valid" not in self.padding or min(self.kernel) == 1:
+            return MAX_CONV_LAYERS
+        return min(MAX_CONV_LAYERS, (SIDE - 1) // (min(self.kernel) - 1))
+
+
+class Trial(Protocol):
+    """What :func:`suggest` asks of a trial: an optuna.Trial, or :class:`_Replay`."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
 
 
 # ---------------------------------------------------------------------------------------------
 # Hyperparameters to be tuned: every trial.suggest_* call is in this one function.
 # ---------------------------------------------------------------------------------------------
-def suggest(trial: optuna.Trial, space: Space) -> Config:
-    def choose(name: str, choices: tuple[Any, ...]) -> Any:
-        return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+def suggest(trial: Trial, space: Space) -> Config:
+    """A network the space allows and that can be built: no choice leaves the map too small.
 
-    def integer(name: str, bounds: tuple[int, int]) -> int:
+    Kernels and pools are offered only where the map leaves room for the convs that follow
+    (see _suggest_convs); the number of convs is bounded by what fits at all.
+    """
+
+    def choose(name: str, choices: tuple[Any, ...], allowed: tuple[Any, ...] | None = None) -> Any:
+        allowed = choices if allowed is None else allowed
+        if len(allowed) == 1:
+            return allowed[0]
+        if allowed != choices:
+            name += "_among_" + "_".join(str(c) for c in allowed)
+        return trial.suggest_categorical(name, allowed)
+
+    def between(name: str, bounds: tuple[float, float], **kw: Any) -> float:
         lo, hi = bounds
+        return lo if lo == hi else trial.suggest_float(name, lo, hi, **kw)
+
+    def integer(name: str, lo: int, hi: int) -> int:
         return lo if lo == hi else trial.suggest_int(name, lo, hi)
 
-    n_conv = integer("conv_layers", space.conv_layers)
-    convs = tuple(
-        Conv(
-            filters=choose(f"filters_{i}", space.filters),
-            kernel=choose(f"kernel_{i}", space.kernel),
-            pool=choose(f"pool_{i}", space.pool),
-        )
-        for i in range(1, n_conv + 1)
+    padding = choose("padding", space.padding)
+    n_conv = integer(
+        "conv_layers", space.conv_layers[0], min(space.conv_layers[1], space.max_conv_layers())
     )
+    convs = _suggest_convs(choose, space, n_conv, padding)
     dropout = choose("dropout", space.dropout)
-    rate = 0.0
-    if dropout != "none":
-        lo, hi = space.dropout_rate
-        rate = lo if lo == hi else trial.suggest_float("dropout_rate", lo, hi, step=0.05)
-    n_dense = integer("dense_layers", space.dense_layers)
-    dense = tuple(choose(f"dense_units_{i}", space.dense_units) for i in range(1, n_dense + 1))
-    lo, hi = space.learning_rate
-    lr = lo if lo == hi else trial.suggest_float("learning_rate", lo, hi, log=True)
+    rate = between("dropout_rate", space.dropout_rate, step=0.05) if dropout != "none" else 0.0
+    n_dense = integer("dense_layers", *space.dense_layers)
+    optimizer = choose("optimizer", space.optimizer)
     return Config(
         convs=convs,
-        dense=dense,
+        dense=tuple(choose(f"dense_units_{i}", space.dense_units) for i in range(1, n_dense + 1)),
         dropout=dropout,
         dropout_rate=rate,
         batchnorm=choose("batchnorm", space.batchnorm),
-        padding=choose("padding", space.padding),
+        padding=padding,
         augment=choose("augment", space.augment),
-        optimizer=choose("optimizer", space.optimizer),
-        learning_rate=lr,
+        optimizer=optimizer,
+        learning_rate=between("learning_rate", space.learning_rate, log=True),
         batch_size=choose("batch_size", space.batch_size),
+        head=choose("head", space.head),
+        schedule=choose("schedule", space.schedule),
+        weight_decay=(
+            between("weight_decay", space.weight_decay, log=True) if optimizer == "adamw" else 0.0
+        ),
+        label_smoothing=between("label_smoothing", space.label_smoothing, step=0.05),
     )
 
 
+def _suggest_convs(
+    choose: Callable[..., Any], space: Space, n_conv: int, padding: str
+) -> tuple[Conv, ...]:
+    """Each conv's filters, kernel and pool, leaving room for the convs that follow it.
+
+    Room is what the rest need with the smallest kernel and no pooling. A choice narrowed to
+    a strict subset is asked under its own name (`kernel_4_among_3_5`): an Optuna parameter
+    keeps one set of choices.
+    """
+    shrink = min(space.kernel) - 1 if padding == "valid" else 0
+
+    def room(after: int) -> int:  # the smallest map that `after` more convs can still take
+        return after * shrink + 1
+
+    side, convs = SIDE, []
+    for i in range(1, n_conv + 1):
+        need = room(n_conv - i)
+        filters = choose(f"filters_{i}", space.filters)
+        fits = tuple(k for k in space.kernel if padding == "same" or side - k + 1 >= need)
+        kernel = choose(f"kernel_{i}", space.kernel, fits)
+        side = side - kernel + 1 if padding == "valid" else side
+        pools = tuple(p for p in space.pool if not p or (side >= 2 and side // 2 >= need))
+        pool = choose(f"pool_{i}", space.pool, pools or (False,))
+        side = side // 2 if pool else side
+        convs.append(Conv(filters=filters, kernel=kernel, pool=pool))
+    return tuple(convs)
+
+
+class _Replay:
+    """Answers :func:`suggest`'s questions from a configuration, and notes which were asked."""
+
+    def __init__(self, config: Config) -> None:
+        values: dict[str, Any] = {
+            f.name: getattr(config, f.name)
+            for f in fields(config)
+            if f.name not in ("convs", "dense")
+        }
+        values["conv_layers"] = len(config.convs)
+        values["dense_layers"] = len(config.dense)
+        for i, conv in enumerate(config.convs, start=1):
+            values |= {
+                f"filters_{i}": conv.filters,
+                f"kernel_{i}": conv.kernel,
+                f"pool_{i}": conv.pool,
+            }
+        values |= {f"dense_units_{i}": units for i, units in enumerate(config.dense, start=1)}
+        self.values = values
+        self.params: dict[str, Any] = {}
+
+    def _answer(self, name: str) -> Any:
+        value = self.values[name.split("_among_")[0]]
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._answer(name)
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return int(self._answer(name))
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return float(self._answer(name))
+
+
 def to_params(config: Config, space: Space) -> dict[str, Any]:
-    """The Optuna parameters that make :func:`suggest` return `config` (for enqueue_trial)."""
-    params: dict[str, Any] = {}
+    """The Optuna parameters that make :func:`suggest` return `config` (for enqueue_trial).
 
-    def put(name: str, value: Any, choices: tuple[Any, ...] | None = None) -> None:
-        if choices is None or len(choices) > 1:
-            params[name] = value
-
-    if space.conv_layers[0] != space.conv_layers[1]:
-        params["conv_layers"] = len(config.convs)
-    for i, conv in enumerate(config.convs, start=1):
-        put(f"filters_{i}", conv.filters, space.filters)
-        put(f"kernel_{i}", conv.kernel, space.kernel)
-        put(f"pool_{i}", conv.pool, space.pool)
-    put("dropout", config.dropout, space.dropout)
-    if config.dropout != "none" and space.dropout_rate[0] != space.dropout_rate[1]:
-        params["dropout_rate"] = config.dropout_rate
-    if space.dense_layers[0] != space.dense_layers[1]:
-        params["dense_layers"] = len(config.dense)
-    for i, units in enumerate(config.dense, start=1):
-        put(f"dense_units_{i}", units, space.dense_units)
-    if space.learning_rate[0] != space.learning_rate[1]:
-        params["learning_rate"] = config.learning_rate
-    put("batchnorm", config.batchnorm, space.batchnorm)
-    put("padding", config.padding, space.padding)
-    put("augment", config.augment, space.augment)
-    put("optimizer", config.optimizer, space.optimizer)
-    put("batch_size", config.batch_size, space.batch_size)
-    return params
+    They are the questions suggest() asks on the way to `config`, answered from it.
+    """
+    replay = _Replay(config)
+    suggest(replay, space)
+    return replay.params
 
 
 def outside(config: Config, space: Space) -> str | None:
@@ -265,7 +363,7 @@ def size(config: Config) -> Size:
         if conv.pool:
             side //= 2
             acts += side * side * channels
-    width = side * side * channels
+    width = channels if config.head == "gap" else side * side * channels
     for units in (*config.dense, NUM_CLASSES):
         params += (width + 1) * units
         flops += 2 * width * units
@@ -274,11 +372,14 @@ def size(config: Config) -> Size:
     return Size(params=params, flops=flops, activations=acts)
 
 
+AUGMENT_TOKENS = {"flip": "AugF", "shift": "AugS", "shift+flip": "Aug"}
+
+
 def describe(config: Config) -> str:
     """A readable architecture string such as C32k3-P-C64k3-P-C64k3-F-D128."""
     parts: list[str] = []
-    if config.augment:
-        parts.append("Aug")
+    if config.augment != "none":
+        parts.append(AUGMENT_TOKENS[config.augment])
     for conv in config.convs:
         token = f"C{conv.filters}k{conv.kernel}"
         if config.padding == "same":
@@ -290,58 +391,8 @@ def describe(config: Config) -> str:
             parts.append("P")
             if config.has_dropout_blocks:
                 parts.append(f"Dr{config.dropout_rate:g}")
-    parts.append("F")
+    parts.append("GAP" if config.head == "gap" else "F")
     if config.has_dropout_flatten:
         parts.append(f"Dr{config.dropout_rate:g}")
     parts += [f"D{units}" for units in config.dense]
     return "-".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Building, kept apart from training so retrain-best rebuilds from a stored Config.
-# ---------------------------------------------------------------------------------------------
-def build(config: Config, *, flip: bool = False, steps_per_execution: int = 1) -> keras.Model:
-    """A compiled model that takes raw uint8 images (N×28×28) and scales them itself."""
-    import keras
-    from keras import layers
-
-    reason = impossible(config)
-    if reason:
-        raise ValueError(f"Cannot build {describe(config)}: {reason}.")
-    inputs = keras.Input(shape=(SIDE, SIDE), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255)(inputs)
-    x = layers.Reshape((SIDE, SIDE, 1))(x)
-    if config.augment:
-        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant")(x)
-        if flip:
-            x = layers.RandomFlip("horizontal")(x)
-    for conv in config.convs:
-        x = layers.Conv2D(
-            conv.filters,
-            conv.kernel,
-            padding=config.padding,
-            activation=None if config.batchnorm else "relu",
-        )(x)
-        if config.batchnorm:
-            x = layers.BatchNormalization()(x)
-            x = layers.Activation("relu")(x)
-        if conv.pool:
-            x = layers.MaxPooling2D(2)(x)
-            if config.has_dropout_blocks:
-                x = layers.Dropout(config.dropout_rate)(x)
-    x = layers.Flatten()(x)
-    if config.has_dropout_flatten:
-        x = layers.Dropout(config.dropout_rate)(x)
-    for units in config.dense:
-        x = layers.Dense(units, activation="relu")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
-    model = keras.Model(inputs, outputs, name=describe(config).replace("-", "_"))
-    optimizer_cls = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
-    model.compile(
-        optimizer=optimizer_cls[config.optimizer](learning_rate=config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-        jit_compile=False,  # XLA measured 2-4x slower on CPU (see benchmarks/)
-    )
-    return model

@@ -26,9 +26,24 @@ class StudyError(SearchError):
     """The study does not exist, or does not match what the user asked for."""
 
 
+MAX_TOTAL = 100_000  # the trial total of a search bounded by --hours alone
+
+
 def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; "tpe-grouped" models each group of parameters that occur together.
+
+    The space is conditional (a fifth conv's kernel exists only in five-conv networks), and
+    plain multivariate TPE models only the parameters every trial has.
+    """
     # Each worker gets its own seed so parallel workers do not suggest the same configuration.
-    return optuna.samplers.TPESampler(seed=preset.seed + worker, n_startup_trials=10)
+    seed = preset.seed + worker
+    if preset.sampler == "tpe-grouped":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=preset.startup_trials, multivariate=True, group=True
+            )
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=preset.startup_trials)
 
 
 def pruner(preset: Preset) -> optuna.pruners.BasePruner:
@@ -36,10 +51,14 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()  # Optuna does not prune multi-objective studies
     if preset.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=preset.epochs, reduction_factor=3
+            min_resource=preset.pruner_min_epochs,
+            max_resource=preset.epochs,
+            reduction_factor=preset.pruner_reduction,
         )
     if preset.pruner == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=preset.pruner_min_epochs, reduction_factor=preset.pruner_reduction
+        )
     if preset.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return optuna.pruners.NopPruner()
@@ -223,8 +242,32 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return result
 
 
+def trained(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward the total: it ended after at least one epoch.
+
+    A configuration rejected before training (impossible, over a budget) is recorded, as
+    pruned with its reason, but does not count.
+    """
+    if trial.state == TrialState.COMPLETE:
+        return True
+    epochs = trial.user_attrs.get("epochs_trained") or 0
+    return trial.state == TrialState.PRUNED and (epochs > 0 or bool(trial.intermediate_values))
+
+
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """The trials that count toward the study's total (see trained())."""
+    return sum(trained(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def set_deadline(study: optuna.Study, hours: float | None) -> None:
+    """No new trial starts `hours` from now, in any worker of the study; None: no limit."""
+    deadline = time.time() + hours * 3600 if hours else None
+    study.set_user_attr("deadline", deadline)
+
+
+def time_is_up(study: optuna.Study) -> bool:
+    deadline = study.user_attrs.get("deadline")
+    return deadline is not None and time.time() >= deadline
 
 
 def best(study: optuna.Study) -> FrozenTrial | None:
@@ -304,11 +347,13 @@ def prepare(
     trials: int | None = None,
     max_params: int | None = None,
     objective: str | None = None,
+    hours: float | None = None,
 ) -> Prepared:
     """Create the study `name` from `preset`, or resume it, with the total it will run to.
 
     Resuming keeps the study's own settings for what the caller leaves out (None), not the
-    preset file's defaults: its budget, its objective and its trial total.
+    preset file's defaults: its budget, its objective, its hours and its trial total. Hours
+    count from now; `hours` without a trial total, on a new study, runs as many as fit.
     """
     name = name or preset.name
     url = storage_mod.resolve(url)
@@ -319,17 +364,19 @@ def prepare(
         if not created:
             old_study, old = load(rdb, name)
             preset = dataclasses.replace(
-                preset, max_params=old.max_params, objective=old.objective
+                preset, max_params=old.max_params, objective=old.objective, hours=old.hours
             )
             stored_total = old_study.user_attrs.get("trials")
         preset = dataclasses.replace(
             preset,
             max_params=max_params or preset.max_params,
             objective=objective or preset.objective,
+            hours=hours or preset.hours,
         )
-        total = trials or stored_total or preset.trials
+        total = trials or stored_total or (MAX_TOTAL if hours else preset.trials)
         study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
+        set_deadline(study, preset.hours)
     lost = recover(study)
     return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search import network
 from search.space import Config
 
 if TYPE_CHECKING:
@@ -72,17 +73,27 @@ def fit(
     callbacks: list[keras.callbacks.Callback] | None = None,
     on_epoch: Callable[[int], None] = lambda epoch: None,
     history: History | None = None,
+    patience: int = 3,
 ) -> History:
-    """Train `model` on uint8 images (the model scales them itself); metrics go to `history`."""
+    """Train `model` on uint8 images (the model scales them itself); metrics go to `history`.
+
+    The configuration's schedule watches val_loss, or the training loss without validation;
+    `patience` is early stopping's, which a reduce-on-plateau schedule stays within.
+    """
     history = history if history is not None else History()
+    if validation is not None:
+        validation = (validation[0], network.targets(config, validation[1], train=False))
+    schedule = network.callbacks(
+        config, monitor="val_loss" if validation else "loss", patience=patience
+    )
     model.fit(
         x,
-        y,
+        network.targets(config, y, train=True),
         batch_size=config.batch_size,
         epochs=epochs,
         validation_data=validation,
         validation_batch_size=VAL_BATCH,
-        callbacks=[_recorder(history, on_epoch), *(callbacks or [])],
+        callbacks=[_recorder(history, on_epoch), *schedule, *(callbacks or [])],
         verbose=0,
     )
     return history

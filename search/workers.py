@@ -142,7 +142,7 @@ def run_study(
 def _check_done(study: optuna.Study, total: int, errors: dict[int, str], url: str) -> None:
     """Workers that stopped short of the total: the first error, or that they stopped."""
     done = study_mod.finished(study)
-    if done >= total:
+    if done >= total or (study_mod.time_is_up(study) and not errors):
         return
     if errors:
         index, message = next(iter(errors.items()))

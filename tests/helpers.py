@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from search import storage
 from search.cli import cli
-from search.study import FINISHED
+from search.study import trained
 
 # Heartbeats every second and a grace of 4 s: a dead worker's trial fails in 4 s, not minutes.
 HEARTBEAT = {storage.ENV_HEARTBEAT: "1", storage.ENV_GRACE: "4"}
@@ -118,9 +118,9 @@ def popen(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
 
 
 def check_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
-    """Several workers ran exactly `total` finished trials between them, and left none open."""
+    """Several workers ran exactly `total` trained trials between them, and left none open."""
     states = [t.state for t in trials]
-    assert sum(s in FINISHED for s in states) == total  # exactly, not at least
+    assert sum(trained(t) for t in trials) == total  # exactly, not at least
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))  # unique, without gaps

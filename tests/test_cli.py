@@ -141,3 +141,23 @@ def test_help_shows_an_example_for_every_command() -> None:
     for name in cli.commands:
         result = run(name, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, name
+
+
+def test_hours_bound_the_search_and_a_rerun_keeps_them(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    preset = write_preset(tmp_path, "small")
+    result = run("start", "--preset", str(preset), "--trials", "50", "--hours", "0.005")
+    assert result.exit_code == 0, result.output  # running out of time is not a failure
+    assert "No new trial starts after 0.005 h." in result.output
+    assert "Time is up with " in result.output and "of 50 trials trained; rerun" in result.output
+    study = load_study(private_storage)
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials())
+    assert done < 50  # 18 seconds hold a few trials of 2,000 images, not fifty
+    assert study.user_attrs["deadline"] is not None and study.user_attrs["trials"] == 50
+    again = run("start", "--preset", str(preset))  # resumes: the total and the hours kept
+    assert again.exit_code == 0, again.output
+    assert "50 trials" in again.output and "No new trial starts after 0.005 h." in again.output
+    hours_only = run("start", "--preset", str(preset), "--study", "open", "--hours", "0.001")
+    assert hours_only.exit_code == 0, hours_only.output
+    assert "100000 trials" in hours_only.output  # as many as fit in the time

@@ -23,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import datasets, loop, presets, storage, study
+from search import datasets, loop, presets, progress, storage, study
 from tests.helpers import check_exact, db_url, write_preset
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
@@ -99,13 +99,20 @@ def rdb(private_storage: Path) -> optuna.storages.RDBStorage:
 
 
 def scripted(outcomes: dict[int, str]) -> Callable[[optuna.Trial], float]:
-    """An objective whose trial n completes, is pruned or fails as outcomes[n] says."""
+    """An objective whose trial n completes, is pruned, rejected or fails as outcomes[n] says.
+
+    A pruned trial reported an epoch first; a rejected one ended before training.
+    """
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
         outcome = outcomes.get(trial.number, "complete")
         if outcome == "fail":
             raise ValueError("a configuration that fails")
+        if outcome == "rejected":
+            trial.set_user_attr("reason", "over the budget")
+            raise optuna.TrialPruned()
+        trial.report(x, 0)
         if outcome == "pruned":
             raise optuna.TrialPruned()
         return x
@@ -113,12 +120,12 @@ def scripted(outcomes: dict[int, str]) -> Callable[[optuna.Trial], float]:
     return objective
 
 
-def test_one_worker_runs_to_the_total_and_failures_do_not_count(
+def test_one_worker_runs_to_the_total_and_failures_and_rejections_do_not_count(
     rdb: optuna.storages.RDBStorage,
 ) -> None:
     s = optuna.create_study(storage=rdb, study_name="alone")
     seen: list[int] = []
-    objective = scripted({1: "fail", 2: "pruned"})
+    objective = scripted({1: "fail", 2: "pruned", 3: "rejected"})
     loop.run_trials(
         s,
         objective,
@@ -131,14 +138,16 @@ def test_one_worker_runs_to_the_total_and_failures_do_not_count(
         TrialState.COMPLETE,
         TrialState.FAIL,
         TrialState.PRUNED,
+        TrialState.PRUNED,
         TrialState.COMPLETE,
     ]
-    assert seen == [0, 1, 2, 3]  # every trial reached the callbacks, the failure too
+    assert [study.trained(t) for t in s.trials] == [True, False, True, False, True]
+    assert seen == [0, 1, 2, 3, 4]  # every trial reached the callbacks, the failure too
     assert {t.user_attrs["worker"] for t in s.trials} == {f"{socket.gethostname()}:{os.getpid()}"}
     loop.run_trials(s, objective, 3, storage=rdb)  # at its total: nothing more
-    assert len(s.trials) == 4
+    assert len(s.trials) == 5
     loop.run_trials(s, objective, 5, storage=rdb)  # a larger total: only the remainder
-    assert study.finished(s) == 5 and len(s.trials) == 6
+    assert study.finished(s) == 5 and len(s.trials) == 7
 
 
 def test_stop_ends_the_loop_between_trials(rdb: optuna.storages.RDBStorage) -> None:
@@ -217,3 +226,34 @@ def test_a_worker_loads_its_data_once_and_runs_real_trials(
     first = s.trials[0]
     assert first.user_attrs["baseline"] == "lab test 9" and first.state == TrialState.COMPLETE
     assert first.user_attrs["val_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_rejected_networks_are_recorded_but_the_total_counts_trained_trials(
+    rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
+) -> None:
+    """Both lab runs are over a budget of 100,000 parameters: the study still trains three."""
+    preset = dataclasses.replace(
+        presets.load(write_preset(tmp_path, "small", "over_budget")), epochs=1
+    )
+    s, _ = study.create_or_load(rdb, "tiny", preset)
+    lines: list[str] = []
+    loop.run_worker(s, preset, 3, storage=rdb, log=lines.append, threads=1)
+    trained = [t for t in s.trials if study.trained(t)]
+    rejected = [t for t in s.trials if t.state == TrialState.PRUNED and not study.trained(t)]
+    assert len(trained) == 3 == study.finished(s)
+    assert len(rejected) >= 2  # at least the two lab runs, each with its reason
+    assert all("exceed the budget of 100,000" in t.user_attrs["reason"] for t in rejected)
+    assert all(t.user_attrs["epochs_trained"] >= 1 for t in trained)
+    assert any(" REJECTED: " in line for line in lines)
+    assert sum(line.startswith("trial 3/3 ") for line in lines) == 1
+
+
+def test_a_budget_that_nothing_fits_stops_after_a_bounded_run_of_rejections(
+    rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
+) -> None:
+    preset = dataclasses.replace(presets.load(write_preset(tmp_path, "small")), max_params=1000)
+    s, _ = study.create_or_load(rdb, "tiny", preset)
+    with pytest.raises(study.StudyError, match=r"The last 50 configurations .* budget of 1,000"):
+        loop.run_worker(s, preset, 3, storage=rdb, log=lambda line: None, threads=1)
+    assert len(s.trials) == progress.MAX_REJECTIONS_IN_A_ROW  # no trial trained, no endless loop
+    assert study.finished(s) == 0

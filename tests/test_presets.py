@@ -6,6 +6,7 @@ The CLI's sentence for the same mistakes is in test_errors.py; random junk in te
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ def test_the_objective_decides_directions_and_metric_names(tmp_path: Path) -> No
         ["val_loss", "params"],
     )
     assert sized.fingerprint() != tiny.fingerprint()  # never mixed in one study
+
+
+def test_a_preset_stored_before_the_recipe_axes_still_matches_its_file() -> None:
+    """Studies made before head, schedule, weight decay, label smoothing and augmentation
+    kinds existed resume: their stored preset lacks those keys and says augment [false]."""
+    demo = presets.load("demo")
+    stored = json.loads(demo.to_json())
+    for key in ("head", "schedule", "weight_decay", "label_smoothing"):
+        del stored["space"][key]
+    stored["space"]["augment"] = [False]
+    for key in ("hours", "sampler", "startup_trials", "final_epochs", "final_schedule"):
+        del stored[key]
+    old = presets.from_json(json.dumps(stored))
+    assert old.fingerprint() == demo.fingerprint() and old.space.augment == ("none",)
+
+
+def test_digits_are_never_flipped(tmp_path: Path) -> None:
+    path = tmp_path / "digits.toml"
+    path.write_text('dataset = "mnist"\n[space]\naugment = ["none", "flip"]\n')
+    with pytest.raises(presets.PresetError, match="'space.augment' may not flip"):
+        presets.load(path)

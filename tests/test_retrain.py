@@ -6,6 +6,7 @@ disk in test_errors.py.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -90,3 +91,13 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     attrs = optuna.load_study(study_name="tiny", storage=db_url(private_storage)).user_attrs
     assert attrs["retrain"]["test_accuracy"] == result.test_accuracy
     assert attrs["test_accuracy"] == round(result.test_accuracy, 4)
+
+
+def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Path) -> None:
+    lab = presets.load(write_preset(tmp_path))  # final_epochs 1, final_schedule "same"
+    trial = trained(0.6, best_epoch=2)
+    assert retrain.final_plan(trial, lab) == (SMALL, 2, lab.epochs)  # the lab's protocol
+    longer = dataclasses.replace(lab, final_epochs=1.5, final_schedule="cosine")
+    config, epochs, planned = retrain.final_plan(trial, longer)
+    assert (config.schedule, epochs, planned) == ("cosine", 3, 3)  # decays to zero at the end
+    assert dataclasses.replace(config, schedule=SMALL.schedule) == SMALL

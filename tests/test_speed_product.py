@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from search import datasets, presets
+from search.network import build
 from search.runtime import configure
-from search.space import Config, Conv, build
+from search.space import Config, Conv
 from search.training import fit
 
 IMAGES = 1100  # 18 batches of 64: one full execution of 16 steps and a partial one of 2

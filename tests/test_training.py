@@ -7,8 +7,9 @@ import math
 import pytest
 
 from search.datasets import Split
+from search.network import build
 from search.runtime import configure
-from search.space import Config, Conv, build
+from search.space import Config, Conv
 from search.training import History, fit
 
 NAN, INF = math.nan, math.inf

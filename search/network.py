@@ -1,0 +1,161 @@
+"""Keras models from a Config: build, the training recipe, and an ensemble of final models.
+
+Kept apart from the search space, so retrain-best rebuilds a network from a stored Config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from search.space import NUM_CLASSES, SIDE, Config, describe, impossible
+
+if TYPE_CHECKING:
+    import keras
+
+SHIFT = 0.1  # random translations of up to 10 % of the image each way
+PLATEAU_FACTOR = 0.3  # reduce-on-plateau multiplies the learning rate by this
+
+
+def build(
+    config: Config,
+    *,
+    flip: bool = False,
+    steps_per_execution: int = 1,
+    decay_steps: int | None = None,
+) -> keras.Model:
+    """A compiled model that takes raw uint8 images (N×28×28) and scales them itself.
+
+    `flip` says whether the dataset allows mirrored images; `decay_steps` is the length of a
+    cosine schedule (the planned epochs times the steps per epoch).
+    """
+    import keras
+
+    reason = impossible(config)
+    if reason:
+        raise ValueError(f"Cannot build {describe(config)}: {reason}.")
+    inputs = keras.Input(shape=(SIDE, SIDE), dtype="uint8", name="image")
+    outputs = _layers(config, inputs, flip)
+    model = keras.Model(inputs, outputs, name=describe(config).replace("-", "_"))
+    model.compile(
+        optimizer=optimizer(config, decay_steps),
+        # Label smoothing lives in the targets (see targets()), so val_loss stays the plain
+        # cross-entropy that every trial is compared on.
+        loss=(
+            "categorical_crossentropy"
+            if config.label_smoothing
+            else "sparse_categorical_crossentropy"
+        ),
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+        jit_compile=False,  # XLA measured 2-4x slower on CPU (see benchmarks/)
+    )
+    return model
+
+
+def _layers(config: Config, inputs: Any, flip: bool) -> Any:
+    """The network's layers from raw images to the softmax, applied to `inputs`."""
+    from keras import layers
+
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.Reshape((SIDE, SIDE, 1))(x)
+    if config.shifts:
+        x = layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant")(x)
+    if config.flips and flip:
+        x = layers.RandomFlip("horizontal")(x)
+    for conv in config.convs:
+        x = layers.Conv2D(
+            conv.filters,
+            conv.kernel,
+            padding=config.padding,
+            activation=None if config.batchnorm else "relu",
+        )(x)
+        if config.batchnorm:
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        if conv.pool:
+            x = layers.MaxPooling2D(2)(x)
+            if config.has_dropout_blocks:
+                x = layers.Dropout(config.dropout_rate)(x)
+    x = layers.GlobalAveragePooling2D()(x) if config.head == "gap" else layers.Flatten()(x)
+    if config.has_dropout_flatten:
+        x = layers.Dropout(config.dropout_rate)(x)
+    for units in config.dense:
+        x = layers.Dense(units, activation="relu")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
+    return outputs
+
+
+def optimizer(config: Config, decay_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The configured optimiser, on a cosine schedule where the configuration asks for one."""
+    import keras
+
+    rate: Any = config.learning_rate
+    if config.schedule == "cosine" and decay_steps:
+        rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=rate)
+    return keras.optimizers.RMSprop(learning_rate=rate)
+
+
+def decay_steps(config: Config, images: int, epochs: int) -> int:
+    """Training steps in `epochs` epochs of `images` images: a cosine schedule's length."""
+    return epochs * -(-images // config.batch_size)
+
+
+def callbacks(config: Config, *, monitor: str, patience: int) -> list[keras.callbacks.Callback]:
+    """What the schedule needs during fit: reduce-on-plateau watches `monitor`."""
+    import keras
+
+    if config.schedule != "plateau":
+        return []
+    # Half the early-stopping patience, so the rate drops before early stopping gives up.
+    wait = max(1, patience // 2)
+    return [
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=PLATEAU_FACTOR, patience=wait)
+    ]
+
+
+def targets(config: Config, labels: np.ndarray, *, train: bool) -> np.ndarray:
+    """The labels in the form the model's loss takes.
+
+    Integer labels, or, with label smoothing, one-hot rows: smoothed for training, exact for
+    validation and test, so the reported loss is the plain cross-entropy.
+    """
+    if not config.label_smoothing:
+        return labels
+    rows = np.eye(NUM_CLASSES, dtype="float32")[labels.astype(int)]
+    if train:
+        rows = rows * (1 - config.label_smoothing) + config.label_smoothing / NUM_CLASSES
+    return rows
+
+
+def for_inference(model: keras.Model) -> keras.Model:
+    """Compile for raw images and integer labels, as every saved model takes them.
+
+    The training optimiser's state is not needed once training is over: a fresh one replaces
+    it.
+    """
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # Built now, so the saved file holds the slots that loading it expects: no warning then.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def ensemble(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
+    """One model that averages its members' softmax outputs on the same raw images."""
+    import keras
+
+    inputs = keras.Input(shape=(SIDE, SIDE), dtype="uint8", name="image")
+    parts = []
+    for i, member in enumerate(members, start=1):
+        # Uncompiled copies: a member's training optimiser has no place in the saved file.
+        part = keras.models.clone_model(member)
+        part.set_weights(member.get_weights())
+        part.name = f"member_{i}"
+        parts.append(part)
+    outputs = keras.layers.Average()([part(inputs) for part in parts])
+    return for_inference(keras.Model(inputs, outputs, name=name))

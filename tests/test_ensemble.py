@@ -1,0 +1,70 @@
+"""retrain-best --ensemble K: distinct members, one saved model, each accuracy recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from search import datasets, ensemble, presets, report, storage, study
+from search.space import Config, Conv
+from search.study import StudyError
+from tests.helpers import db_url, run, write_preset
+
+ONE = Config(convs=(Conv(16, 3, True),), dense=(32,))
+TWO = Config(convs=(Conv(16, 3, True), Conv(32, 3, True)), dense=(32,), head="gap")
+
+
+def trained(value: float, config: Config) -> optuna.trial.FrozenTrial:
+    return create_trial(
+        state=TrialState.COMPLETE,
+        value=value,
+        params={},
+        distributions={},
+        user_attrs={"config": config.to_json(), "best_epoch": 1, "seed": 5},
+    )
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path, private_storage: Path) -> optuna.Study:
+    preset = presets.load(write_preset(tmp_path))
+    s, _ = study.create_or_load(storage.open_storage(db_url(private_storage)), "tiny", preset)
+    for value, config in ((0.5, ONE), (0.4, ONE), (0.6, TWO), (0.9, TWO)):
+        s.add_trial(trained(value, config))
+    return s
+
+
+def test_members_are_the_best_trials_with_distinct_configurations(
+    tiny_study: optuna.Study,
+) -> None:
+    chosen = ensemble.distinct_best(tiny_study, 2)
+    assert [t.value for t in chosen] == [0.4, 0.6]  # 0.5 repeats the best one's network
+    with pytest.raises(StudyError, match="2 distinct completed trial.*fewer than the 3"):
+        ensemble.distinct_best(tiny_study, 3)
+
+
+def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
+    tiny_study: optuna.Study, private_storage: Path, fashion_dir: Path
+) -> None:
+    result = run("retrain-best", "--study", "tiny", "--ensemble", "2")
+    assert result.exit_code == 0, result.output
+    assert "Ensemble of 2 (" in result.output and result.output.count("  member #") == 2
+    record = tiny_study.user_attrs["ensemble"]
+    members = record["members"]
+    assert [m["architecture"] for m in members] == ["C16k3-P-F-D32", "C16k3-P-C32k3-P-GAP-D32"]
+    assert all(m["test_accuracy"] > 0.2 for m in members)  # one epoch each; chance is 0.1
+    assert record["test_accuracy"] > 0.5 and record["params"] == sum(m["params"] for m in members)
+    path = private_storage / "models" / "tiny-ensemble2.keras"
+    assert record["model_path"] == str(path)
+    model = keras.models.load_model(path)  # one file that takes raw images
+    x_test, y_test = datasets.load_test("fashion_mnist", fashion_dir)
+    accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
+    assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-4)
+    section = "\n".join(report._ensemble_section(record))
+    assert "## Ensemble of 2" in section and "**the ensemble**" in section
+    both = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--trial", "1")
+    assert both.exit_code == 2 and "not both" in both.output
