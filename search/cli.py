@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
-import traceback
 from pathlib import Path
-from typing import Any
 
 import click
 import optuna
@@ -17,52 +14,9 @@ from search import storage as storage_mod
 from search import study as study_mod
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from search.datasets import DATASETS
-from search.errors import SearchError, first_line
 from search.loop import sigterm_as_interrupt
-from search.options import data_dir_option, storage_options, worker_options
+from search.options import Group, data_dir_option, storage_options, worker_options
 from search.presets import OBJECTIVES
-
-
-class Group(click.Group):
-    """Turns every failure into one sentence and exit code 1; --debug shows the traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SearchError as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo(
-                "\nInterrupted. The study is consistent; rerun the same command to resume.",
-                err=True,
-            )
-            sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                traceback.print_exc()
-            else:
-                first = storage_mod.scrub(first_line(e), _storage_argument())
-                click.echo(
-                    f"Error: unexpected {type(e).__name__}: {first} "
-                    "(rerun with --debug for the full traceback).",
-                    err=True,
-                )
-            sys.exit(1)
-
-
-def _storage_argument() -> str | None:
-    """The storage URL this command was given, to scrub its password from stray messages."""
-    args = sys.argv[1:]
-    for i, arg in enumerate(args):
-        if arg.startswith("--storage="):
-            return arg.split("=", 1)[1]
-        if arg == "--storage" and i + 1 < len(args):
-            return args[i + 1]
-    return os.environ.get(storage_mod.ENV_URL)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
