@@ -182,8 +182,17 @@ def test_dropout_and_other_settings_are_described() -> None:
         analysis.describe_dropout(Config(convs=LAB_9.convs, dropout="blocks", dropout_rate=0.3))
         == "0.3 after each pooled block"
     )
-    assert analysis.describe_other(Config(convs=LAB_9.convs, augment=True)) == (
-        "lr 0.001, augmentation"
+    recipe = Config(
+        convs=LAB_9.convs,
+        augment="flip",
+        optimizer="adamw",
+        weight_decay=1e-4,
+        schedule="cosine",
+        label_smoothing=0.1,
+    )
+    assert analysis.describe_other(recipe) == (
+        "lr 0.001, AdamW, augmentation (flip), weight decay 0.0001, cosine schedule, "
+        "label smoothing 0.1"
     )
 
 
