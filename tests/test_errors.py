@@ -20,6 +20,7 @@ from click.testing import Result
 from search import storage
 from search.cli import cli
 from search.errors import SearchError, first_line
+from search.study import trained
 from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
 
 
@@ -214,8 +215,14 @@ def test_over_budget_and_over_memory_are_rejected_untrained(
 def test_a_batch_too_big_for_memory_is_rejected_untrained(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    # Batches of ten million images: the estimate runs to terabytes on any machine.
-    trial = started(tmp_path, "huge_batch", trials=1).trials[0]
+    # Batches of ten million images: the estimate runs to terabytes on any machine, so no
+    # configuration fits, and the search stops after a bounded run of rejections.
+    result = run("start", "--preset", str(write_preset(tmp_path, "huge_batch")), "--trials", "1")
+    assert result.exit_code == 1
+    assert "The last 50 configurations were all rejected before training" in result.output
+    trials = load_study(storage.home()).trials
+    assert len(trials) == 50  # bounded: it never loops
+    trial = trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED and not trial.intermediate_values
     assert "training would need about" in trial.user_attrs["reason"]
     assert "GiB available" in trial.user_attrs["reason"]
@@ -252,12 +259,7 @@ def test_interrupt_marks_the_trial_failed_and_resume_reaches_the_total(
 
     assert run("start", "--preset", str(preset), "--trials", "2").exit_code == 0
     study = load_study(private_storage)
-    finished = [
-        t
-        for t in study.trials
-        if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL
-    ]
-    assert len(finished) == 2
+    assert sum(trained(t) for t in study.trials) == 2  # rejected networks do not count
 
 
 # 12. A full disk when saving the model: a clear error, the records intact ---------------------

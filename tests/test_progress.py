@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search import progress
-from search.progress import MAX_CONSECUTIVE_FAILURES, Progress
+from search.progress import MAX_CONSECUTIVE_FAILURES, MAX_REJECTIONS_IN_A_ROW, Progress
 from tests.helpers import db_url
 
 
@@ -49,15 +49,25 @@ def test_one_line_per_finished_trial_with_the_best_so_far(sqlite: str) -> None:
         callbacks=[Progress(4, lines.append)],
     )
     assert lines == [
-        "trial 1/4 (#0) PRUNED: too big | C8k3-F-D32",  # nothing has completed yet
-        "trial 2/4 (#1) COMPLETE: val_loss 0.4000 val_accuracy 0.8100 | C16k3-F-D32 | "
+        # Rejected before training: recorded, not counted.
+        "trial 0/4 (#0) REJECTED: too big | C8k3-F-D32",  # nothing has completed yet
+        "trial 1/4 (#1) COMPLETE: val_loss 0.4000 val_accuracy 0.8100 | C16k3-F-D32 | "
         "best #1 val_loss 0.4000 val_accuracy 0.8100",
-        # A failure is not counted among the finished trials: 2/4 again.
-        "trial 2/4 (#2) FAIL: training failed: ValueError: bad | C24k3-F-D32 | "
+        # A failure is not counted among the finished trials: 1/4 again.
+        "trial 1/4 (#2) FAIL: training failed: ValueError: bad | C24k3-F-D32 | "
         "best #1 val_loss 0.4000 val_accuracy 0.8100",
-        "trial 3/4 (#3) COMPLETE: val_loss 0.2000 val_accuracy 0.8300 | C32k3-F-D32 | "
+        "trial 2/4 (#3) COMPLETE: val_loss 0.2000 val_accuracy 0.8300 | C32k3-F-D32 | "
         "best #3 val_loss 0.2000 val_accuracy 0.8300",
     ]
+
+
+def test_a_worker_stops_after_a_run_of_rejections_and_names_the_last_reason(sqlite: str) -> None:
+    study = optuna.create_study(storage=sqlite)
+    watch = Progress(5, lambda line: None)
+    outcomes = {n: "pruned" for n in range(200)}  # nothing fits
+    study.optimize(trial_that(outcomes), n_trials=200, callbacks=[watch])
+    assert len(study.trials) == MAX_REJECTIONS_IN_A_ROW and watch.gave_up
+    assert watch.rejected_out is not None and "(the last: too big)" in watch.rejected_out
 
 
 def test_a_worker_gives_up_after_failures_in_a_row_only(sqlite: str) -> None:
