@@ -172,16 +172,19 @@ def test_counts_best_and_the_pareto_front(tiny: Preset, private_storage: Path) -
     sized = study.prepare(tiny, url=None, objective="val_loss+params").study
     for values in ([0.50, 1000], [0.40, 9000], [0.45, 12_000], [0.60, 800]):
         sized.add_trial(create_trial(values=values, params={}, distributions={}))
-    sized.add_trial(create_trial(state=TrialState.PRUNED, params={}, distributions={}))
+    pruned = {"state": TrialState.PRUNED, "params": {}, "distributions": {}}
+    sized.add_trial(create_trial(**pruned, intermediate_values={0: 0.9}))  # after an epoch
+    sized.add_trial(create_trial(**pruned, user_attrs={"reason": "over budget"}))  # untrained
     sized.add_trial(create_trial(state=TrialState.FAIL, params={}, distributions={}))
     counts = study.counts(sized)
     assert (counts["WAITING"], counts["COMPLETE"], counts["PRUNED"], counts["FAIL"]) == (
         2,
         4,
-        1,
+        2,
         1,
     )
-    assert study.finished(sized) == 5  # complete and pruned; a failure is not counted
+    # Complete, and pruned after training; neither a rejection nor a failure counts.
+    assert study.finished(sized) == 5
     best = study.best(sized)
     assert best is not None and best.values == [0.40, 9000]  # the lowest val_loss
     front = study.pareto(sized)
