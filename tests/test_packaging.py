@@ -100,8 +100,8 @@ def test_an_installed_wheel_lists_and_starts_a_shipped_preset_from_anywhere(
     assert rows == [["demo", "shipped"], ["fashion_mnist", "shipped"], ["mnist", "shipped"]]
     assert re.search(r"Shipped presets are in \S+/site-packages/search/studies;", listed.stdout)
 
-    # The demo preset as shipped, one trial. A budget of one parameter ends that trial at once
-    # as pruned (the cost guard), so the test does not train 20,000 images for 4 epochs.
+    # The demo preset as shipped, with a budget of a few milliseconds: the study is made and
+    # the data read, and the time is up before 20,000 images train for 4 epochs.
     started = outside(
         installed,
         tmp_path,
@@ -111,19 +111,20 @@ def test_an_installed_wheel_lists_and_starts_a_shipped_preset_from_anywhere(
         "demo",
         "--trials",
         "1",
-        "--max-params",
-        "1",
+        "--hours",
+        "0.000001",
         "--data-dir",
         str(fashion_dir),
     )
     assert started.returncode == 0, started.stdout + started.stderr
     assert "Study 'demo' (new): 1 trials, preset demo" in started.stdout
-    assert "trial 1/1 (#0) PRUNED: 130,890 parameters exceed the budget of 1" in started.stdout
+    assert "Data: 20,000 training and 2,000 validation images" in started.stdout
+    assert "Time is up with 0 of 1 trials trained" in started.stdout
     study = optuna.load_study(
         study_name="demo", storage=f"sqlite:///{tmp_path / 'storage' / 'search.db'}"
     )
     assert study.user_attrs["preset_name"] == "demo" and study.user_attrs["trials"] == 1
-    assert [t.state for t in study.get_trials()][0] == TrialState.PRUNED
+    assert [t.state for t in study.get_trials()][0] == TrialState.WAITING  # the lab's run, queued
 
 
 def test_the_image_installs_the_wheel_not_the_source_tree() -> None:
