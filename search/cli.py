@@ -117,6 +117,13 @@ def start(
         objective=objective,
         hours=hours,
     )
+    _echo_prepared(run)
+    _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
+    click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
+
+
+def _echo_prepared(run: study_mod.Prepared) -> None:
+    """Where the study lives, whether it is new, its total, and how it prunes and ends."""
     done = study_mod.finished(run.study)
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
     click.echo(
@@ -131,8 +138,6 @@ def start(
         + (f" No new trial starts after {run.preset.hours:g} h." if run.preset.hours else "")
     )
     _echo_lost(run.lost)
-    _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
-    click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
 @cli.command("presets")
