@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import pytest
-from matplotlib.image import imread
 from optuna.trial import TrialState
 
-from search import figures, final_figures
+from search import figures
 from search.figures import Skip
 from tests.test_analysis import LAB_9, lab_study, make_trial
 
@@ -85,25 +83,3 @@ def test_the_figures_skip_a_study_too_small_to_draw() -> None:
         figures.fig_importances(small)
     with pytest.raises(Skip, match="needs at least 2 completed trials; this study has 1"):
         figures.fig_parallel(small)
-    with pytest.raises(Skip, match="no per-epoch history"):
-        final_figures.fig_curves(small, {"trial": 1, "epochs": 1, "history": {}})
-
-
-def test_the_final_model_s_figures_count_right_and_wrong(tmp_path: Path) -> None:
-    names = tuple(f"class {i}" for i in range(10))
-    y_true = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 2)
-    y_pred = y_true.copy()
-    y_pred[:5] = 9  # five wrong, the first five
-    confusion = final_figures.fig_confusion(y_true, y_pred, names)
-    assert confusion.axes[0].get_title() == (
-        "Confusion matrix on the 20 test images (accuracy 75.00%)"
-    )
-    images = np.zeros((20, 28, 28))
-    grid = final_figures.fig_predictions(images, y_true, y_pred, names)
-    assert grid.get_suptitle().startswith("The first 15 test images, predicted (true): 10 of 15")
-    assert grid.axes[0].get_title() == "class 9 (class 0)"
-    assert grid.axes[0].title.get_color() == figures.WRONG
-    figures.save(grid, tmp_path / "grid.png")
-    height, width = imread(tmp_path / "grid.png").shape[:2]
-    assert height > 300 and width > 400
-    assert plt.fignum_exists(grid.number) is False  # save frees the figure
