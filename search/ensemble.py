@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.network import ensemble
 from search.presets import Preset
-from search.retrain import save_or_explain, test, train_on_all
+from search.retrain import save_or_explain, test, test_set, train_on_all
 from search.runtime import Log
 from search.space import describe, size
 from search.storage import safe_name
@@ -79,13 +79,14 @@ def retrain_ensemble(
         model, history, _ = train_on_all(trial, preset, data_dir=data_dir, log=log, fresh=i == 0)
         models.append(model)
         epochs.append(len(history.loss))
+    tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
     for trial, model, n in zip(trials, models, epochs, strict=True):
         config = config_of(trial)
-        _, accuracy = test(model, preset, data_dir)
+        _, accuracy = test(model, tests)
         members.append(Member(trial.number, describe(config), size(config).params, n, accuracy))
     combined = ensemble(models, name=f"ensemble_of_{k}")
-    test_loss, test_accuracy = test(combined, preset, data_dir)
+    test_loss, test_accuracy = test(combined, tests)
     path = out_dir / "models" / f"{safe_name(study.study_name)}-ensemble{k}.keras"
     result = EnsembleResult(
         members=tuple(members),

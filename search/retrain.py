@@ -157,10 +157,17 @@ def train_on_all(
     return for_inference(model), history, len(images)
 
 
-def test(model: keras.Model, preset: Preset, data_dir: str | None) -> tuple[float, float]:
-    """Test loss and accuracy on the test set: the only place it is read."""
-    x_test, y_test = datasets.load_test(preset.dataset, data_dir)
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=1024, verbose=0)
+TestSet = tuple[np.ndarray, np.ndarray]
+
+
+def test_set(preset: Preset, data_dir: str | None) -> TestSet:
+    """The test images and labels: read here only, after every model is trained."""
+    return datasets.load_test(preset.dataset, data_dir)
+
+
+def test(model: keras.Model, images_and_labels: TestSet) -> tuple[float, float]:
+    """Test loss and accuracy of a trained model."""
+    loss, accuracy = model.evaluate(*images_and_labels, batch_size=1024, verbose=0)
     return float(loss), float(accuracy)
 
 
@@ -176,7 +183,7 @@ def retrain(
     """Retrain a trial (the best by default) on all training images, test it once, save it."""
     trial = pick(study, number)
     model, history, train_images = train_on_all(trial, preset, data_dir=data_dir, log=log)
-    test_loss, test_accuracy = test(model, preset, data_dir)
+    test_loss, test_accuracy = test(model, test_set(preset, data_dir))
     path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
     config = config_of(trial)
     result = Result(
