@@ -14,7 +14,7 @@ from search import storage as storage_mod
 from search import study as study_mod
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from search.datasets import DATASETS
-from search.loop import sigterm_as_interrupt
+from search.interrupt import sigterm_as_interrupt
 from search.options import Group, data_dir_option, storage_options, worker_options
 from search.presets import OBJECTIVES
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import datasets
+from search import datasets, interrupt
 from search import storage as storage_mod
 from search.objective import Objective
 from search.presets import Preset
@@ -22,24 +21,6 @@ from search.study import StudyError, finished, recover, time_is_up, trained
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends a worker the way Ctrl-C does, so its running trial is not left RUNNING."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
@@ -103,6 +84,7 @@ def run_trials(
     poll = min(5, storage.heartbeat_interval or 5)
     waiting = False
     while not stop():
+        interrupt.check()  # a stop whose raise was swallowed still ends the loop here
         with ExitStack() as slot:
             slot.enter_context(
                 storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
@@ -161,7 +143,7 @@ def run_worker(
     )
     objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
     progress = Progress(total, log)
-    with sigterm_as_interrupt():
+    with interrupt.sigterm_as_interrupt():
         run_trials(
             study,
             objective,

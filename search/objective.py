@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
+from search import interrupt
 from search.datasets import Split
 from search.errors import first_line
 from search.network import build, decay_steps
@@ -120,14 +121,14 @@ class Objective:
         return cost
 
     def callbacks(self, trial: optuna.Trial) -> list[keras.callbacks.Callback]:
-        """Early stopping, and pruning on val_loss (Optuna prunes single-objective studies)."""
+        """Early stopping, the interrupt check, and pruning on val_loss (single-objective only)."""
         import keras
         from optuna_integration import KerasPruningCallback
 
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience)
         if self.preset.multi_objective:
-            return [stop]
-        return [stop, KerasPruningCallback(trial, "val_loss")]
+            return [stop, interrupt.keras_callback()]
+        return [stop, interrupt.keras_callback(), KerasPruningCallback(trial, "val_loss")]
 
     def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
         """Fit with early stopping and pruning on val_loss; a failure is recorded, then raised."""

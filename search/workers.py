@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
 
-from search import loop
+from search import interrupt, loop
 from search import storage as storage_mod
 from search import study as study_mod
 from search.errors import SearchError, first_line
@@ -171,7 +171,7 @@ def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
         processes.append(process)
 
     try:
-        with loop.sigterm_as_interrupt():
+        with interrupt.sigterm_as_interrupt():
             _relay(readers, log, errors)
     except KeyboardInterrupt:
         # Each worker fails its running trial (SIGTERM reaches its trial loop as an interrupt),

@@ -6,8 +6,10 @@ run`), as a module and not as a conftest.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,21 @@ def load_study(folder: Path, name: str = "tiny") -> optuna.Study:
 
 def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class _SignalledWhileCollected:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs here, inside a finaliser, where its raise is swallowed
+
+
+def swallow_an_interrupt() -> None:
+    """SIGTERM arrives while a finaliser runs: Python swallows the KeyboardInterrupt raised.
+
+    This is what happens when a signal lands in a garbage collector's callback (SQLAlchemy's
+    registry has some), and it is what `search.interrupt` guards against.
+    """
+    _SignalledWhileCollected()  # collected at once
 
 
 def popen(command: list[str], **kwargs: Any) -> subprocess.Popen[str]:

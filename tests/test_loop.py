@@ -11,9 +11,7 @@ import dataclasses
 import multiprocessing
 import os
 import random
-import signal
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -23,8 +21,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import datasets, loop, presets, progress, storage, study
-from tests.helpers import check_exact, db_url, write_preset
+from search import datasets, interrupt, loop, presets, progress, storage, study
+from tests.helpers import check_exact, db_url, swallow_an_interrupt, write_preset
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
 
@@ -179,23 +177,21 @@ def test_a_trial_whose_worker_fell_silent_is_failed_and_run_again(
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == dead.params
 
 
-def test_sigterm_is_an_interrupt_inside_and_as_it_was_outside() -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with loop.sigterm_as_interrupt():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(10)  # the handler raises at once
-    assert signal.getsignal(signal.SIGTERM) is before
-    seen: list[object] = []
+def test_an_interrupt_swallowed_mid_trial_stops_the_loop_before_the_next_trial(
+    rdb: optuna.storages.RDBStorage,
+) -> None:
+    s = optuna.create_study(storage=rdb, study_name="x")
+    calls: list[int] = []
 
-    def elsewhere() -> None:  # only the main thread may set handlers: it changes nothing
-        with loop.sigterm_as_interrupt():
-            seen.append(signal.getsignal(signal.SIGTERM))
+    def objective(trial: optuna.Trial) -> float:
+        calls.append(trial.number)
+        swallow_an_interrupt()  # as if SIGTERM came while a GC callback ran in the trial
+        return 1.0
 
-    thread = threading.Thread(target=elsewhere)
-    thread.start()
-    thread.join()
-    assert seen == [before]
+    with pytest.raises(KeyboardInterrupt), interrupt.sigterm_as_interrupt():
+        loop.run_trials(s, objective, 5, storage=rdb)
+    assert calls == [0]
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE]
 
 
 def test_a_worker_at_the_total_does_not_load_the_data(
