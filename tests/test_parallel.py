@@ -97,7 +97,9 @@ def test_a_worker_killed_mid_trial_loses_nothing(
     private_storage: Path, tmp_path: Path, fashion_dir: Path
 ) -> None:
     url = db_url(private_storage)
-    preset = write_preset(tmp_path, "small", pruner="none")  # every trial trains three epochs
+    # Every trial trains six epochs: on a quiet machine, three-epoch trials of two workers
+    # overlap too briefly for a poll to find one in its second epoch beside the other's.
+    preset = write_preset(tmp_path, "small", "long", pruner="none")
     start = popen(
         [SEARCH, "start", "--preset", str(preset), "--trials", "4", "--workers", "2"],
         env=env(SEARCH_STORAGE=url),
