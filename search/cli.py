@@ -94,6 +94,9 @@ def start(
     """Start or resume a search; rerunning the same command resumes to the same total.
 
     Several copies, on this machine or on others sharing the storage, work on one study.
+    Each worker process is replaced by a fresh one after 30 trials or past 3,072 MB of
+    memory, between trials; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never) change
+    that. Each finished trial's line shows the time elapsed and an estimate of the time left.
 
     \b
     Example:
@@ -168,7 +171,8 @@ def worker(
 ) -> None:
     """Join a study under way from any machine that reaches its storage, and help finish it.
 
-    Runs trials until the study reaches the total its 'search start' set.
+    Runs trials until the study reaches the total its 'search start' set. Worker processes
+    are recycled as with 'search start' (SEARCH_RECYCLE_TRIALS, SEARCH_RECYCLE_MB).
 
     \b
     Example:
@@ -205,7 +209,6 @@ def _run(
         run.study,
         run.preset,
         total,
-        storage=run.storage,
         url=run.url,
         workers=workers.count(count, run.url),
         threads=threads,

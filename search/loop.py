@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -16,11 +17,37 @@ from search import storage as storage_mod
 from search.objective import Objective
 from search.presets import Preset
 from search.progress import Progress
-from search.runtime import Log, configure
+from search.runtime import Log, configure, resident_memory
 from search.study import StudyError, finished, recover, time_is_up, trained
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """When a worker process makes way for a fresh one: once it has run `trials` trials, or
+    once its resident memory has passed `rss_bytes` (0 turns either off).
+
+    TensorFlow keeps each model's traced graphs after clear_session, so a process grows with
+    every trial (about 6 MB a small trial, benchmarks/RESULTS.md); only a new process starts
+    from zero. The check runs between trials, after a trial is recorded, so none is cut short.
+    """
+
+    trials: int = 0
+    rss_bytes: int = 0
+
+    def due(self, ran: int) -> str | None:
+        """Why a process that has run `ran` trials should retire now, or None."""
+        if ran == 0:  # one trial at least, or a limit below the start-up size would loop
+            return None
+        rss = resident_memory() or 0
+        held = f"at {rss / 2**20:,.0f} MB resident"
+        if self.trials and ran >= self.trials:
+            return f"after {ran} trials (its limit), {held}"
+        if self.rss_bytes and rss >= self.rss_bytes:
+            return f"after {ran} trials, {held} (its limit: {self.rss_bytes / 2**20:,.0f} MB)"
+        return None
 
 
 def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
@@ -44,6 +71,8 @@ def _run_one(
     def take(trial: optuna.Trial) -> float | Sequence[float]:
         slot.close()  # the trial exists: other workers may take theirs
         trial.set_user_attr("worker", holder)
+        # The worker's memory as the trial starts: how it grows shows in the dashboard.
+        trial.set_user_attr("worker_rss_mb", round((resident_memory() or 0) / 2**20))
         return objective(trial)
 
     try:
@@ -121,17 +150,20 @@ def run_worker(
     log: Log = print,
     threads: int | None = None,
     on_data: Callable[[datasets.Split], None] | None = None,
-) -> None:
+    recycle: Recycle | None = None,
+) -> str | None:
     """Run trials until the study holds `total` finished (complete or pruned) trials.
 
     Other workers, in this process's siblings or on other machines, may share the study.
+    With `recycle`, stop early when this process is due to make way for a fresh one, between
+    trials, and return why; otherwise return None.
     """
     if finished(study) >= total:
         log(
             f"Study '{study.study_name}' already has {finished(study)} finished trials "
             f"(of {total}); nothing to do."
         )
-        return
+        return None
     configure(threads)
     images, labels = datasets.load_train(preset.dataset, data_dir)
     data = datasets.split(images, labels, preset.val_size, preset.train_size)
@@ -143,15 +175,20 @@ def run_worker(
     )
     objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
     progress = Progress(total, log)
+    retired: list[str] = []
+
+    def stop() -> bool:
+        if progress.gave_up or time_is_up(study):
+            return True
+        reason = recycle.due(progress.ran) if recycle else None
+        if reason:
+            retired.append(reason)
+        return reason is not None
+
     with interrupt.sigterm_as_interrupt():
         run_trials(
-            study,
-            objective,
-            total,
-            storage=storage,
-            log=log,
-            callbacks=[progress],
-            stop=lambda: progress.gave_up or time_is_up(study),
+            study, objective, total, storage=storage, log=log, callbacks=[progress], stop=stop
         )
     if progress.rejected_out:
         raise StudyError(progress.rejected_out)
+    return retired[-1] if retired else None

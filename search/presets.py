@@ -77,6 +77,10 @@ class Preset:
     pruner_reduction: int = 3  # each rung keeps about 1/reduction of the trials
     final_epochs: float = 1.0  # retrain-best trains this multiple of the best epoch count
     final_schedule: str = "same"  # same (the trial's schedule) or cosine, for retrain-best
+    # Worker processes are replaced after this many trials, or past this resident memory in
+    # MB (0: never); None keeps the product's defaults (workers.py).
+    recycle_trials: int | None = None
+    recycle_mb: int | None = None
 
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""
@@ -141,6 +145,8 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "pruner_reduction": (int,),
     "final_epochs": (int, float),
     "final_schedule": (str,),
+    "recycle_trials": (int,),
+    "recycle_mb": (int,),
     "space": (dict,),
     "baseline": (list,),
 }
@@ -152,6 +158,8 @@ _RUN_SETTINGS = (
     "pruner_reduction",
     "final_epochs",
     "final_schedule",
+    "recycle_trials",
+    "recycle_mb",
 )
 FINAL_SCHEDULES = ("same", "cosine")
 SAMPLERS = ("tpe", "tpe-grouped")
@@ -338,7 +346,7 @@ def _check_settings(path: Path, data: dict[str, Any]) -> None:
     for key in _POSITIVE:
         if key in data and data[key] <= 0:
             raise _fail(path, key, "must be positive")
-    for key in ("patience", "seed"):
+    for key in ("patience", "seed", "recycle_trials", "recycle_mb"):
         if key in data and data[key] < 0:
             raise _fail(path, key, "must not be negative")
     for key, choices in _ONE_OF.items():

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.runtime import Log
-from search.study import best, counts, finished, pareto, trained
+from search.study import best, counts, pareto, trained
 
 MAX_CONSECUTIVE_FAILURES = 5
 # Rejections cost a sampler call each, not a training run; this many in a row means that
@@ -51,21 +52,66 @@ def best_line(study: optuna.Study) -> str:
     )
 
 
+def duration(delta: timedelta) -> str:
+    """A duration as a person plans with it: 45s, 12m, 3h 05m, 2d 04h (rounded down)."""
+    seconds = max(0, int(delta.total_seconds()))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 60:
+        return f"{seconds}s"
+    if minutes < 60:
+        return f"{minutes}m"
+    if hours < 24:
+        return f"{hours}h {minutes % 60:02d}m"
+    return f"{days}d {hours % 24:02d}h"
+
+
+def timing(trials: Sequence[FrozenTrial], total: int, workers: int, now: datetime) -> str:
+    """The time since the study's first trial started and an estimate of the time left.
+
+    The estimate is plain arithmetic on what the study has done: the mean duration of its
+    trials that count toward the total (trained ones; a rejection takes no training), times
+    the trials still to come, shared among `workers` trials running at a time. It does not
+    guess which trials the pruner will stop early; the mean holds the share stopped so far.
+    """
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    if not starts:
+        return ""
+    text = f"elapsed {duration(now - min(starts))}"
+    ended = [t for t in trials if trained(t)]
+    took = [t.duration for t in ended if t.duration is not None]
+    left = total - len(ended)
+    if took and left > 0:
+        mean = sum(took, timedelta()) / len(took)
+        text += f", ~{duration(mean * left / max(1, min(workers, left)))} left"
+    return text
+
+
 @dataclass
 class Progress:
-    """One line per finished trial: n/N, state, this trial and the best so far."""
+    """One line per finished trial: n/N, state, this trial, the best so far, and the time.
+
+    `ran` counts the trials this worker has trained or failed, rejections aside (its recycling
+    counts them); `now` is the clock, which tests fix.
+    """
 
     total: int
     log: Log
     failures_in_a_row: int = 0
     rejections_in_a_row: int = 0
     rejected_out: str | None = None  # why this worker stopped: nothing fit the budget
+    ran: int = 0
+    now: Callable[[], datetime] = datetime.now
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(trained(t) for t in trials)
+        # The other workers' running trials, and this worker, which goes on to its next one.
+        workers = 1 + sum(t.state == TrialState.RUNNING for t in trials)
         s = summary(trial)
         rejected = trial.state == TrialState.PRUNED and not trained(trial)
+        self.ran += not rejected  # a rejection builds no model: it does not grow the process
         state = "REJECTED" if rejected else s["state"]
-        head = f"trial {finished(study)}/{self.total} (#{trial.number}) {state}"
+        head = f"trial {done}/{self.total} (#{trial.number}) {state}"
         if trial.state == TrialState.COMPLETE:
             head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
         elif s["reason"]:
@@ -79,7 +125,8 @@ class Progress:
                 f"val_accuracy {_val_accuracy(b):.4f}"
             )
         )
-        self.log(f"{head} | {s['architecture']}{tail}")
+        clock = timing(trials, self.total, workers, self.now())
+        self.log(f"{head} | {s['architecture']}{tail}" + (f" | {clock}" if clock else ""))
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
@@ -130,11 +177,26 @@ def trial_table(study: optuna.Study) -> Iterator[str]:
         yield line
 
 
-def status_lines(study: optuna.Study) -> Iterator[str]:
-    """Everything `status` prints after its heading: table, counts, best, front, test result."""
+def running_line(study: optuna.Study, now: datetime) -> str | None:
+    """For a study with trials running: how many, the time since it began, the time left."""
+    trials = study.get_trials(deepcopy=False)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    if not running:
+        return None
+    total = study.user_attrs.get("trials")
+    clock = timing(trials, total if isinstance(total, int) else 0, running, now)
+    return f"Running: {running} trial(s) now; {clock}."
+
+
+def status_lines(study: optuna.Study, now: datetime | None = None) -> Iterator[str]:
+    """Everything `status` prints after its heading: table, counts, the time left while it
+    runs, best, front, test result."""
     yield from trial_table(study)
     states = {k: v for k, v in counts(study).items() if v}
     yield "Trials: " + (", ".join(f"{v} {k.lower()}" for k, v in states.items()) or "none")
+    running = running_line(study, now or datetime.now())
+    if running:
+        yield running
     yield best_line(study)
     front = pareto(study)
     if front:

@@ -49,16 +49,26 @@ def configure(threads: int | None = None) -> None:
         pass  # the runtime is already initialised (a second call in one process)
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, or None where that file does not exist."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The value of `key` (a line "Key:  N kB") in a /proc file, in bytes, or None."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes, or None where that file does not exist."""
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory (VmRSS) in bytes, or None where /proc does not exist."""
+    return _proc_bytes("/proc/self/status", "VmRSS")
 
 
 def is_oom(error: BaseException) -> bool:

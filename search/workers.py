@@ -5,7 +5,9 @@ trained twice the epochs of one process with two threads. They are started with 
 fork, because TensorFlow's thread pools cannot be forked safely once they run. Each process
 pins its thread pools to its share of the cores, loads the data once, seeds its sampler apart
 from the others, and sends its output to this process, which prints every line with the
-worker's index: one terminal shows all of them.
+worker's index: one terminal shows all of them. A process that has run its share of trials,
+or grown past its memory limit, retires between trials and a fresh one takes its place, so a
+long search holds bounded memory. One worker runs in such a process too, for the same reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import signal
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
@@ -44,6 +47,20 @@ WORKER_BYTES = 3 * 2**29
 # stays within what was measured; beyond it, use PostgreSQL.
 SQLITE_WORKERS = 64
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
+# Recycling (benchmarks/RESULTS.md, memory): a worker's RSS rose from 896 MB after its first
+# small trial to 1,238 MB after 30 (+15 MB a trial at first, then +6.4 MB, linearly to 90
+# trials). After 30 trials a process is replaced: its growth stays near 350 MB and within
+# WORKER_BYTES, while a new process costs only its start-up (importing TensorFlow, loading
+# the data) once every 30 trials. Large networks grow faster than those small ones; a process
+# that passes twice WORKER_BYTES is replaced early whatever its count.
+RECYCLE_TRIALS = 30
+RECYCLE_MB = 2 * WORKER_BYTES // 2**20
+ENV_RECYCLE_TRIALS = "SEARCH_RECYCLE_TRIALS"
+ENV_RECYCLE_MB = "SEARCH_RECYCLE_MB"
+
+
+class WorkerError(SearchError):
+    """A worker setting (an environment variable) is malformed; the message names it."""
 
 
 def cores() -> int:
@@ -74,6 +91,22 @@ def thread_share(workers: int) -> int:
     return max(1, cores() // workers)
 
 
+def _setting(env: str, preset_value: int | None, default: int, unit: str) -> int:
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return default if preset_value is None else preset_value
+    if not text.isdigit():
+        raise WorkerError(f"${env} must be a whole number of {unit} (0: never), not '{text}'.")
+    return int(text)
+
+
+def recycling(preset: Preset) -> loop.Recycle:
+    """When a worker process is replaced: the environment, else the preset, else the default."""
+    trials = _setting(ENV_RECYCLE_TRIALS, preset.recycle_trials, RECYCLE_TRIALS, "trials")
+    megabytes = _setting(ENV_RECYCLE_MB, preset.recycle_mb, RECYCLE_MB, "megabytes")
+    return loop.Recycle(trials=trials, rss_bytes=megabytes * 2**20)
+
+
 @dataclass(frozen=True)
 class Job:
     """What a worker process needs; sent through a pipe, never on a command line."""
@@ -83,8 +116,9 @@ class Job:
     study: str
     total: int
     seed: int
-    threads: int
+    threads: int | None
     data_dir: str | None
+    recycle: loop.Recycle = field(default_factory=loop.Recycle)
 
 
 def seed_base(fresh: bool, workers: int) -> int:
@@ -94,12 +128,23 @@ def seed_base(fresh: bool, workers: int) -> int:
     return 0 if fresh else random.SystemRandom().randrange(1, 2**30 - workers)
 
 
+def successor(job: Job, workers: int) -> Job:
+    """The job of the process that replaces a retired one.
+
+    It must not reuse its predecessor's seed: TPE's first trials are drawn at random from the
+    seed alone, whatever the study holds, so the same seed would suggest the same
+    configurations again. Worker i's k-th successor takes base + i + k * workers, a seed no
+    other process of this run holds, and a one-worker search stays reproducible (base, base+1,
+    ...) for a given recycling limit.
+    """
+    return replace(job, seed=job.seed + workers)
+
+
 def run_study(
     study: optuna.Study,
     preset: Preset,
     total: int,
     *,
-    storage: optuna.storages.RDBStorage,
     url: str,
     workers: int,
     threads: int | None,
@@ -107,114 +152,168 @@ def run_study(
     data_dir: str | None,
     log: Log,
 ) -> None:
-    """Run the study to its total: in this process for one worker, else in `workers` processes.
+    """Run the study to its total in `workers` processes, each replaced as it retires.
 
-    Other workers on other machines may share the study at the same time.
+    Other workers on other machines may share the study at the same time. With one worker,
+    its lines are printed as they are and its error is this command's error.
     """
-    base = seed_base(fresh, workers)
-    if workers == 1:
-        if base:
-            study.sampler = study_mod.sampler(preset, worker=base)
-        loop.run_worker(
-            study, preset, total, storage=storage, data_dir=data_dir, log=log, threads=threads
-        )
-        return
     if study_mod.finished(study) >= total:
         log(
             f"Study '{study.study_name}' already has {study_mod.finished(study)} finished "
             f"trials (of {total}); nothing to do."
         )
         return
-    if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
+    recycle = recycling(preset)
+    base = seed_base(fresh, workers)
+    if workers > 1:
+        if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
+            log(
+                f"Warning: {workers} workers on one SQLite file; it was measured to serve "
+                f"{SQLITE_WORKERS}. Use PostgreSQL for more."
+            )
+        threads = threads or thread_share(workers)
         log(
-            f"Warning: {workers} workers on one SQLite file; it was measured to serve "
-            f"{SQLITE_WORKERS}. Use PostgreSQL for more."
+            f"Workers: {workers} processes, {threads} TensorFlow thread(s) each, on "
+            f"{cores()} cores."
         )
-    threads = threads or thread_share(workers)
-    log(f"Workers: {workers} processes, {threads} TensorFlow thread(s) each, on {cores()} cores.")
     jobs = [
-        Job(i, url, study.study_name, total, base + i, threads, data_dir) for i in range(workers)
+        Job(i, url, study.study_name, total, base + i, threads, data_dir, recycle)
+        for i in range(workers)
     ]
-    errors = spawn(jobs, log=lambda line: log(storage_mod.scrub(line, url)))
-    _check_done(study, total, errors, url)
+    ended = spawn(
+        jobs,
+        log=lambda line: log(storage_mod.scrub(line, url)),
+        unfinished=lambda: study_mod.finished(study) < total and not study_mod.time_is_up(study),
+        prefixed=workers > 1,
+    )
+    _check(ended, study, total, url, single=workers == 1)
 
 
-def _check_done(study: optuna.Study, total: int, errors: dict[int, str], url: str) -> None:
-    """Workers that stopped short of the total: the first error, or that they stopped."""
+def _check(ended: Ended, study: optuna.Study, total: int, url: str, *, single: bool) -> None:
+    """Raise the error that stopped the workers short of the total, if any."""
     done = study_mod.finished(study)
-    if done >= total or (study_mod.time_is_up(study) and not errors):
+    if done >= total or (study_mod.time_is_up(study) and not ended.errors):
         return
-    if errors:
-        index, message = next(iter(errors.items()))
-        raise StudyError(f"Worker {index} stopped: {storage_mod.scrub(message, url)}")
+    if ended.errors:
+        index, message = next(iter(ended.errors.items()))
+        message = storage_mod.scrub(message, url)
+        raise StudyError(message if single else f"Worker {index} stopped: {message}")
+    if single and ended.killed:
+        raise StudyError(
+            f"The worker process was killed by signal {ended.killed[0]} with {done} of "
+            f"{total} trials finished; rerun the command to resume (its trial is retried)."
+        )
+    if single:
+        return  # it gave up after failures in a row: the caller says so
     raise StudyError(
         f"The workers stopped with {done} of {total} trials finished (see the "
         "lines above); rerun the command to resume."
     )
 
 
-def spawn(jobs: list[Job], log: Log) -> dict[int, str]:
-    """Run one process per job until all end; relay their lines; return their errors by index."""
-    context = multiprocessing.get_context("spawn")
-    readers: dict[Connection, int] = {}
-    processes: list[SpawnProcess] = []
-    errors: dict[int, str] = {}
+@dataclass
+class Ended:
+    """How the worker processes ended: errors by worker index, and the signals that killed."""
+
+    errors: dict[int, str] = field(default_factory=dict)
+    killed: list[int] = field(default_factory=list)
+
+
+def spawn(
+    jobs: list[Job],
+    log: Log,
+    *,
+    unfinished: Callable[[], bool] = lambda: True,
+    prefixed: bool = True,
+) -> Ended:
+    """Run one process per job until all end, replacing each that retires while the study is
+    `unfinished`; relay their lines, prefixed with the worker's index where `prefixed`."""
+    pool = _Pool(log, prefixed, len(jobs))
     for job in jobs:
-        reader, writer = context.Pipe(duplex=False)
-        process = context.Process(
+        pool.start(job)
+    try:
+        with interrupt.sigterm_as_interrupt():
+            pool.relay(unfinished)
+    except KeyboardInterrupt:
+        # Each worker fails its running trial (SIGTERM reaches its trial loop as an interrupt),
+        # so nothing is left RUNNING, then exits.
+        for process in pool.processes:
+            if process.is_alive():
+                process.terminate()
+        pool.relay(lambda: False, timeout=STOP_SECONDS)
+        raise
+    finally:
+        for process in pool.processes:
+            process.join(timeout=STOP_SECONDS)
+            if process.is_alive():
+                process.kill()
+    return pool.ended
+
+
+class _Pool:
+    """The worker processes of one command and the pipes their lines come through."""
+
+    def __init__(self, log: Log, prefixed: bool, workers: int) -> None:
+        self.context = multiprocessing.get_context("spawn")
+        self.log, self.prefixed, self.workers = log, prefixed, workers
+        self.readers: dict[Connection, tuple[Job, SpawnProcess]] = {}
+        self.processes: list[SpawnProcess] = []
+        self.retired: dict[SpawnProcess, str] = {}
+        self.ended = Ended()
+
+    def prefix(self, job: Job) -> str:
+        return f"[w{job.index}] " if self.prefixed else ""
+
+    def start(self, job: Job) -> None:
+        reader, writer = self.context.Pipe(duplex=False)
+        process = self.context.Process(
             target=_main, args=(job, writer), daemon=True, name=f"search-worker-{job.index}"
         )
         with _sigint_ignored():  # a child starts with Ctrl-C ignored: the parent relays it
             process.start()
         writer.close()
-        readers[reader] = job.index
-        processes.append(process)
+        self.readers[reader] = (job, process)
+        self.processes.append(process)
 
-    try:
-        with interrupt.sigterm_as_interrupt():
-            _relay(readers, log, errors)
-    except KeyboardInterrupt:
-        # Each worker fails its running trial (SIGTERM reaches its trial loop as an interrupt),
-        # so nothing is left RUNNING, then exits.
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        _relay(readers, log, errors, timeout=STOP_SECONDS)
-        raise
-    finally:
-        for process in processes:
-            process.join(timeout=STOP_SECONDS)
-            if process.is_alive():
-                process.kill()
-    for job, process in zip(jobs, processes, strict=True):
-        if process.exitcode is not None and process.exitcode < 0:
-            log(
-                f"[w{job.index}] was killed by signal {-process.exitcode}; the other workers "
-                "retry its trial."
+    def relay(self, unfinished: Callable[[], bool], timeout: float | None = None) -> None:
+        while self.readers:
+            ready = wait(list(self.readers), timeout=timeout)
+            if not ready:  # only with a timeout: the workers did not stop in time
+                return
+            for reader in ready:
+                assert isinstance(reader, Connection)  # wait() returns what it was given
+                job, process = self.readers[reader]
+                try:
+                    kind, text = reader.recv()
+                except (EOFError, OSError):  # the worker exited (or was killed)
+                    del self.readers[reader]
+                    self.exited(job, process, unfinished)
+                    continue
+                if kind == "error":
+                    self.ended.errors.setdefault(job.index, text)
+                    self.log(f"{self.prefix(job)}Error: {text}")
+                elif kind == "retire":
+                    self.retired[process] = text
+                else:
+                    self.log(f"{self.prefix(job)}{text}")
+
+    def exited(self, job: Job, process: SpawnProcess, unfinished: Callable[[], bool]) -> None:
+        """A process closed its pipe: replace it if it retired and trials remain."""
+        reason = self.retired.pop(process, None)
+        if reason is not None and unfinished():
+            self.log(
+                f"{self.prefix(job)}Worker process {process.pid} retired {reason}; a new "
+                "process takes its place."
             )
-    return errors
-
-
-def _relay(
-    readers: dict[Connection, int], log: Log, errors: dict[int, str], timeout: float | None = None
-) -> None:
-    while readers:
-        ready = wait(list(readers), timeout=timeout)
-        if not ready:  # only with a timeout: the workers did not stop in time
-            return
-        for reader in ready:
-            assert isinstance(reader, Connection)  # wait() returns what it was given
-            index = readers[reader]
-            try:
-                kind, text = reader.recv()
-            except (EOFError, OSError):  # the worker exited (or was killed)
-                del readers[reader]
-                continue
-            if kind == "error":
-                errors[index] = text
-                log(f"[w{index}] Error: {text}")
-            else:
-                log(f"[w{index}] {text}")
+            self.start(successor(job, self.workers))
+        process.join(timeout=STOP_SECONDS)
+        if process.exitcode is not None and process.exitcode < 0:
+            self.ended.killed.append(-process.exitcode)
+            if self.prefixed:
+                self.log(
+                    f"{self.prefix(job)}was killed by signal {-process.exitcode}; the other "
+                    "workers retry its trial."
+                )
 
 
 class _sigint_ignored:
@@ -267,7 +366,7 @@ def _main(job: Job, conn: Connection) -> None:
     try:
         rdb = storage_mod.open_storage(job.url, must_exist=True)
         study, preset = study_mod.load(rdb, job.study, worker=job.seed)
-        loop.run_worker(
+        retired = loop.run_worker(
             study,
             preset,
             job.total,
@@ -275,7 +374,10 @@ def _main(job: Job, conn: Connection) -> None:
             data_dir=job.data_dir,
             log=log,
             threads=job.threads,
+            recycle=job.recycle,
         )
+        if retired:
+            send("retire", retired)
     except KeyboardInterrupt:
         code = 130
     except SearchError as e:
@@ -284,7 +386,11 @@ def _main(job: Job, conn: Connection) -> None:
     except Exception as e:
         if debug:
             log(traceback.format_exc())
-        send("error", f"unexpected {type(e).__name__}: {first_line(e)}")
+        send(
+            "error",
+            f"unexpected {type(e).__name__}: {first_line(e)}"
+            + ("" if debug else " (rerun with --debug for the full traceback)."),
+        )
         code = 1
     finally:
         conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from search import workers
 from search.cli import cli
 from search.study import trained
 from tests.helpers import load_study, run, write_preset
@@ -68,14 +70,37 @@ def test_search_prunes_records_and_resumes_to_the_same_total(
     assert "Best: trial #" in status.output and "pruned" in status.output
 
 
+# Installed in the worker processes through PYTHONPATH: records every file they open. The log
+# is opened before the hook, and written with os.write, which raises no audit event of its own.
+OPEN_LOGGER = """
+import os, sys
+_log = os.environ.get("SEARCH_TEST_OPEN_LOG")
+if _log:
+    _fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    def _audit(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            os.write(_fd, os.fsencode(args[0]) + b"\\n")
+    sys.addaudithook(_audit)
+"""
+
+
 def test_the_search_never_reads_the_test_set(
-    tmp_path: Path, private_storage: Path, fashion_dir: Path
+    tmp_path: Path, private_storage: Path, fashion_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "train-only"
     data.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         shutil.copy(fashion_dir / name, data / name)
     preset = write_preset(tmp_path)
+    # The trials run in a worker process: it records what it opens, as this process does.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OPEN_LOGGER)
+    worker_log = tmp_path / "opened-by-workers.txt"
+    monkeypatch.setenv("SEARCH_TEST_OPEN_LOG", str(worker_log))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    )
     OPENED.clear()
     RECORDING[0] = True
     try:
@@ -83,8 +108,9 @@ def test_the_search_never_reads_the_test_set(
     finally:
         RECORDING[0] = False
     assert result.exit_code == 0, result.output
-    assert any("train-images" in p for p in OPENED)  # the hook does see the data files
-    assert not [p for p in OPENED if "t10k" in p]
+    opened = OPENED + worker_log.read_text().splitlines()
+    assert any("train-images" in p for p in opened)  # the hooks do see the data files
+    assert not [p for p in opened if "t10k" in p]
     # Only retrain-best asks for the test set, and here it is not there.
     result = run("retrain-best", "--study", "tiny", "--data-dir", str(data))
     assert result.exit_code == 1
@@ -163,3 +189,9 @@ def test_hours_bound_the_search_and_a_rerun_keeps_them(
     hours_only = run("start", "--preset", str(preset), "--study", "open", "--hours", "0.001")
     assert hours_only.exit_code == 0, hours_only.output
     assert "100000 trials" in hours_only.output  # as many as fit in the time
+
+
+def test_help_states_the_recycling_defaults_the_code_uses() -> None:
+    text = " ".join(run("start", "--help").output.split())
+    assert f"after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB" in text
+    assert "SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB" in text

@@ -91,12 +91,29 @@ def test_the_fingerprint_covers_what_makes_trials_comparable(tmp_path: Path) -> 
         max_params=10,
         max_mflops=1.5,
         steps_per_execution=8,
+        recycle_trials=5,
+        recycle_mb=900,
     )
     assert same.fingerprint() == tiny.fingerprint() and same.differences(tiny) == []
     # The data, the training budget and the space may not.
     other = dataclasses.replace(tiny, epochs=4, space=dataclasses.replace(tiny.space, kernel=(3,)))
     assert other.fingerprint() != tiny.fingerprint()
     assert other.differences(tiny) == ["epochs", "space.kernel"]
+
+
+def test_recycling_is_read_from_the_preset_and_older_stored_presets_still_match(
+    tmp_path: Path,
+) -> None:
+    tiny = presets.load(write_preset(tmp_path))
+    assert (tiny.recycle_trials, tiny.recycle_mb) == (None, None)  # the product's defaults
+    path = write_preset(tmp_path, **{"patience = 1": "patience = 1\nrecycle_trials = 0"})
+    assert presets.load(path).recycle_trials == 0  # 0: never by count
+    # A preset stored on a study before these keys existed loads with the defaults, and a
+    # study made then still resumes: its fingerprint is unchanged.
+    stored = json.loads(tiny.to_json())
+    del stored["recycle_trials"], stored["recycle_mb"]
+    old = presets.from_json(json.dumps(stored))
+    assert old == tiny and old.fingerprint() == tiny.fingerprint()
 
 
 def test_the_objective_decides_directions_and_metric_names(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from search import progress
 from search.progress import MAX_CONSECUTIVE_FAILURES, MAX_REJECTIONS_IN_A_ROW, Progress
@@ -48,7 +49,9 @@ def test_one_line_per_finished_trial_with_the_best_so_far(sqlite: str) -> None:
         catch=(ValueError,),
         callbacks=[Progress(4, lines.append)],
     )
-    assert lines == [
+    # Each line ends with the time (exact figures: the tests of `timing` below).
+    assert all(line.rsplit(" | ", 1)[1].startswith("elapsed ") for line in lines)
+    assert [line.rsplit(" | ", 1)[0] for line in lines] == [
         # Rejected before training: recorded, not counted.
         "trial 0/4 (#0) REJECTED: too big | C8k3-F-D32",  # nothing has completed yet
         "trial 1/4 (#1) COMPLETE: val_loss 0.4000 val_accuracy 0.8100 | C16k3-F-D32 | "
@@ -173,3 +176,111 @@ def test_status_of_a_size_aware_study_lists_the_pareto_front(sqlite: str) -> Non
         "  #1    val_loss 0.5000  val_accuracy 0.5000       1,000 params  C1000",
     ]
     assert lines[start - 1].startswith("Best: trial #0 val_loss 0.4000")
+
+
+# The time: elapsed and left, on trials of known start and end ---------------------------------
+T0 = datetime(2026, 1, 5, 9, 0, 0)
+
+
+def minutes(n: float) -> datetime:
+    return T0 + timedelta(minutes=n)
+
+
+def timed(start: float, end: float | None = None, **fields: object) -> FrozenTrial:
+    """create_trial's trial, started and ended at these minutes (create_trial stamps now)."""
+    trial = create_trial(**fields)  # type: ignore[arg-type]
+    trial.datetime_start = minutes(start)
+    trial.datetime_complete = None if end is None else minutes(end)
+    return trial
+
+
+def timed_study(sqlite: str, total: int = 10) -> optuna.Study:
+    """Trials of 10 and 20 minutes trained, one failed (not counted), one running."""
+    study = optuna.create_study(storage=sqlite, study_name="timed")
+    study.set_user_attr("trials", total)
+    for state, start, end in (
+        (TrialState.COMPLETE, 0, 10),
+        (TrialState.FAIL, 10, 15),
+        (TrialState.PRUNED, 15, 35),
+    ):
+        study.add_trial(
+            timed(
+                start,
+                end,
+                state=state,
+                value=0.3 if state == TrialState.COMPLETE else None,
+                intermediate_values={0: 0.3},  # an epoch trained: the pruned trial counts
+                user_attrs={"architecture": "C8k3-F-D32", "val_loss": 0.3, "val_accuracy": 0.9},
+            )
+        )
+    study.add_trial(timed(35, state=TrialState.RUNNING))
+    return study
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (-5, "0s"),
+        (0, "0s"),
+        (59.9, "59s"),
+        (60, "1m"),
+        (3599, "59m"),
+        (3600, "1h 00m"),
+        (3600 * 5 + 65, "5h 01m"),
+        (86_399, "23h 59m"),
+        (86_400, "1d 00h"),
+        (86_400 * 3 + 3600 * 7 + 59, "3d 07h"),
+    ],
+)
+def test_durations_read_as_a_person_plans(seconds: float, text: str) -> None:
+    assert progress.duration(timedelta(seconds=seconds)) == text
+
+
+def test_each_trial_line_ends_with_the_time_elapsed_and_left(sqlite: str) -> None:
+    study = timed_study(sqlite)
+    lines: list[str] = []
+    watch = Progress(10, lines.append, now=lambda: minutes(45))
+    watch(study, study.trials[2])  # the pruned trial has just been recorded
+    # Mean of the finished trials 15 min; 8 left; this worker and the running one: 2 at once.
+    assert lines == [
+        "trial 2/10 (#2) PRUNED | C8k3-F-D32 | best #0 val_loss 0.3000 val_accuracy 0.9000"
+        " | elapsed 45m, ~1h 00m left"
+    ]
+    assert watch.ran == 1
+    # A rejection counts neither toward the total, the mean, nor this worker's trials.
+    study.add_trial(timed(45, 45, state=TrialState.PRUNED, user_attrs={"reason": "too big"}))
+    watch(study, study.trials[-1])
+    assert lines[-1] == (
+        "trial 2/10 (#4) REJECTED: too big |  | best #0 val_loss 0.3000 val_accuracy 0.9000"
+        " | elapsed 45m, ~1h 00m left"
+    )
+    assert watch.ran == 1
+
+
+def test_the_estimate_shares_the_trials_left_among_at_most_that_many_workers(
+    sqlite: str,
+) -> None:
+    study = timed_study(sqlite)
+    trials = study.get_trials()
+    at = minutes(45)
+    assert progress.timing(trials, 10, 1, at) == "elapsed 45m, ~2h 00m left"  # 8 x 15 min
+    assert progress.timing(trials, 10, 4, at) == "elapsed 45m, ~30m left"
+    # 2 left: 2 workers at most are busy, however many there are.
+    assert progress.timing(trials, 4, 16, at) == "elapsed 45m, ~15m left"
+    assert progress.timing(trials, 2, 2, at) == "elapsed 45m"  # nothing left to estimate
+    # Nothing finished yet: no mean to estimate from.
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    assert progress.timing(running, 10, 1, at) == "elapsed 10m"
+    assert progress.timing([], 10, 1, at) == ""
+
+
+def test_status_shows_the_time_while_trials_run(sqlite: str) -> None:
+    study = timed_study(sqlite)
+    lines = list(progress.status_lines(study, now=minutes(95)))
+    # One trial running: 8 trials of 15 min left, one at a time.
+    assert lines[5:7] == [
+        "Trials: 1 running, 1 complete, 1 pruned, 1 fail",
+        "Running: 1 trial(s) now; elapsed 1h 35m, ~2h 00m left.",
+    ]
+    study.tell(study.trials[3].number, state=TrialState.FAIL)
+    assert not any(line.startswith("Running:") for line in progress.status_lines(study))

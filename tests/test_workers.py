@@ -5,16 +5,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
-from search import presets, storage, study, workers
+from search import loop, presets, runtime, storage, study, workers
 from search.study import StudyError
-from tests.helpers import db_url, write_preset
+from tests.helpers import check_exact, db_url, load_study, run, write_preset
 from tests.postgres import Cluster
 
 
@@ -59,9 +63,9 @@ def test_each_worker_s_error_comes_back_with_its_index(tmp_path: Path) -> None:
     missing = tmp_path / "none.db"
     jobs = [workers.Job(i, f"sqlite:///{missing}", "tiny", 2, i, 1, None) for i in range(2)]
     lines: list[str] = []
-    errors = workers.spawn(jobs, log=lines.append)  # real processes, started with spawn
+    ended = workers.spawn(jobs, log=lines.append)  # real processes, started with spawn
     expected = f"No study database at {missing}; run 'search start' first."
-    assert errors == {0: expected, 1: expected}
+    assert ended.errors == {0: expected, 1: expected} and ended.killed == []
     assert sorted(lines) == [f"[w0] Error: {expected}", f"[w1] Error: {expected}"]
     assert not missing.exists()
 
@@ -77,7 +81,6 @@ def test_a_study_at_its_total_starts_no_process(private_storage: Path, tmp_path:
         s,
         preset,
         1,
-        storage=rdb,
         url=url,
         workers=2,
         threads=None,
@@ -102,7 +105,6 @@ def test_a_worker_error_stops_the_study_without_the_password(
             s,
             preset,
             2,
-            storage=rdb,
             url=pg_url,
             workers=2,
             threads=None,
@@ -121,3 +123,73 @@ def test_a_worker_error_stops_the_study_without_the_password(
     for text in (message, *lines):
         assert postgres.password not in text
     assert study.finished(s) == 0  # no trial ran
+
+
+# Recycling: a worker process makes way for a fresh one ----------------------------------------
+def test_recycling_comes_from_the_environment_then_the_preset_then_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preset = presets.load(write_preset(tmp_path))
+    monkeypatch.delenv(workers.ENV_RECYCLE_TRIALS, raising=False)
+    monkeypatch.delenv(workers.ENV_RECYCLE_MB, raising=False)
+    assert workers.recycling(preset) == loop.Recycle(30, 2 * workers.WORKER_BYTES)
+    own = dataclasses.replace(preset, recycle_trials=0, recycle_mb=900)
+    assert workers.recycling(own) == loop.Recycle(0, 900 * 2**20)
+    monkeypatch.setenv(workers.ENV_RECYCLE_TRIALS, "7")
+    monkeypatch.setenv(workers.ENV_RECYCLE_MB, " 0 ")
+    assert workers.recycling(own) == loop.Recycle(7, 0)
+    monkeypatch.setenv(workers.ENV_RECYCLE_MB, "2GB")
+    with pytest.raises(workers.WorkerError) as raised:
+        workers.recycling(own)
+    assert str(raised.value) == (
+        "$SEARCH_RECYCLE_MB must be a whole number of megabytes (0: never), not '2GB'."
+    )
+
+
+def test_a_process_retires_between_trials_after_at_least_one() -> None:
+    rss = runtime.resident_memory()
+    assert rss is not None and rss > 10 * 2**20  # this Python process, read from /proc
+    by_count = loop.Recycle(trials=2)
+    assert by_count.due(0) is None and by_count.due(1) is None
+    assert (by_count.due(2) or "").startswith("after 2 trials (its limit), at ")
+    by_memory = loop.Recycle(rss_bytes=2**20)  # 1 MB: any process is past it
+    assert by_memory.due(0) is None  # a fresh process always runs one trial
+    assert (by_memory.due(1) or "").endswith("MB resident (its limit: 1 MB)")
+    assert loop.Recycle().due(10_000) is None  # 0 and 0: never
+    assert loop.Recycle(rss_bytes=2**50).due(3) is None
+
+
+def test_a_successor_never_takes_a_seed_another_process_of_the_run_holds() -> None:
+    first = [workers.Job(i, "sqlite://", "s", 9, 100 + i, None, None) for i in range(3)]
+    seeds = {job.seed for job in first}
+    for job in first:
+        for _ in range(4):
+            job = workers.successor(job, 3)
+            assert job.seed not in seeds and job.index in (0, 1, 2)
+            seeds.add(job.seed)
+    assert len(seeds) == 15
+
+
+def test_a_recycled_worker_s_processes_run_exactly_the_total(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preset = write_preset(tmp_path, "small", pruner="none", **{"epochs = 3": "epochs = 1"})
+    monkeypatch.setenv(workers.ENV_RECYCLE_TRIALS, "2")
+    result = run("start", "--preset", str(preset), "--trials", "5")
+    assert result.exit_code == 0, result.output
+    trials = load_study(private_storage).get_trials()
+    check_exact(trials, 5)  # exactly the total: none lost, none counted twice
+    assert TrialState.FAIL not in [t.state for t in trials]
+    # Two trained trials a process (a rejection builds no model and is not counted), in
+    # order: three processes, none of them this one.
+    holders = [t.user_attrs["worker"] for t in trials if study.trained(t)]
+    assert holders[0] == holders[1] != holders[2] == holders[3] != holders[4]
+    pids = {int(holder.rsplit(":", 1)[1]) for holder in holders}
+    assert len(pids) == 3 and os.getpid() not in pids
+    assert result.output.count("retired after 2 trials (its limit)") == 2
+    assert "[w0]" not in result.output and "trial 5/5 (#" in result.output
+    # Each successor seeds its sampler afresh: it does not repeat its predecessor's choices.
+    sampled = [t for t in trials if "baseline" not in t.user_attrs]
+    suggested = [json.dumps(t.params, sort_keys=True) for t in sampled]
+    assert len(sampled) >= 3 and len(set(suggested)) == len(suggested)
+    assert all(t.user_attrs["worker_rss_mb"] > 100 for t in trials)  # TensorFlow is loaded
