@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import optuna
 
-from search import catalog, ensemble, presets, progress, retrain, workers
+from search import catalog, ensemble, presets, progress, retrain, transfer, workers
 from search import report as report_mod
 from search import storage as storage_mod
 from search import study as study_mod
@@ -240,6 +240,8 @@ def _echo_lost(numbers: tuple[int, ...]) -> None:
 def status(url: str | None, study_name: str | None) -> None:
     """Show a study's trials, counts by state, and the best trial.
 
+    While trials run, also the time since the first one started and an estimate of the rest.
+
     \b
     Example:
       search status --study fashion_mnist
@@ -251,6 +253,51 @@ def status(url: str | None, study_name: str | None) -> None:
     )
     for line in progress.status_lines(opened.study):
         click.echo(line)
+
+
+@cli.command("copy")
+@click.option(
+    "--from",
+    "source",
+    metavar="URL",
+    envvar=storage_mod.ENV_URL,
+    show_envvar=True,
+    help="Storage to copy from; it must exist. Defaults to storage/search.db.",
+)
+@click.option(
+    "--to",
+    "target",
+    metavar="URL",
+    required=True,
+    help="Storage to copy into, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB; "
+    "created if missing.",
+)
+@click.option(
+    "--study",
+    "study_name",
+    metavar="NAME",
+    help="The study to copy; needed when the source holds several.",
+)
+@click.option(
+    "--as",
+    "new_name",
+    metavar="NAME",
+    help="Name of the copy. Defaults to the study's own; an existing study is never replaced.",
+)
+def copy_study(
+    source: str | None, target: str, study_name: str | None, new_name: str | None
+) -> None:
+    """Copy a study with all its trials and attributes to another storage.
+
+    Trials that were running in the source are failed in the copy and queued again. Resume
+    the copy there with 'search worker' or 'search start'.
+
+    \b
+    Example:
+      search copy --to postgresql+psycopg://search@db-host/search --study fashion_mnist
+      search copy --from postgresql+psycopg://search@db-host/search --to sqlite:///backup.db
+    """
+    transfer.copy(source, target, study_name, new_name=new_name, log=click.echo)
 
 
 @cli.command("retrain-best")

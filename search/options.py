@@ -37,7 +37,9 @@ class Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             else:
-                first = storage_mod.scrub(first_line(e), _storage_argument())
+                first = first_line(e)
+                for url in storage_arguments():
+                    first = storage_mod.scrub(first, url)
                 click.echo(
                     f"Error: unexpected {type(e).__name__}: {first} "
                     "(rerun with --debug for the full traceback).",
@@ -46,15 +48,17 @@ class Group(click.Group):
             sys.exit(1)
 
 
-def _storage_argument() -> str | None:
-    """The storage URL this command was given, to scrub its password from stray messages."""
+def storage_arguments() -> list[str | None]:
+    """The storage URLs this command was given, to scrub their passwords from stray messages."""
     args = sys.argv[1:]
+    urls: list[str | None] = [os.environ.get(storage_mod.ENV_URL)]
     for i, arg in enumerate(args):
-        if arg.startswith("--storage="):
-            return arg.split("=", 1)[1]
-        if arg == "--storage" and i + 1 < len(args):
-            return args[i + 1]
-    return os.environ.get(storage_mod.ENV_URL)
+        for option in ("--storage", "--from", "--to"):
+            if arg.startswith(option + "="):
+                urls.append(arg.split("=", 1)[1])
+            elif arg == option and i + 1 < len(args):
+                urls.append(args[i + 1])
+    return urls
 
 
 def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:

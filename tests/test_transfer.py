@@ -1,0 +1,156 @@
+"""`search copy`: a study with its trials and attributes, SQLite to PostgreSQL and back.
+
+On the real PostgreSQL the suite starts, with a study that `search start` trained, plus trials
+in every other state; the copy is then resumed to its total.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from search import study as study_mod
+from search.transfer import RUNNING_REASON
+from tests.helpers import db_url, run, write_preset
+from tests.postgres import Cluster
+
+
+def record(trial: FrozenTrial) -> dict[str, Any]:
+    """Everything a copy must keep of a trial."""
+    return {
+        "number": trial.number,
+        "state": trial.state,
+        "params": trial.params,
+        "distributions": trial.distributions,
+        "values": trial.values,
+        "intermediate_values": trial.intermediate_values,
+        "user_attrs": trial.user_attrs,
+        "system_attrs": trial.system_attrs,
+        "datetime_start": trial.datetime_start,
+        "datetime_complete": trial.datetime_complete,
+    }
+
+
+def study_record(url: str, name: str = "tiny") -> dict[str, Any]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return {
+        "directions": study.directions,
+        "metric_names": study.metric_names,
+        "user_attrs": study.user_attrs,
+    }
+
+
+@pytest.fixture
+def source(tmp_path: Path, private_storage: Path, fashion_dir: Path) -> str:
+    """A study of two trained trials, one pruned, one failed and one still running; total 5."""
+    preset = write_preset(tmp_path, "small", pruner="none", **{"epochs = 3": "epochs = 2"})
+    assert run("start", "--preset", str(preset), "--trials", "2").exit_code == 0
+    url = db_url(private_storage)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    first, second = study.trials
+    shape = {"params": first.params, "distributions": first.distributions}
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            intermediate_values={0: 1.5, 1: 1.25},
+            user_attrs={"reason": "pruned at epoch 2", "architecture": "C32k3-P-F-D64"},
+            **shape,
+        )
+    )
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"reason": "bad"}, **shape))
+    study.add_trial(
+        create_trial(
+            state=TrialState.RUNNING,
+            params=second.params,
+            distributions=second.distributions,
+            intermediate_values={0: 2.0},
+            user_attrs={"worker": "elsewhere:1", "epochs_trained": 1},
+        )
+    )
+    study_mod.set_total(study, 5)
+    # What retrain-best records on the study, and a multi-line text.
+    study.set_user_attr("retrain", {"trial": 0, "test_accuracy": 0.81, "history": [0.5, 0.4]})
+    study.set_user_attr("note", "line one\nline two")
+    return url
+
+
+def test_a_copy_to_postgresql_and_back_keeps_everything_and_resumes_to_the_total(
+    source: str, postgres: Cluster, pg_url: str, tmp_path: Path
+) -> None:
+    before = [record(t) for t in optuna.load_study(study_name="tiny", storage=source).trials]
+    there = run("copy", "--from", source, "--to", pg_url)
+    assert there.exit_code == 0, there.output
+    assert there.output.splitlines()[:3] == [
+        f"From: SQLite file {source.removeprefix('sqlite:///')}",
+        f"To: postgresql+psycopg://search:***@127.0.0.1:{postgres.port}/"
+        + pg_url.rsplit("/", 1)[1],
+        "Copying study 'tiny': 5 trials (2 complete, 1 pruned, 1 fail, 1 running), "
+        "7 study attributes.",
+    ]
+    assert "Trial(s) #4 were running in the source: failed in the copy, and queued" in (
+        there.output
+    )
+    back_url = f"sqlite:///{tmp_path / 'back' / 'copy.db'}"  # a folder that is not there yet
+    back = run("copy", "--from", pg_url, "--to", back_url)
+    assert back.exit_code == 0, back.output
+    assert "Copying study 'tiny': 6 trials (2 complete, 1 pruned, 2 fail, 1 waiting)" in (
+        back.output
+    )
+
+    after = [record(t) for t in optuna.load_study(study_name="tiny", storage=back_url).trials]
+    assert after[:4] == before[:4]  # states, params, values, curves, attributes, times
+    assert study_record(back_url) == study_record(source)
+    assert study_record(source)["metric_names"] == ["val_loss"]
+    # The trial that was running: failed, with the reason, and queued again as it was.
+    lost, retry = after[4], after[5]
+    assert lost["state"] == TrialState.FAIL and lost["user_attrs"]["reason"] == RUNNING_REASON
+    assert {k: v for k, v in lost.items() if k not in ("state", "user_attrs")} == {
+        k: v for k, v in before[4].items() if k not in ("state", "user_attrs", "datetime_complete")
+    } | {"datetime_complete": lost["datetime_complete"]}
+    assert retry["state"] == TrialState.WAITING and retry["params"] == before[4]["params"]
+    assert retry["system_attrs"]["failed_trial"] == 4 and "reason" not in retry["user_attrs"]
+    for output in (there.output, back.output):
+        assert postgres.password not in output
+
+    # The copy on PostgreSQL goes on to the total: the retry first, then one new trial.
+    resumed = run("worker", "--storage", pg_url, "--study", "tiny")
+    assert resumed.exit_code == 0, resumed.output
+    trials = optuna.load_study(study_name="tiny", storage=pg_url).trials
+    assert len(trials) == 7 and [t.state for t in trials].count(TrialState.FAIL) == 2
+    assert trials[5].state in study_mod.FINISHED and trials[5].params == before[4]["params"]
+    assert sum(t.state in study_mod.FINISHED for t in trials) == 5
+    assert [record(t) for t in optuna.load_study(study_name="tiny", storage=source).trials] == (
+        before
+    )  # the source is untouched
+
+
+def test_a_copy_never_replaces_a_study_and_never_makes_an_empty_source(
+    source: str, postgres: Cluster, pg_url: str, tmp_path: Path
+) -> None:
+    assert run("copy", "--from", source, "--to", pg_url).exit_code == 0
+    again = run("copy", "--from", source, "--to", pg_url)
+    assert again.exit_code == 1
+    assert (
+        f"A study named 'tiny' already exists in postgresql+psycopg://search:***@127.0.0.1:{postgres.port}/"
+        in again.output
+    )
+    assert "pass --as NEW_NAME to copy under another name" in again.output
+    assert "Traceback" not in again.output and postgres.password not in again.output
+    assert len(optuna.load_study(study_name="tiny", storage=pg_url).trials) == 6  # as copied
+
+    renamed = run("copy", "--from", source, "--to", pg_url, "--as", "tiny-2")
+    assert renamed.exit_code == 0, renamed.output
+    assert study_mod.names(optuna.storages.RDBStorage(pg_url)) == ["tiny", "tiny-2"]
+    assert study_record(pg_url, "tiny-2") == study_record(pg_url, "tiny")
+
+    missing = tmp_path / "typo.db"
+    target = tmp_path / "target.db"
+    result = run("copy", "--from", f"sqlite:///{missing}", "--to", f"sqlite:///{target}")
+    assert result.exit_code == 1 and f"No study database at {missing}" in result.output
+    assert not missing.exists() and not target.exists()
+    result = run("copy", "--from", source, "--to", f"sqlite:///{target}", "--study", "nope")
+    assert result.exit_code == 1 and "No study named 'nope'" in result.output
