@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 
 from search import loop, presets, runtime, storage, study, workers
 from search.study import StudyError
-from tests.helpers import check_exact, db_url, load_study, run, write_preset
+from tests.helpers import check_exact, db_url, load_study, popen, run, write_preset
 from tests.postgres import Cluster
 
 
@@ -193,3 +194,42 @@ def test_a_recycled_worker_s_processes_run_exactly_the_total(
     suggested = [json.dumps(t.params, sort_keys=True) for t in sampled]
     assert len(sampled) >= 3 and len(set(suggested)) == len(suggested)
     assert all(t.user_attrs["worker_rss_mb"] > 100 for t in trials)  # TensorFlow is loaded
+
+
+def test_a_lone_worker_killed_mid_trial_is_one_sentence_and_the_rerun_retries_its_trial(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path, short_heartbeat: dict[str, str]
+) -> None:
+    # The out-of-memory killer's way: SIGKILL to the process that trains, not to the command.
+    preset = write_preset(tmp_path, "small", "long", pruner="none")
+    command = [sys.executable, "-m", "search", "start", "--preset", str(preset), "--trials", "1"]
+    start = popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert start.stdout is not None
+    try:
+        for line in start.stdout:  # until the trial is in its second epoch
+            if "epoch 1/6" in line:
+                break
+        trial = load_study(private_storage).trials[0]
+        os.kill(int(trial.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        out, _ = start.communicate(timeout=120)
+    finally:
+        start.kill()
+    assert start.returncode == 1, out
+    assert out.rstrip().endswith(
+        "Error: The worker process was killed by signal 9 with 0 of 1 trials finished; rerun "
+        "the command to resume (its trial is retried)."
+    )
+    assert "Traceback" not in out and "[w0]" not in out
+    assert load_study(private_storage).trials[0].state == TrialState.RUNNING
+    # After the grace period (4 s here) a rerun fails the lost trial and queues it again, behind
+    # the lab's second run, which was queued first; with a total of 2 it runs both.
+    result = run("start", "--preset", str(preset), "--trials", "2")
+    assert result.exit_code == 0, result.output
+    lost, second, retry = load_study(private_storage).trials
+    assert lost.state == TrialState.FAIL and second.state in study.FINISHED
+    assert retry.state in study.FINISHED and retry.params == lost.params
+    assert retry.system_attrs["failed_trial"] == 0
