@@ -1,31 +1,38 @@
-"""Memory: resident memory of one worker process after each of 30 tiny trials.
+"""Memory: a worker's resident memory over 200 tiny trials, with and without recycling.
 
-    .venv/bin/python benchmarks/memory.py [--trials 30] [--images 2000] [--epochs 2]
+    .venv/bin/python benchmarks/memory.py [--trials 200] [--images 500] [--epochs 1]
+                                          [--recycle 30] [--isolate MODELS]
 
-One process runs the product's worker loop (search.loop.run_trials with the product's
-Objective and SQLite storage: gc_after_trial and clear_session as `search start` uses them)
-over a small Fashion-MNIST search whose architectures vary from trial to trial, and reads
-VmRSS from /proc/self/status after each trial. A leak shows as a steady climb; a process that
-only warms up shows a plateau. The figure: the slope over the second half of the run, in MB
-per trial. The loop runs to --trials finished (complete or pruned) trials, as a search does;
-a failed trial adds one.
+Runs the same small Fashion-MNIST search twice through the product's worker process
+(search.workers.run_study with one worker: the loop, Objective, gc_after_trial and
+clear_session that `search start` uses), on a fresh SQLite study each: once with recycling
+off, once with a worker process replaced after --recycle trials (the product's default). The
+architectures vary from trial to trial. Each trial records the worker's VmRSS as it starts
+(user attribute worker_rss_mb), which is the RSS after the process's previous trial. The
+figures: the RSS as the last trial started, with and without recycling, as a ratio; the slope
+without recycling; and what recycling costs, from the trials' own times: the gap between one
+trial's end and the next one's start where the process changed, against the gap where it did
+not. SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB are ignored here.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import os
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import common
 import numpy as np
+from optuna.trial import FrozenTrial
 
-from search import datasets, loop, presets, storage
+from search import presets, runtime, storage, workers
 from search import study as study_mod
-from search.objective import Objective
-from search.runtime import configure
+
+TYPICAL_TRIAL = 183.0  # s: the median trained trial of the full search (service_overhead)
 
 
 def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
@@ -57,11 +64,8 @@ def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
     )
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def resident_mb() -> float:
+    return (runtime.resident_memory() or 0) / 2**20
 
 
 def isolate(models: int) -> str:
@@ -92,8 +96,8 @@ def isolate(models: int) -> str:
         gc.collect()
         if i % 5 == 0:
             graphs = sum(isinstance(o, FuncGraph) for o in gc.get_objects())
-            rows.append([i, f"{rss_mb():.0f}", graphs])
-            print(f"model {i}: RSS {rss_mb():.0f} MB, {graphs} FuncGraphs alive", flush=True)
+            rows.append([i, f"{resident_mb():.0f}", graphs])
+            print(f"model {i}: RSS {resident_mb():.0f} MB, {graphs} FuncGraphs alive", flush=True)
     return (
         "The same loop without the product: a plain two-layer Keras model compiled and "
         "fitted for one epoch, `keras.backend.clear_session(free_memory=True)` and "
@@ -102,15 +106,85 @@ def isolate(models: int) -> str:
     )
 
 
+def run(
+    preset: presets.Preset, recycle: int, folder: Path, data_dir: Path | None, label: str
+) -> tuple[list[FrozenTrial], float]:
+    """One search to preset.trials through the product's worker process; its trials and wall
+    seconds. `recycle` 0 turns recycling off (by count and by memory)."""
+    preset = replace(preset, recycle_trials=recycle, recycle_mb=None if recycle else 0)
+    url = f"sqlite:///{folder / (label + '.db')}"
+    study, _ = study_mod.create_or_load(storage.open_storage(url), "memory", preset)
+
+    def log(line: str) -> None:
+        if line.startswith(("trial ", "Worker process")):
+            print(f"[{label}] {line.split(' | ')[0]}", flush=True)
+
+    started = time.monotonic()
+    workers.run_study(
+        study,
+        preset,
+        preset.trials,
+        url=url,
+        workers=1,
+        threads=None,
+        fresh=True,
+        data_dir=str(data_dir) if data_dir else None,
+        log=log,
+    )
+    return study.get_trials(), time.monotonic() - started
+
+
+def rss_curve(trials: list[FrozenTrial]) -> np.ndarray:
+    return np.array([t.user_attrs["worker_rss_mb"] for t in trials], dtype=float)
+
+
+def gaps(trials: list[FrozenTrial]) -> tuple[list[float], list[float]]:
+    """Seconds from one trial's end to the next one's start: in one process, across two."""
+    same, new = [], []
+    for a, b in zip(trials, trials[1:], strict=False):
+        assert a.datetime_complete is not None and b.datetime_start is not None
+        gap = (b.datetime_start - a.datetime_complete).total_seconds()
+        (same if a.user_attrs["worker"] == b.user_attrs["worker"] else new).append(gap)
+    return same, new
+
+
+def summarise(
+    plain: list[FrozenTrial], recycled: list[FrozenTrial], walls: tuple[float, float], every: int
+) -> str:
+    without, with_ = rss_curve(plain), rss_curve(recycled)
+    half = len(without) // 2
+    slope = float(np.polyfit(np.arange(half, len(without)), without[half:], 1)[0])
+    same, new = gaps(recycled)
+    per_recycle = common.median(new) - common.median(same)
+    trial_s = common.median([t.duration.total_seconds() for t in recycled if t.duration])
+    n = len(recycled)
+    return (
+        f"RSS as trial {n} started: {without[-1]:,.0f} MB without recycling, "
+        f"{with_[-1]:,.0f} MB with a new process every {every} trials: "
+        f"**{with_[-1] / without[-1]:.2f}x** (peak {without.max():,.0f} MB against "
+        f"{with_.max():,.0f} MB). Without recycling the RSS grew {slope:+.1f} MB a trial over "
+        f"the second half. Recycling replaced the process {len(new)} times; where the "
+        f"process changed, the next trial started {common.median(new):.1f} s after the last "
+        f"one ended (median), against {common.median(same):.2f} s within a process: "
+        f"{per_recycle:.1f} s a recycle, **{per_recycle * len(new) / n:.2f} s a trial** "
+        f"({per_recycle / every / TYPICAL_TRIAL:.2%} of a typical 183 s trial of the full "
+        f"search, {per_recycle * len(new) / n / trial_s:.1%} of this run's {trial_s:.1f} s "
+        f"tiny trials). Wall time: {walls[0]:.0f} s without recycling, {walls[1]:.0f} s with "
+        f"({walls[1] / walls[0]:.2f}x)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--recycle", type=int, default=workers.RECYCLE_TRIALS)
     parser.add_argument(
-        "--trim",
+        "--together",
         action="store_true",
-        help="call glibc's malloc_trim(0) after each trial, before reading RSS",
+        help="run both searches at once (half the wall time on a busy machine; the wall-time "
+        "ratio then means nothing, the RSS and the start-up gaps still do)",
     )
     parser.add_argument(
         "--isolate",
@@ -120,58 +194,31 @@ def main() -> None:
         help="then fit a plain Keras model MODELS times and count what stays",
     )
     args = common.add_common(parser).parse_args()
+    for env in (workers.ENV_RECYCLE_TRIALS, workers.ENV_RECYCLE_MB):
+        os.environ.pop(env, None)
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="memory-bench-"))
     preset = memory_preset(args.trials, args.images, args.epochs)
-    configure()
-    before_data = rss_mb()
-    images, labels = datasets.load_train(preset.dataset, args.data_dir)
-    data = datasets.split(images, labels, preset.val_size, preset.train_size)
-    rdb = storage.open_storage(f"sqlite:///{folder / 'memory.db'}")
-    study, _ = study_mod.create_or_load(rdb, "memory", preset)
-    curve: list[tuple[int, str, str, float]] = []
-
-    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if args.trim:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        curve.append(
-            (trial.number, trial.state.name, trial.user_attrs.get("architecture", ""), rss_mb())
+    modes = [(0, "no recycling"), (args.recycle, "recycling")]
+    with ThreadPoolExecutor(max_workers=2 if args.together else 1) as pool:
+        runs = [pool.submit(run, preset, n, folder, args.data_dir, label) for n, label in modes]
+        (plain, plain_s), (recycled, recycled_s) = (r.result() for r in runs)
+    summary = summarise(plain, recycled, (plain_s, recycled_s), args.recycle)
+    rows = []
+    for i in sorted({0, *range(9, len(plain), 10), len(plain) - 1}):
+        rows.append(
+            [
+                i + 1,
+                f"{plain[i].user_attrs['worker_rss_mb']:,}",
+                f"{recycled[i].user_attrs['worker_rss_mb']:,}",
+                len({t.user_attrs["worker"] for t in recycled[: i + 1]}),
+            ]
         )
-        print(
-            f"trial {trial.number:2d} {trial.state.name:8s} RSS {curve[-1][3]:7.1f} MB  "
-            f"{curve[-1][2]}",
-            flush=True,
-        )
-
-    start = rss_mb()
-    objective = Objective(
-        preset, data, flip=datasets.info(preset.dataset).flip_ok, log=lambda line: None
-    )
-    # The product's worker loop (gc_after_trial, failures caught, heartbeats), to the total of
-    # finished trials; `record` runs after each trial, where the progress line would print.
-    loop.run_trials(study, objective, args.trials, storage=rdb, callbacks=[record])
-    rss = np.array([c[3] for c in curve])
-    half = len(rss) // 2
-    slope = float(np.polyfit(np.arange(half, len(rss)), rss[half:], 1)[0])
-    first_slope = float(np.polyfit(np.arange(half), rss[:half], 1)[0])
-    summary = (
-        f"RSS {before_data:.0f} MB after importing TensorFlow, {start:.0f} MB with the "
-        f"data and storage open; after trial 1: {rss[0]:.0f} MB, after trial "
-        f"{half}: {rss[half - 1]:.0f} MB, after trial {len(rss)}: {rss[-1]:.0f} MB "
-        f"(peak {rss.max():.0f} MB). Slope: {first_slope:+.1f} MB a trial over the "
-        f"first half, {slope:+.1f} MB a trial over the second half."
-    )
-    body = (
-        summary
-        + "\n\n"
-        + common.table(
-            ["trial", "state", "architecture", "RSS MB"],
-            [[n, s, a, f"{r:.0f}"] for n, s, a, r in curve],
-        )
-    )
+    header = ["trial", "RSS MB, no recycling", "RSS MB, recycling", "processes so far"]
+    body = summary + "\n\n" + common.table(header, rows)
     print(summary)
     if args.isolate:
         body += "\n\n" + isolate(args.isolate)
@@ -179,10 +226,11 @@ def main() -> None:
         common.write_section(
             "memory",
             common.section(
-                "Memory: RSS over 30 trials in one worker",
+                f"Memory: RSS over {args.trials} trials, with and without recycling",
                 body,
-                extra=f"- Study: {args.trials} trials, {args.images:,} training images, "
-                f"{args.epochs} epochs a trial, architectures varied by the sampler",
+                extra=f"- Study: {args.trials} trials each way, {args.images:,} training "
+                f"images, {args.epochs} epoch(s) a trial, architectures varied by the sampler; "
+                "RSS read by the worker as each trial starts",
             ),
         )
 

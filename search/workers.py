@@ -47,12 +47,13 @@ WORKER_BYTES = 3 * 2**29
 # stays within what was measured; beyond it, use PostgreSQL.
 SQLITE_WORKERS = 64
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
-# Recycling (benchmarks/RESULTS.md, memory): a worker's RSS rose from 896 MB after its first
-# small trial to 1,238 MB after 30 (+15 MB a trial at first, then +6.4 MB, linearly to 90
-# trials). After 30 trials a process is replaced: its growth stays near 350 MB and within
-# WORKER_BYTES, while a new process costs only its start-up (importing TensorFlow, loading
-# the data) once every 30 trials. Large networks grow faster than those small ones; a process
-# that passes twice WORKER_BYTES is replaced early whatever its count.
+# Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 810 MB at
+# its first tiny trial to 1,169 MB at trial 30 and 1,467 MB at trial 70 (+6 to +9 MB a trial,
+# linearly to 90 trials in an earlier run). Replaced every 30 trials, it stayed under
+# 1,160 MB, within WORKER_BYTES, and held 0.63x the memory after 70 trials; each new process
+# cost 44 s of start-up on a loaded machine, 1.5 s a trial, 0.8 % of a typical 183 s trial.
+# Large networks grow faster than those tiny ones; a process past twice WORKER_BYTES is
+# replaced early whatever its count.
 RECYCLE_TRIALS = 30
 RECYCLE_MB = 2 * WORKER_BYTES // 2**20
 ENV_RECYCLE_TRIALS = "SEARCH_RECYCLE_TRIALS"
