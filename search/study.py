@@ -6,7 +6,7 @@ import dataclasses
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -120,10 +120,15 @@ def load(
 _CREATION_ATTRS = {"dataset", "objective", "preset_name", "trials"}
 
 
+def creation_lock(storage: optuna.storages.RDBStorage, name: str) -> AbstractContextManager[None]:
+    """The lock under which study `name` comes into being (`search start`, `search copy`)."""
+    return storage_mod.exclusive(storage.url, f"create:{name}", storage.engine)
+
+
 @contextmanager
 def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
     """Hold the lock under which study `name` is created; undo a creation that died first."""
-    with storage_mod.exclusive(storage.url, f"create:{name}", storage.engine):
+    with creation_lock(storage, name):
         if name in names(storage):
             found = optuna.load_study(study_name=name, storage=storage)
             if "preset" not in found.user_attrs:

@@ -10,10 +10,13 @@ out is filled in here:
   whose heartbeat went stale, so it would stay RUNNING forever and hold a slot of the total.
   Its worker is not coming: the copy fails it and queues it again, as the storage's own
   heartbeat callback does for a lost worker.
-- The preset is written last: a worker that joins the copy waits for it (study.load), so it
-  never starts on a study whose trials are still arriving.
+- The copy is made under the lock `search start` creates studies with, and the preset is
+  written last: a `search start` on the destination waits for the copy, and a worker that
+  joins it waits for the preset (study.load), so neither starts on a study whose trials are
+  still arriving.
 - A copy that fails halfway (Ctrl-C, a lost connection) is deleted, so the same command can
-  be run again; nothing but what this command wrote is removed.
+  be run again; nothing but what this command wrote is removed. (A copy killed outright, by
+  SIGKILL, leaves a study without its preset; `optuna delete-study` removes it.)
 - A progress line every 500 trials.
 """
 
@@ -66,36 +69,46 @@ def copy(
     log(f"To: {storage_mod.describe(target_url)}")
     target = storage_mod.open_storage(target_url)
     new_name = new_name or found
-    if new_name in study_mod.names(target):
-        raise _exists(new_name, target_url)
     original = optuna.load_study(study_name=found, storage=source)
-    trials = original.get_trials(deepcopy=False)
-    log(
-        f"Copying study '{found}': {len(trials)} trials ({_counts(trials)}), "
-        f"{len(original.user_attrs)} study attributes."
-    )
-    try:
+    # Under the lock `search start` creates studies with: one started on the destination
+    # meanwhile waits, then finds the copy whole (it never sees a study without its preset).
+    with study_mod.creation_lock(target, new_name):
+        if new_name in study_mod.names(target):
+            raise StudyError(
+                f"A study named '{new_name}' already exists in "
+                f"{storage_mod.describe(target_url)}; pass --as NEW_NAME to copy under another "
+                "name, or copy to another storage."
+            )
+        trials = original.get_trials(deepcopy=False)
+        log(
+            f"Copying study '{found}': {len(trials)} trials ({_counts(trials)}), "
+            f"{len(original.user_attrs)} study attributes."
+        )
         made = optuna.create_study(
             storage=target, study_name=new_name, directions=original.directions
         )
-    except optuna.exceptions.DuplicatedStudyError:  # created by someone else meanwhile
-        raise _exists(new_name, target_url) from None
-    try:
-        requeued = _fill(source, source.get_study_id_from_name(found), made, target, trials, log)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error that stopped the copy is the one told
-            optuna.delete_study(study_name=new_name, storage=target)
-        raise
-    if requeued:
+        try:
+            source_id = source.get_study_id_from_name(found)
+            requeued = _fill(source, source_id, made, target, trials, log)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped it is the one told
+                optuna.delete_study(study_name=new_name, storage=target)
+            raise
+    copied = Copied(new_name, source_url, target_url, len(trials), requeued)
+    _tell(copied, log)
+    return copied
+
+
+def _tell(copied: Copied, log: Log) -> None:
+    if copied.requeued:
         log(
-            f"Trial(s) {', '.join(f'#{n}' for n in requeued)} were running in the source: "
-            "failed in the copy, and queued again."
+            f"Trial(s) {', '.join(f'#{n}' for n in copied.requeued)} were running in the "
+            "source: failed in the copy, and queued again."
         )
     log(
-        f"Copied study '{new_name}' with {len(trials)} trials. Continue it there with: "
-        f"search worker --study {new_name} --storage {storage_mod.masked(target_url)}"
+        f"Copied study '{copied.name}' with {copied.trials} trials. Continue it there with: "
+        f"search worker --study {copied.name} --storage {storage_mod.masked(copied.target_url)}"
     )
-    return Copied(new_name, source_url, target_url, len(trials), requeued)
 
 
 def _fill(
@@ -139,13 +152,6 @@ def _requeue(made: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: 
     storage.set_trial_user_attr(trial_id, "reason", RUNNING_REASON)
     storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
     return trial.number
-
-
-def _exists(name: str, url: str) -> StudyError:
-    return StudyError(
-        f"A study named '{name}' already exists in {storage_mod.describe(url)}; pass "
-        "--as NEW_NAME to copy under another name, or copy to another storage."
-    )
 
 
 def _counts(trials: list[optuna.trial.FrozenTrial]) -> str:
