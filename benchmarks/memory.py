@@ -174,6 +174,22 @@ def summarise(
     )
 
 
+def curve_table(plain: list[FrozenTrial], recycled: list[FrozenTrial]) -> str:
+    """Every tenth trial's RSS both ways, and how many processes recycling had used by then."""
+    rows = []
+    for i in sorted({0, *range(9, len(plain), 10), len(plain) - 1}):
+        rows.append(
+            [
+                i + 1,
+                f"{plain[i].user_attrs['worker_rss_mb']:,}",
+                f"{recycled[i].user_attrs['worker_rss_mb']:,}",
+                len({t.user_attrs["worker"] for t in recycled[: i + 1]}),
+            ]
+        )
+    header = ["trial", "RSS MB, no recycling", "RSS MB, recycling", "processes so far"]
+    return common.table(header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -207,18 +223,7 @@ def main() -> None:
         runs = [pool.submit(run, preset, n, folder, args.data_dir, label) for n, label in modes]
         (plain, plain_s), (recycled, recycled_s) = (r.result() for r in runs)
     summary = summarise(plain, recycled, (plain_s, recycled_s), args.recycle)
-    rows = []
-    for i in sorted({0, *range(9, len(plain), 10), len(plain) - 1}):
-        rows.append(
-            [
-                i + 1,
-                f"{plain[i].user_attrs['worker_rss_mb']:,}",
-                f"{recycled[i].user_attrs['worker_rss_mb']:,}",
-                len({t.user_attrs["worker"] for t in recycled[: i + 1]}),
-            ]
-        )
-    header = ["trial", "RSS MB, no recycling", "RSS MB, recycling", "processes so far"]
-    body = summary + "\n\n" + common.table(header, rows)
+    body = summary + "\n\n" + curve_table(plain, recycled)
     print(summary)
     if args.isolate:
         body += "\n\n" + isolate(args.isolate)

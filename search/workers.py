@@ -365,18 +365,7 @@ def _main(job: Job, conn: Connection) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
     code = 0
     try:
-        rdb = storage_mod.open_storage(job.url, must_exist=True)
-        study, preset = study_mod.load(rdb, job.study, worker=job.seed)
-        retired = loop.run_worker(
-            study,
-            preset,
-            job.total,
-            storage=rdb,
-            data_dir=job.data_dir,
-            log=log,
-            threads=job.threads,
-            recycle=job.recycle,
-        )
+        retired = _work(job, log)
         if retired:
             send("retire", retired)
     except KeyboardInterrupt:
@@ -396,3 +385,19 @@ def _main(job: Job, conn: Connection) -> None:
     finally:
         conn.close()
     sys.exit(code)
+
+
+def _work(job: Job, log: Log) -> str | None:
+    """A worker process's trials: to the total, or until it retires (then why)."""
+    rdb = storage_mod.open_storage(job.url, must_exist=True)
+    study, preset = study_mod.load(rdb, job.study, worker=job.seed)
+    return loop.run_worker(
+        study,
+        preset,
+        job.total,
+        storage=rdb,
+        data_dir=job.data_dir,
+        log=log,
+        threads=job.threads,
+        recycle=job.recycle,
+    )
