@@ -30,7 +30,7 @@ class Recycle:
     once its resident memory has passed `rss_bytes` (0 turns either off).
 
     TensorFlow keeps each model's traced graphs after clear_session, so a process grows with
-    every trial (about 6 MB a small trial, benchmarks/RESULTS.md); only a new process starts
+    every trial (6-9 MB a small trial, benchmarks/RESULTS.md); only a new process starts
     from zero. The check runs between trials, after a trial is recorded, so none is cut short.
     """
 
