@@ -94,9 +94,6 @@ def start(
     """Start or resume a search; rerunning the same command resumes to the same total.
 
     Several copies, on this machine or on others sharing the storage, work on one study.
-    Each worker process is replaced by a fresh one after 30 trials or past 3,072 MB of
-    memory, between trials; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never) change
-    that. Each finished trial's line shows the time elapsed and an estimate of the time left.
 
     \b
     Example:
@@ -171,8 +168,7 @@ def worker(
 ) -> None:
     """Join a study under way from any machine that reaches its storage, and help finish it.
 
-    Runs trials until the study reaches the total its 'search start' set. Worker processes
-    are recycled as with 'search start' (SEARCH_RECYCLE_TRIALS, SEARCH_RECYCLE_MB).
+    Runs trials until the study reaches the total its 'search start' set.
 
     \b
     Example:

@@ -140,6 +140,17 @@ def run_trials(
             _run_one(study, objective, slot, callbacks, log)
 
 
+def _load(preset: Preset, data_dir: str | None, log: Log) -> datasets.Split:
+    """The preset's training and validation images, loaded once for this worker's trials."""
+    images, labels = datasets.load_train(preset.dataset, data_dir)
+    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    log(
+        f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
+        f"of {preset.dataset}."
+    )
+    return data
+
+
 def run_worker(
     study: optuna.Study,
     preset: Preset,
@@ -165,14 +176,9 @@ def run_worker(
         )
         return None
     configure(threads)
-    images, labels = datasets.load_train(preset.dataset, data_dir)
-    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    data = _load(preset, data_dir, log)
     if on_data:
         on_data(data)
-    log(
-        f"Data: {len(data.x_train):,} training and {len(data.x_val):,} validation images "
-        f"of {preset.dataset}."
-    )
     objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
     progress = Progress(total, log)
     retired: list[str] = []

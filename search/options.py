@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from search import storage as storage_mod
+from search import workers
 from search.errors import SearchError, first_line
 
 
@@ -122,7 +123,10 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="SEARCH_WORKERS",
         show_envvar=True,
         show_default=True,
-        help="Worker processes on this machine, or auto: one per core, as memory "
-        "allows (at most 64 on SQLite).",
+        help="Worker processes on this machine, or auto: one per core, as memory allows (at "
+        f"most 64 on SQLite). Each is replaced by a fresh process after "
+        f"{workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB, between trials, "
+        "to bound its memory; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never) change "
+        "that.",
     )(f)
     return f

@@ -191,7 +191,9 @@ def test_hours_bound_the_search_and_a_rerun_keeps_them(
     assert "100000 trials" in hours_only.output  # as many as fit in the time
 
 
-def test_help_states_the_recycling_defaults_the_code_uses() -> None:
-    text = " ".join(run("start", "--help").output.split())
-    assert f"after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB" in text
-    assert "SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB" in text
+def test_help_states_the_recycling_and_the_time_left() -> None:
+    for command in ("start", "worker"):
+        text = " ".join(run(command, "--help").output.split())
+        assert f"after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB" in text
+        assert "SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never)" in text
+    assert "an estimate of the rest" in " ".join(run("status", "--help").output.split())
