@@ -270,30 +270,26 @@ def status(url: str | None, study_name: str | None) -> None:
 )
 @click.option(
     "--study",
-    "study_name",
     metavar="NAME",
     help="The study to copy; needed when the source holds several.",
 )
 @click.option(
     "--as",
-    "new_name",
+    "name",
     metavar="NAME",
     help="Name of the copy. Defaults to the study's own; an existing study is never replaced.",
 )
-def copy_study(
-    source: str | None, target: str, study_name: str | None, new_name: str | None
-) -> None:
-    """Copy a study with all its trials and attributes to another storage.
+def copy_study(source: str | None, target: str, study: str | None, name: str | None) -> None:
+    """Copy a study with all its trials and attributes to another storage, to go on there.
 
-    Trials that were running in the source are failed in the copy and queued again. Resume
-    the copy there with 'search worker' or 'search start'.
+    Trials that were running in the source are failed in the copy and queued again.
 
     \b
     Example:
       search copy --to postgresql+psycopg://search@db-host/search --study fashion_mnist
       search copy --from postgresql+psycopg://search@db-host/search --to sqlite:///backup.db
     """
-    transfer.copy(source, target, study_name, new_name=new_name, log=click.echo)
+    transfer.copy(source, target, study, new_name=name, log=click.echo)
 
 
 @cli.command("retrain-best")
