@@ -8,14 +8,14 @@ from pathlib import Path
 import click
 import optuna
 
-from search import catalog, ensemble, presets, progress, retrain, transfer, workers
+from search import catalog, ensemble, gpus, presets, progress, retrain, transfer, workers
 from search import report as report_mod
 from search import storage as storage_mod
 from search import study as study_mod
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from search.datasets import DATASETS
 from search.interrupt import sigterm_as_interrupt
-from search.options import Group, data_dir_option, storage_options, worker_options
+from search.options import Group, backend_option, data_dir_option, storage_options, worker_options
 from search.presets import OBJECTIVES
 
 
@@ -88,6 +88,7 @@ def start(
     hours: float | None,
     workers: str | int,
     threads: int | None,
+    gpu_list: list[str] | None,
     url: str | None,
     study_name: str | None,
 ) -> None:
@@ -99,7 +100,7 @@ def start(
     Example:
       search start --dataset fashion_mnist --trials 50
       search start --dataset fashion_mnist --trials 200 --workers auto
-      search start --preset demo
+      search start --preset demo --backend jax
       search start --dataset fashion_mnist --hours 1.5 --workers auto
       search start --dataset mnist --trials 30 --study digits --data-dir ~/mnist
     """
@@ -118,7 +119,7 @@ def start(
         hours=hours,
     )
     _echo_prepared(run)
-    _run(run, run.total, workers, threads, fresh=run.created, data_dir=data_dir)
+    _run(run, run.total, workers, threads, gpu_list, fresh=run.created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
@@ -163,6 +164,7 @@ def worker(
     data_dir: Path | None,
     workers: str | int,
     threads: int | None,
+    gpu_list: list[str] | None,
     url: str | None,
     study_name: str | None,
 ) -> None:
@@ -174,6 +176,7 @@ def worker(
     Example:
       export SEARCH_STORAGE=postgresql+psycopg://search@db-host/search
       search worker --study fashion_mnist --workers auto
+      search worker --study fashion_mnist --backend jax --gpus 0,1 --workers auto
     """
     run = study_mod.open_existing(url, study_name)
     total = study_mod.stored_total(run.study)
@@ -185,7 +188,7 @@ def worker(
         f"{total} trials finished, {running} running."
     )
     _echo_lost(tuple(lost))
-    _run(run, total, workers, threads, fresh=False, data_dir=data_dir)
+    _run(run, total, workers, threads, gpu_list, fresh=False, data_dir=data_dir)
 
 
 def _run(
@@ -193,6 +196,7 @@ def _run(
     total: int,
     count: str | int,
     threads: int | None,
+    gpu_list: list[str] | None,
     *,
     fresh: bool,
     data_dir: Path | None,
@@ -201,16 +205,18 @@ def _run(
 
     A worker that gave up (trials failing in a row) is a failure, not a success.
     """
+    cards = gpus.cards(gpu_list)
     workers.run_study(
         run.study,
         run.preset,
         total,
         url=run.url,
-        workers=workers.count(count, run.url),
+        workers=workers.count(count, run.url, cards),
         threads=threads,
         fresh=fresh,
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
+        cards=cards,
     )
     click.echo(progress.best_line(run.study))
     done = study_mod.finished(run.study)
@@ -307,6 +313,7 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
     "softmax outputs; each member's test accuracy and the ensemble's are recorded.",
 )
 @data_dir_option()
+@backend_option
 @storage_options
 def retrain_best(
     number: int | None,

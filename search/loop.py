@@ -17,7 +17,7 @@ from search import storage as storage_mod
 from search.objective import Objective
 from search.presets import Preset
 from search.progress import Progress
-from search.runtime import Log, configure, resident_memory
+from search.runtime import Log, configure, devices, resident_memory
 from search.study import StudyError, finished, recover, time_is_up, trained
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -160,6 +160,7 @@ def run_worker(
     data_dir: str | None = None,
     log: Log = print,
     threads: int | None = None,
+    cpus: Sequence[int] = (),
     on_data: Callable[[datasets.Split], None] | None = None,
     recycle: Recycle | None = None,
 ) -> str | None:
@@ -175,7 +176,8 @@ def run_worker(
             f"(of {total}); nothing to do."
         )
         return None
-    configure(threads)
+    configure(threads, cpus)
+    log(f"Backend: {devices()}")
     data = _load(preset, data_dir, log)
     if on_data:
         on_data(data)

@@ -14,7 +14,6 @@ from search.space import NUM_CLASSES, SIDE, Config, describe, impossible
 if TYPE_CHECKING:
     import keras
 
-SHIFT = 0.1  # random translations of up to 10 % of the image each way
 PLATEAU_FACTOR = 0.3  # reduce-on-plateau multiplies the learning rate by this
 
 
@@ -32,6 +31,8 @@ def build(
     """
     import keras
 
+    from search.runtime import compile_options
+
     reason = impossible(config)
     if reason:
         raise ValueError(f"Cannot build {describe(config)}: {reason}.")
@@ -48,8 +49,7 @@ def build(
             else "sparse_categorical_crossentropy"
         ),
         metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-        jit_compile=False,  # XLA measured 2-4x slower on CPU (see benchmarks/)
+        **compile_options(steps_per_execution),  # XLA or not, per backend and device
     )
     return model
 
@@ -58,12 +58,12 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
     """The network's layers from raw images to the softmax, applied to `inputs`."""
     from keras import layers
 
+    from search.augment import augmentation
+
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Reshape((SIDE, SIDE, 1))(x)
-    if config.shifts:
-        x = layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant")(x)
-    if config.flips and flip:
-        x = layers.RandomFlip("horizontal")(x)
+    for layer in augmentation(shift=config.shifts, flip=config.flips and flip):
+        x = layer(x)
     for conv in config.convs:
         x = layers.Conv2D(
             conv.filters,

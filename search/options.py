@@ -1,4 +1,6 @@
-"""The CLI's shared parts: the error contract every command keeps, and shared options."""
+"""The CLI's shared parts: the error contract every command keeps, and the options several
+commands share: data, storage, workers, backend and GPUs.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from typing import Any
 
 import click
 
+from search import gpus, runtime, workers
 from search import storage as storage_mod
-from search import workers
 from search.errors import SearchError, first_line
 
 
@@ -111,8 +113,8 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.IntRange(min=1),
         envvar="SEARCH_THREADS",
         show_envvar=True,
-        help="TensorFlow threads per worker process. Defaults to the cores shared "
-        "out among the workers.",
+        help="Threads per worker process (for JAX: the cores it runs on). Defaults to "
+        "the cores shared out among the workers.",
     )(f)
     f = click.option(
         "--workers",
@@ -124,9 +126,49 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_envvar=True,
         show_default=True,
         help="Worker processes on this machine, or auto: one per core, as memory allows (at "
-        f"most 64 on SQLite). Each is replaced by a fresh process after "
-        f"{workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB, between trials, "
-        "to bound its memory; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never) change "
-        "that.",
+        "most 64 on SQLite), and as the GPUs' free memory allows. Each is replaced by a fresh "
+        f"process after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB, "
+        "between trials, to bound its memory; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: "
+        "never) change that.",
     )(f)
-    return f
+    return backend_option(gpus_option(f))
+
+
+def _select_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # At parse time, before the command's body can import Keras.
+    runtime.select(value)
+
+
+def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--backend, for every command that trains; it takes effect in worker processes too."""
+    return click.option(
+        "--backend",
+        type=click.Choice(runtime.BACKENDS),
+        envvar=runtime.ENV_BACKEND,
+        show_envvar=True,
+        expose_value=False,
+        callback=_select_backend,
+        help=f"Keras backend to train with. Defaults to {runtime.DEFAULT_BACKEND}; jax and "
+        "torch need their extra installed (README: GPU and backends).",
+    )(f)
+
+
+def _gpu_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    try:
+        return None if value is None else gpus.parse_list(value)
+    except gpus.GpuError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def gpus_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--gpus, for the commands that start worker processes."""
+    return click.option(
+        "--gpus",
+        "gpu_list",
+        metavar="N[,N...]",
+        envvar=gpus.ENV_GPUS,
+        show_envvar=True,
+        callback=_gpu_list,
+        help="GPUs for this machine's workers, numbered as nvidia-smi lists them; each "
+        "worker sees one. Defaults to every GPU (or CUDA_VISIBLE_DEVICES' choice).",
+    )(f)

@@ -114,6 +114,8 @@ def _predict(
     configure()
     import keras
 
+    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
+
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # Keras reports a damaged file in several exception types

@@ -18,7 +18,7 @@ from search import datasets
 from search.errors import first_line
 from search.network import build, decay_steps, for_inference
 from search.presets import Preset
-from search.runtime import Log, configure
+from search.runtime import Log, configure, devices
 from search.space import Config, describe, size
 from search.storage import safe_name
 from search.study import StudyError, best, config_of
@@ -118,6 +118,7 @@ def train_on_all(
     config, epochs, planned = final_plan(trial, preset)
     seed = int(trial.user_attrs.get("seed", preset.seed))
     configure()
+    log(f"Backend: {devices()}")
     import keras
 
     images, labels = final_images(preset, data_dir)

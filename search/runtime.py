@@ -1,13 +1,69 @@
-"""The training runtime of this process: quiet start-up, thread pools, memory."""
+"""The training runtime of this process: the Keras backend, quiet start-up, threads, memory.
+
+Keras 3 runs the same models on TensorFlow, JAX or PyTorch, chosen by KERAS_BACKEND before
+Keras is first imported. Nothing here imports a backend that is not the chosen one.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
+
+from search.errors import SearchError
 
 Log = Callable[[str], None]
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_BACKEND = "tensorflow"
+ENV_BACKEND = "KERAS_BACKEND"
+INSTALL = {"tensorflow": "search", "jax": "search[jax]", "torch": "search[torch]"}
+# Error types that mean a device or the host ran out of memory: TensorFlow's, and PyTorch's
+# torch.OutOfMemoryError. JAX raises JaxRuntimeError (XlaRuntimeError before) for every XLA
+# failure; only its status code, first in the message, tells an out-of-memory one apart.
+OOM_TYPES = ("ResourceExhaustedError", "OutOfMemoryError")
+XLA_ERRORS = ("JaxRuntimeError", "XlaRuntimeError")
+
+
+class BackendError(SearchError):
+    """The Keras backend asked for cannot be used."""
+
+
+def backend() -> str:
+    """The backend this process uses or will use: KERAS_BACKEND, else TensorFlow."""
+    name = os.environ.get(ENV_BACKEND) or DEFAULT_BACKEND
+    if name not in BACKENDS:
+        raise BackendError(
+            f"{ENV_BACKEND}={name!r} is not a backend this search runs on; set it to "
+            f"{', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}."
+        )
+    return name
+
+
+def select(name: str | None = None) -> str:
+    """Make `name` (default: KERAS_BACKEND, else TensorFlow) the backend, before Keras loads.
+
+    It goes into this process's environment, so worker processes spawned later inherit it.
+    """
+    if name is not None:
+        os.environ[ENV_BACKEND] = name
+    name = backend()
+    if "keras" in sys.modules:  # Keras fixed its backend when it was imported
+        running = sys.modules["keras"].backend.backend()
+        if running != name:
+            raise BackendError(
+                f"Keras already runs on {running} in this process; start a new process "
+                f"to use {name}."
+            )
+    elif importlib.util.find_spec(name) is None:
+        raise BackendError(
+            f"The {name} backend is not installed; install it with "
+            f"pip install '{INSTALL[name]}' (README: GPU and backends)."
+        )
+    os.environ[ENV_BACKEND] = name
+    return name
 
 
 @contextmanager
@@ -32,21 +88,104 @@ def quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def configure(threads: int | None = None) -> None:
-    """Import Keras and its backend quietly and, for worker processes, pin its thread pools."""
-    with quiet_stderr():
-        import keras  # noqa: F401  (imports TF under the silenced descriptor)
-        import tensorflow as tf
+def configure(threads: int | None = None, cpus: Sequence[int] = ()) -> None:
+    """Import Keras and its backend quietly; for worker processes, bound the threads they use.
 
-        gpus = tf.config.list_physical_devices("GPU")
+    `threads` sizes TensorFlow's and PyTorch's thread pools. XLA's CPU client (JAX) sizes its
+    pool by the cores the process may run on, and ignores XLA_FLAGS' Eigen switch (measured:
+    four busy threads on two cores either way, one when pinned), so a JAX worker is pinned to
+    `cpus`, or to the first `threads` cores it may use.
+    """
+    name = select()
+    # JAX would take 75 % of a GPU's memory at its first operation; several trial processes
+    # share a card only if each takes what it uses.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if name == "jax" and (cpus or threads) and "jax" not in sys.modules:
+        allowed = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cpus or allowed[:threads])
+    with quiet_stderr():
+        import keras  # noqa: F401  (imports the backend under the silenced descriptor)
+
+        if name == "tensorflow":
+            _tensorflow(threads)
+        else:
+            _without_tensorflow()
+    if name == "torch" and threads:
+        _torch(threads)
+
+
+def _without_tensorflow() -> None:
+    """Keep Keras on JAX or PyTorch from importing TensorFlow where it is installed.
+
+    keras.utils.set_random_seed, which every trial calls, also seeds TensorFlow for tf.data
+    pipelines whenever TensorFlow can be imported, and importing it costs seconds and memory
+    in every worker. The search feeds NumPy arrays, so Keras is told TensorFlow is absent.
+    """
+    from keras.src.utils import module_utils
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if lazy is not None and getattr(lazy, "module", None) is None:
+        lazy._available = False
+
+
+def _tensorflow(threads: int | None) -> None:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
     try:
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
-        for gpu in gpus:
+        for gpu in gpus:  # several workers share a card instead of the first taking it all
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         pass  # the runtime is already initialised (a second call in one process)
+
+
+def _torch(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass  # fixed once PyTorch ran its first parallel work (a second call in one process)
+
+
+def devices() -> str:
+    """The backend and the devices it trains on, such as 'jax on cpu (1 device)'."""
+    import keras
+
+    name = keras.backend.backend()
+    if name == "torch":  # Keras has no device list for PyTorch
+        import torch
+
+        count = torch.cuda.device_count()
+        kind = "gpu" if count else "cpu"
+        count = count or 1
+    else:
+        found = keras.distribution.list_devices()  # GPUs where there are any, else the CPU
+        kind, count = found[0].split(":")[0], len(found)
+    return f"{name} on {kind} ({count} device{'' if count == 1 else 's'})"
+
+
+def compile_options(steps_per_execution: int) -> dict[str, Any]:
+    """`model.compile` settings for the backend Keras runs on (benchmarks/backends.py).
+
+    - JAX: XLA always. Without it each operation runs on its own: on one H200 a first epoch
+      took 93-107 s instead of 7-9 s; on two CPU cores eager took 1.5-2x as long.
+    - TensorFlow: Keras's "auto", which is XLA on a GPU and none on a CPU, where XLA was
+      measured 2-4x slower.
+    - PyTorch: no torch.compile (it compiles for minutes), and one step per call: PyTorch
+      refuses more (`steps_per_execution must be 1 with the PyTorch backend`).
+    """
+    import keras
+
+    name = keras.backend.backend()
+    return {
+        "jit_compile": {"jax": True, "tensorflow": "auto"}.get(name, False),
+        "steps_per_execution": 1 if name == "torch" else steps_per_execution,
+    }
 
 
 def _proc_bytes(path: str, key: str) -> int | None:
@@ -72,5 +211,11 @@ def resident_memory() -> int | None:
 
 
 def is_oom(error: BaseException) -> bool:
-    """Whether a training error means the device or the host ran out of memory."""
-    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError"
+    """Whether a training error means the device or the host ran out of memory.
+
+    Told by the error's type name, so no backend is imported to ask.
+    """
+    name = type(error).__name__
+    if isinstance(error, MemoryError) or name in OOM_TYPES:
+        return True
+    return name in XLA_ERRORS and str(error).startswith("RESOURCE_EXHAUSTED")

@@ -2,12 +2,14 @@
 
 Processes, not threads: measured on two cores, two processes with one TensorFlow thread each
 trained twice the epochs of one process with two threads. They are started with spawn, not
-fork, because TensorFlow's thread pools cannot be forked safely once they run. Each process
-pins its thread pools to its share of the cores, loads the data once, seeds its sampler apart
-from the others, and sends its output to this process, which prints every line with the
-worker's index: one terminal shows all of them. A process that has run its share of trials,
-or grown past its memory limit, retires between trials and a fresh one takes its place, so a
-long search holds bounded memory. One worker runs in such a process too, for the same reason.
+fork, because TensorFlow's thread pools cannot be forked safely once they run, and so that each
+chooses its Keras backend and its GPU before it imports Keras. Each process pins its threads
+to its share of the cores (and, on a GPU machine, sees one card), loads the data once, seeds
+its sampler apart from the others, and sends its output to this process, which prints every
+line with the worker's index: one terminal shows all of them. A process that has run its
+share of trials, or grown past its memory limit, retires between trials and a fresh one takes
+its place, so a long search holds bounded memory. One worker runs in such a process too, for
+the same reasons.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
 
-from search import interrupt, loop
+from search import gpus as gpus_mod
+from search import interrupt, loop, runtime
 from search import storage as storage_mod
 from search import study as study_mod
 from search.errors import SearchError, first_line
@@ -69,9 +72,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def auto_count(url: str) -> int:
-    """One process per core, no more than memory holds; on SQLite, no more than it serves."""
+def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
+    """One process per core, no more than memory holds; on SQLite, no more than it serves.
+
+    With GPUs, also no more than the cards' free memory holds.
+    """
     count = cores()
+    if cards:
+        count = min(count, gpus_mod.capacity(list(cards)))
     memory = available_memory()
     if memory is not None:
         count = min(count, memory // WORKER_BYTES)
@@ -80,15 +88,15 @@ def auto_count(url: str) -> int:
     return max(1, count)
 
 
-def count(value: str | int, url: str) -> int:
+def count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
     """The number of worker processes for `--workers N|auto`."""
     if value == AUTO:
-        return auto_count(url)
+        return auto_count(url, cards)
     return int(value)
 
 
 def thread_share(workers: int) -> int:
-    """TensorFlow threads for each of `workers` processes: the cores shared out evenly."""
+    """Threads for each of `workers` processes: the cores shared out evenly."""
     return max(1, cores() // workers)
 
 
@@ -108,6 +116,15 @@ def recycling(preset: Preset) -> loop.Recycle:
     return loop.Recycle(trials=trials, rss_bytes=megabytes * 2**20)
 
 
+def cpu_sets(workers: int, threads: int) -> list[tuple[int, ...]]:
+    """The cores of each worker, `threads` apiece, in turn (for backends pinned by cores)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return [
+        tuple(allowed[(i * threads + k) % len(allowed)] for k in range(min(threads, len(allowed))))
+        for i in range(workers)
+    ]
+
+
 @dataclass(frozen=True)
 class Job:
     """What a worker process needs; sent through a pipe, never on a command line."""
@@ -120,6 +137,9 @@ class Job:
     threads: int | None
     data_dir: str | None
     recycle: loop.Recycle = field(default_factory=loop.Recycle)
+    backend: str = runtime.DEFAULT_BACKEND  # set in the process before it imports Keras
+    gpu: str | None = None  # the one card it sees (CUDA_VISIBLE_DEVICES)
+    cpus: tuple[int, ...] = ()  # the cores it runs on, for backends pinned that way (JAX)
 
 
 def seed_base(fresh: bool, workers: int) -> int:
@@ -152,11 +172,13 @@ def run_study(
     fresh: bool,
     data_dir: str | None,
     log: Log,
+    cards: Sequence[gpus_mod.Gpu] = (),
 ) -> None:
     """Run the study to its total in `workers` processes, each replaced as it retires.
 
-    Other workers on other machines may share the study at the same time. With one worker,
-    its lines are printed as they are and its error is this command's error.
+    With `cards`, each worker sees one of them. Other workers on other machines may share the
+    study at the same time. With one worker, its lines are printed as they are and its error is
+    this command's error.
     """
     if study_mod.finished(study) >= total:
         log(
@@ -166,21 +188,19 @@ def run_study(
         return
     recycle = recycling(preset)
     base = seed_base(fresh, workers)
-    if workers > 1:
-        if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
-            log(
-                f"Warning: {workers} workers on one SQLite file; it was measured to serve "
-                f"{SQLITE_WORKERS}. Use PostgreSQL for more."
-            )
-        threads = threads or thread_share(workers)
+    if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
         log(
-            f"Workers: {workers} processes, {threads} TensorFlow thread(s) each, on "
-            f"{cores()} cores."
+            f"Warning: {workers} workers on one SQLite file; it was measured to serve "
+            f"{SQLITE_WORKERS}. Use PostgreSQL for more."
         )
-    jobs = [
-        Job(i, url, study.study_name, total, base + i, threads, data_dir, recycle)
-        for i in range(workers)
-    ]
+    plan = gpus_mod.assign(list(cards), workers)
+    jobs = make_jobs(study.study_name, url, total, base, workers, threads, data_dir, plan, recycle)
+    if workers > 1 or plan:
+        log(
+            f"Workers: {workers} process{'es' if workers > 1 else ''}, "
+            f"{jobs[0].threads or cores()} thread(s) each, on {cores()} cores"
+            + (f"; {gpus_mod.summary(plan)}." if plan else ".")
+        )
     ended = spawn(
         jobs,
         log=lambda line: log(storage_mod.scrub(line, url)),
@@ -210,6 +230,42 @@ def _check(ended: Ended, study: optuna.Study, total: int, url: str, *, single: b
         f"The workers stopped with {done} of {total} trials finished (see the "
         "lines above); rerun the command to resume."
     )
+
+
+def make_jobs(
+    study: str,
+    url: str,
+    total: int,
+    base: int,
+    workers: int,
+    threads: int | None,
+    data_dir: str | None,
+    plan: list[str],
+    recycle: loop.Recycle | None = None,
+) -> list[Job]:
+    """One job per worker: its seed, its share of the cores and, where `plan` has one, its GPU.
+
+    One worker keeps every core unless `threads` says otherwise.
+    """
+    threads = threads or (thread_share(workers) if workers > 1 else None)
+    cpus = cpu_sets(workers, threads) if threads else [()] * workers
+    backend = runtime.backend()
+    return [
+        Job(
+            i,
+            url,
+            study,
+            total,
+            base + i,
+            threads,
+            data_dir,
+            recycle=recycle or loop.Recycle(),
+            backend=backend,
+            gpu=plan[i] if plan else None,
+            cpus=cpus[i],
+        )
+        for i in range(workers)
+    ]
 
 
 @dataclass
@@ -342,6 +398,13 @@ class _Relay(logging.Handler):
         self.log(record.getMessage())
 
 
+def enter(job: Job) -> None:
+    """Give this new process the job's backend and card, before it imports Keras or CUDA."""
+    os.environ[runtime.ENV_BACKEND] = job.backend
+    if job.gpu is not None:
+        gpus_mod.pin(job.gpu)
+
+
 def _main(job: Job, conn: Connection) -> None:
     """A worker process: load the study, run trials to the total, report an error as a line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
@@ -358,6 +421,7 @@ def _main(job: Job, conn: Connection) -> None:
         send("line", line)
 
     debug = bool(os.environ.get("SEARCH_DEBUG"))
+    enter(job)
     import optuna
 
     optuna.logging.disable_default_handler()
@@ -399,5 +463,6 @@ def _work(job: Job, log: Log) -> str | None:
         data_dir=job.data_dir,
         log=log,
         threads=job.threads,
+        cpus=job.cpus,
         recycle=job.recycle,
     )

@@ -1,4 +1,4 @@
-"""The training runtime: TensorFlow's start-up kept quiet, its thread pools, and memory."""
+"""The training runtime: the Keras backend, its quiet start-up, its threads, and memory."""
 
 from __future__ import annotations
 
@@ -65,10 +65,94 @@ def test_available_memory_reads_the_kernel_s_figure() -> None:
     assert available is not None and 0 < available <= total
 
 
-def test_out_of_memory_is_told_apart_from_other_training_errors() -> None:
+def test_out_of_memory_is_told_apart_from_other_training_errors_on_every_backend() -> None:
     import tensorflow as tf
 
     assert runtime.is_oom(MemoryError())
     assert runtime.is_oom(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
     assert not runtime.is_oom(tf.errors.InvalidArgumentError(None, None, "bad label"))
     assert not runtime.is_oom(ValueError("out of memory"))  # the type decides, not the words
+    jax_errors = pytest.importorskip("jax.errors")
+    xla_oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB."
+    assert runtime.is_oom(jax_errors.JaxRuntimeError(xla_oom))
+    assert not runtime.is_oom(jax_errors.JaxRuntimeError("INVALID_ARGUMENT: bad shape"))
+    torch = pytest.importorskip("torch")
+    assert runtime.is_oom(torch.OutOfMemoryError("CUDA out of memory."))
+
+
+BACKEND = """
+import os, sys
+from search import runtime
+runtime.configure({threads})
+print(runtime.devices())
+print(runtime.compile_options(16))
+print(os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"], len(os.sched_getaffinity(0)))
+print("tensorflow" in sys.modules)
+"""
+
+
+def configured(backend: str, threads: int | None = None) -> list[str]:
+    """What BACKEND prints in a new process that runs on `backend`."""
+    env = {**os.environ, runtime.ENV_BACKEND: backend}
+    env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", BACKEND.format(threads=threads)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_jax_compiles_shares_a_card_keeps_to_its_cores_and_never_loads_tensorflow() -> None:
+    pytest.importorskip("jax")
+    lines = configured("jax", threads=1)
+    assert lines[0] == "jax on cpu (1 device)"
+    assert lines[1] == "{'jit_compile': True, 'steps_per_execution': 16}"
+    assert lines[2] == "false 1"  # no preallocation; one core for one thread
+    assert lines[3] == "False"  # TensorFlow is imported only when it is the backend
+
+
+def test_tensorflow_compiles_with_keras_auto_xla_choice_and_keeps_every_core() -> None:
+    lines = configured("tensorflow")
+    assert lines[0] == "tensorflow on cpu (1 device)"
+    # "auto": XLA where TensorFlow has a GPU, none on a CPU (measured 2-4x slower there).
+    assert lines[1] == "{'jit_compile': 'auto', 'steps_per_execution': 16}"
+    assert lines[2] == f"false {len(os.sched_getaffinity(0))}"
+    assert lines[3] == "True"
+
+
+def test_torch_runs_one_step_per_call_on_its_own_thread_count() -> None:
+    pytest.importorskip("torch")
+    code = BACKEND.format(threads=1) + "import torch; print(torch.get_num_threads())\n"
+    env = {**os.environ, runtime.ENV_BACKEND: "torch"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "torch on cpu (1 device)"
+    # PyTorch refuses steps_per_execution above 1; torch.compile is left off.
+    assert lines[1] == "{'jit_compile': False, 'steps_per_execution': 1}"
+    assert lines[3] == "False" and lines[4] == "1"
+
+
+def test_a_backend_is_checked_before_keras_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.ENV_BACKEND, "theano")
+    with pytest.raises(runtime.BackendError, match="set it to tensorflow, jax or torch"):
+        runtime.backend()
+    monkeypatch.delenv(runtime.ENV_BACKEND)
+    assert runtime.backend() == "tensorflow"  # the default
+    code = (
+        "import keras; from search import runtime\n"
+        "try:\n    runtime.select('jax')\nexcept runtime.BackendError as e:\n    print(e)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != runtime.ENV_BACKEND}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.stdout.strip() == (
+        "Keras already runs on tensorflow in this process; start a new process to use jax."
+    )

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import loop, presets, runtime, storage, study, workers
+from search import gpus, loop, presets, runtime, storage, study, workers
 from search.study import StudyError
 from tests.helpers import check_exact, db_url, load_study, popen, run, write_preset
 from tests.postgres import Cluster
@@ -117,7 +118,7 @@ def test_a_worker_error_stops_the_study_without_the_password(
     assert message.startswith(("Worker 0 stopped: --data-dir ", "Worker 1 stopped: --data-dir "))
     assert message.endswith("data-*** is not a folder.")
     assert (
-        lines[0] == f"Workers: 2 processes, {workers.thread_share(2)} TensorFlow thread(s) "
+        lines[0] == f"Workers: 2 processes, {workers.thread_share(2)} thread(s) "
         f"each, on {workers.cores()} cores."
     )
     assert sum("Error: --data-dir" in line for line in lines) == 2
@@ -233,3 +234,70 @@ def test_a_lone_worker_killed_mid_trial_is_one_sentence_and_the_rerun_retries_it
     assert lost.state == TrialState.FAIL and second.state in study.FINISHED
     assert retry.state in study.FINISHED and retry.params == lost.params
     assert retry.system_attrs["failed_trial"] == 0
+
+
+def test_auto_on_a_gpu_machine_starts_as_many_workers_as_the_cards_hold(
+    private_storage: Path,
+) -> None:
+    url = db_url(private_storage)
+    small = [gpus.Gpu("0", gpus.WORKER_BYTES)]  # room for one worker
+    assert workers.count("auto", url, small) == 1
+    roomy = [gpus.Gpu("0", 40 * gpus.WORKER_BYTES), gpus.Gpu("1", 40 * gpus.WORKER_BYTES)]
+    # 80 fit on the cards; the cores (and the host's memory) still bound them.
+    assert workers.count("auto", url, roomy) == workers.count("auto", url)
+    assert workers.count(5, url, small) == 5  # a number is taken as given
+
+
+def test_each_job_carries_the_backend_its_card_and_its_own_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(runtime.ENV_BACKEND, "jax")
+    jobs = workers.make_jobs("s", "sqlite:///x.db", 9, 100, 3, 1, None, ["0", "1", "0"])
+    allowed = sorted(os.sched_getaffinity(0))
+    assert [job.seed for job in jobs] == [100, 101, 102]
+    assert [(job.backend, job.gpu, job.threads) for job in jobs] == [
+        ("jax", "0", 1),
+        ("jax", "1", 1),
+        ("jax", "0", 1),
+    ]
+    assert [job.cpus for job in jobs] == [(allowed[i % len(allowed)],) for i in range(3)]
+    assert workers.cpu_sets(1, 2 * len(allowed)) == [tuple(allowed)]  # never a core twice
+    cpu_only = workers.make_jobs("s", "sqlite:///x.db", 9, 0, 2, None, None, [])
+    assert [job.gpu for job in cpu_only] == [None, None]
+    assert cpu_only[0].threads == workers.thread_share(2)
+
+
+def test_a_spawned_worker_enters_its_backend_and_card_before_keras(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in (runtime.ENV_BACKEND, "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        monkeypatch.delenv(key, raising=False)
+    job = workers.Job(0, "sqlite:///x.db", "s", 1, 0, 1, None, backend="torch", gpu="3")
+    workers.enter(job)
+    assert os.environ[runtime.ENV_BACKEND] == "torch"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    workers.enter(workers.Job(1, "sqlite:///x.db", "s", 1, 0, 1, None, backend="jax"))
+    assert os.environ[runtime.ENV_BACKEND] == "jax"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"  # no card: the environment's choice
+
+
+def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_path: Path) -> None:
+    url = db_url(private_storage)
+    preset = presets.load(write_preset(tmp_path))
+    study.create_or_load(storage.open_storage(url), "tiny", preset)
+    # This process runs TensorFlow; the worker must not. Its data folder is missing, so it
+    # stops right after its backend has started.
+    job = workers.Job(0, url, "tiny", 1, 0, 1, str(tmp_path / "nowhere"), backend="theano")
+    lines: list[str] = []
+    ended = workers.spawn([job], log=lines.append)
+    assert ended.errors == {
+        0: "KERAS_BACKEND='theano' is not a backend this search runs on; set "
+        "it to tensorflow, jax or torch."
+    }
+    if not importlib.util.find_spec("jax"):
+        pytest.skip("JAX is not installed")
+    lines.clear()
+    job = workers.Job(0, url, "tiny", 1, 0, 1, str(tmp_path / "nowhere"), backend="jax")
+    ended = workers.spawn([job], log=lines.append)
+    assert lines[0] == "[w0] Backend: jax on cpu (1 device)"
+    assert ended.errors[0].endswith("is not a folder.")
