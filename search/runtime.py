@@ -176,8 +176,8 @@ def compile_options(steps_per_execution: int) -> dict[str, Any]:
       took 93-107 s instead of 7-9 s; on two CPU cores eager took 1.5-2x as long.
     - TensorFlow: Keras's "auto", which is XLA on a GPU and none on a CPU, where XLA was
       measured 2-4x slower.
-    - PyTorch: no torch.compile (it compiles for minutes), and one step per call: PyTorch
-      refuses more (`steps_per_execution must be 1 with the PyTorch backend`).
+    - PyTorch: eager, as Keras's "auto" is there, and one step per call: PyTorch refuses more
+      (`steps_per_execution must be 1 with the PyTorch backend`).
     """
     import keras
 
