@@ -31,9 +31,7 @@ class BackendError(SearchError):
     """The Keras backend asked for cannot be used."""
 
 
-def backend() -> str:
-    """The backend this process uses or will use: KERAS_BACKEND, else TensorFlow."""
-    name = os.environ.get(ENV_BACKEND) or DEFAULT_BACKEND
+def _known(name: str) -> str:
     if name not in BACKENDS:
         raise BackendError(
             f"{ENV_BACKEND}={name!r} is not a backend this search runs on; set it to "
@@ -42,14 +40,18 @@ def backend() -> str:
     return name
 
 
+def backend() -> str:
+    """The backend this process uses or will use: KERAS_BACKEND, else TensorFlow."""
+    return _known(os.environ.get(ENV_BACKEND) or DEFAULT_BACKEND)
+
+
 def select(name: str | None = None) -> str:
     """Make `name` (default: KERAS_BACKEND, else TensorFlow) the backend, before Keras loads.
 
-    It goes into this process's environment, so worker processes spawned later inherit it.
+    It goes into this process's environment, so worker processes spawned later inherit it;
+    a backend that cannot be used changes nothing.
     """
-    if name is not None:
-        os.environ[ENV_BACKEND] = name
-    name = backend()
+    name = _known(name) if name else backend()
     if "keras" in sys.modules:  # Keras fixed its backend when it was imported
         running = sys.modules["keras"].backend.backend()
         if running != name:

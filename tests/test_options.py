@@ -1,13 +1,18 @@
-"""The CLI's shared parts: the --workers type and the storage URLs scrubbed from stray errors."""
+"""The CLI's shared parts: the --workers type, the storage URLs scrubbed from stray errors, and
+--backend and --gpus, checked before anything runs."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 import pytest
 
+from search import runtime
 from search.options import WorkerCount, storage_arguments
+from tests.helpers import run, write_preset
 
 
 @pytest.mark.parametrize(("given", "expected"), [("auto", "auto"), ("3", 3), (2, 2)])
@@ -36,3 +41,34 @@ def test_the_storage_urls_to_scrub_come_from_the_arguments_and_the_environment(
     monkeypatch.setattr(sys, "argv", ["search", "status"])
     monkeypatch.setenv("SEARCH_STORAGE", "sqlite:///x.db")
     assert storage_arguments() == ["sqlite:///x.db"]
+
+
+def test_gpus_must_be_card_numbers(tmp_path: Path, private_storage: Path) -> None:
+    preset = write_preset(tmp_path)
+    for command in (["start", "--preset", str(preset)], ["worker", "--study", "tiny"]):
+        result = run(*command, "--gpus", "a,b")
+        assert result.exit_code == 2
+        assert "Invalid value for '--gpus'" in result.output and "names no GPU" in result.output
+    assert not (private_storage / "search.db").exists()
+
+
+def test_the_commands_that_train_take_a_backend() -> None:
+    for command in ("start", "worker", "retrain-best"):
+        text = run(command, "--help").output
+        assert "--backend [tensorflow|jax|torch]" in text and "KERAS_BACKEND" in text
+    assert "--gpus" in run("worker", "--help").output
+
+
+def test_a_backend_this_process_cannot_switch_to_is_refused_and_changes_nothing(
+    tmp_path: Path, private_storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras  # noqa: F401  (this process now runs TensorFlow)
+
+    monkeypatch.delenv(runtime.ENV_BACKEND, raising=False)
+    result = run("start", "--preset", str(write_preset(tmp_path)), "--backend", "jax")
+    assert result.exit_code == 1
+    assert "Keras already runs on tensorflow in this process; start a new process to use jax." in (
+        result.output
+    )
+    assert runtime.ENV_BACKEND not in os.environ
+    assert not (private_storage / "search.db").exists()
