@@ -174,10 +174,12 @@ def devices() -> str:
 def compile_options(steps_per_execution: int) -> dict[str, Any]:
     """`model.compile` settings for the backend Keras runs on (benchmarks/backends.py).
 
-    - JAX: XLA always. Without it each operation runs on its own: on one H200 a first epoch
-      took 93-107 s instead of 7-9 s; on two CPU cores eager took 1.5-2x as long.
-    - TensorFlow: Keras's "auto", which is XLA on a GPU and none on a CPU, where XLA was
-      measured 2-4x slower.
+    - JAX: XLA always. Without it each operation runs on its own: on one H200 the first
+      epoch took 93-107 s instead of 7-9 s; on two CPU cores an epoch took 1.8x as long
+      (4.78 against 2.65 times TensorFlow's). 16 steps per call or 1 made no difference on
+      the CPU (2.65, 2.63); on the H200, 16 was 1.3-2.1x as fast (plain Keras).
+    - TensorFlow: Keras's "auto", which is XLA on a GPU and none on a CPU, where XLA made an
+      epoch 2.27x as long.
     - PyTorch: eager, as Keras's "auto" is there, and one step per call: PyTorch refuses more
       (`steps_per_execution must be 1 with the PyTorch backend`).
     """
