@@ -37,17 +37,26 @@ def search(*args: str, backend: str | None = None) -> subprocess.CompletedProces
     )
 
 
+def on_cpu(backend: str, *args: str, by_option: bool = True) -> None:
+    """`search ARGS` on `backend` (by --backend, else KERAS_BACKEND) succeeds on the CPU
+    without importing TensorFlow."""
+    done = search(*args, "--backend", backend) if by_option else search(*args, backend=backend)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Backend: {backend} on cpu (1 device)" in done.stdout
+    assert "TensorFlow imported: False" in done.stdout
+
+
+def small_preset(folder: Path, epochs: int) -> Path:
+    """2,000 training images; 16 steps per call, as the shipped presets ask."""
+    steps = {"epochs = 3": f"epochs = {epochs}\nsteps_per_execution = 16"}
+    return write_preset(folder, "small", **steps)
+
+
 def test_a_study_prunes_and_its_best_trial_retrains_on_jax(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
     pytest.importorskip("jax")
-    preset = write_preset(
-        tmp_path, "small", **{"epochs = 3": "epochs = 3\nsteps_per_execution = 16"}
-    )
-    started = search("start", "--preset", str(preset), "--trials", "2", "--backend", "jax")
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert "Backend: jax on cpu (1 device)" in started.stdout
-    assert "TensorFlow imported: False" in started.stdout
+    on_cpu("jax", "start", "--preset", str(small_preset(tmp_path, 3)), "--trials", "2")
     sound, starved = load_study(private_storage).get_trials()
     assert sound.state.name == "COMPLETE" and sound.user_attrs["val_accuracy"] > 0.6
     assert len(sound.intermediate_values) == sound.user_attrs["epochs_trained"] >= 2
@@ -55,10 +64,7 @@ def test_a_study_prunes_and_its_best_trial_retrains_on_jax(
     assert starved.state.name == "PRUNED" and starved.user_attrs["baseline"] == "starved"
     assert len(starved.intermediate_values) == starved.user_attrs["epochs_trained"] < 3
 
-    retrained = search("retrain-best", "--study", "tiny", backend="jax")  # KERAS_BACKEND
-    assert retrained.returncode == 0, retrained.stdout + retrained.stderr
-    assert "Backend: jax on cpu (1 device)" in retrained.stdout
-    assert "TensorFlow imported: False" in retrained.stdout
+    on_cpu("jax", "retrain-best", "--study", "tiny", by_option=False)  # KERAS_BACKEND
     record = load_study(private_storage).user_attrs["retrain"]
     assert record["test_accuracy"] > 0.6
     import keras  # TensorFlow, here: a model trained on JAX loads on another backend
@@ -72,13 +78,7 @@ def test_a_trial_trains_on_pytorch_one_step_per_call(
 ) -> None:
     pytest.importorskip("torch")
     # The preset asks for 16 steps per call, which PyTorch refuses: the search runs 1.
-    preset = write_preset(
-        tmp_path, "small", **{"epochs = 3": "epochs = 1\nsteps_per_execution = 16"}
-    )
-    started = search("start", "--preset", str(preset), "--trials", "1", "--backend", "torch")
-    assert started.returncode == 0, started.stdout + started.stderr
-    assert "Backend: torch on cpu (1 device)" in started.stdout
-    assert "TensorFlow imported: False" in started.stdout
+    on_cpu("torch", "start", "--preset", str(small_preset(tmp_path, 1)), "--trials", "1")
     trial = load_study(private_storage).get_trials()[0]  # the second baseline still waits
     assert trial.state.name == "COMPLETE" and trial.user_attrs["val_accuracy"] > 0.5
     assert trial.user_attrs["epochs_trained"] == 1
