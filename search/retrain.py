@@ -118,7 +118,6 @@ def train_on_all(
     config, epochs, planned = final_plan(trial, preset)
     seed = int(trial.user_attrs.get("seed", preset.seed))
     configure()
-    log(f"Backend: {devices()}")
     import keras
 
     images, labels = final_images(preset, data_dir)
@@ -126,6 +125,7 @@ def train_on_all(
         f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
         f"on {len(images):,} images for {epochs} epochs, seed {seed}."
     )
+    log(f"Backend: {devices()}")
     if fresh:
         keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(seed)

@@ -85,6 +85,7 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
         f"Retraining trial #{number} C16k3-P-F-D32 ({result.params:,} params) "
         "on 6,000 images for 1 epochs, seed 7."
     )
+    assert lines[1] == "Backend: tensorflow on cpu (1 device)"
     model = private_storage / "models" / f"tiny-trial{number}.keras"
     assert result.model_path == str(model) and model.is_file()
     assert [p.name for p in model.parent.iterdir()] == [model.name]  # no temporary file left
