@@ -159,7 +159,8 @@ def summarise(
     trial_s = common.median([t.duration.total_seconds() for t in recycled if t.duration])
     n = len(recycled)
     return (
-        f"RSS as trial {n} started: {without[-1]:,.0f} MB without recycling, "
+        f"RSS as the last trial started ({len(plain)} and {n} trials in all, rejections "
+        f"included): {without[-1]:,.0f} MB without recycling, "
         f"{with_[-1]:,.0f} MB with a new process every {every} trials: "
         f"**{with_[-1] / without[-1]:.2f}x** (peak {without.max():,.0f} MB against "
         f"{with_.max():,.0f} MB). Without recycling the RSS grew {slope:+.1f} MB a trial over "

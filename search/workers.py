@@ -50,11 +50,11 @@ WORKER_BYTES = 3 * 2**29
 # stays within what was measured; beyond it, use PostgreSQL.
 SQLITE_WORKERS = 64
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
-# Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 810 MB at
-# its first tiny trial to 1,169 MB at trial 30 and 1,467 MB at trial 70 (+6 to +9 MB a trial,
-# linearly to 90 trials in an earlier run). Replaced every 30 trials, it stayed under
-# 1,160 MB, within WORKER_BYTES, and held 0.63x the memory after 70 trials; each new process
-# cost 44 s of start-up on a loaded machine, 1.5 s a trial, 0.8 % of a typical 183 s trial.
+# Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 770 MB at
+# its first tiny trial to 1,115 MB at trial 30 and 2,198 MB after 200 (+5.5 to +9 MB a trial,
+# linearly). Replaced every 30 trials, it stayed under 1,130 MB, within WORKER_BYTES, and held
+# 0.43x the memory after 200 trials; each new process cost 13.5 s of start-up, 0.34 s a
+# trial, 0.25 % of a typical 183 s trial (44 s on a machine loaded near 10).
 # Large networks grow faster than those tiny ones; a process past twice WORKER_BYTES is
 # replaced early whatever its count.
 RECYCLE_TRIALS = 30
