@@ -129,8 +129,9 @@ def _echo_prepared(run: study_mod.Prepared) -> None:
     click.echo(f"Storage: {storage_mod.describe(run.url)}")
     click.echo(
         f"Study '{run.study.study_name}' "
-        f"({'new' if run.created else f'resuming, {done} finished'}): {run.total} trials, "
-        f"preset {run.preset.name}, "
+        f"({'new' if run.created else f'resuming, {done} finished'}): "
+        + ("as many trials as fit" if run.total >= study_mod.MAX_TOTAL else f"{run.total} trials")
+        + f", preset {run.preset.name}, "
         + (
             "objectives val_loss and params, no pruning."
             if run.preset.multi_objective

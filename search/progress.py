@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.runtime import Log
-from search.study import best, counts, pareto, trained
+from search.study import MAX_TOTAL, best, counts, pareto, trained
 
 MAX_CONSECUTIVE_FAILURES = 5
 # Rejections cost a sampler call each, not a training run; this many in a row means that
@@ -65,13 +65,21 @@ def duration(delta: timedelta) -> str:
     return f"{days}d {hours % 24:02d}h"
 
 
-def timing(trials: Sequence[FrozenTrial], total: int, workers: int, now: datetime) -> str:
+def timing(
+    trials: Sequence[FrozenTrial],
+    total: int,
+    workers: int,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> str:
     """The time since the study's first trial started and an estimate of the time left.
 
     The estimate is plain arithmetic on what the study has done: the mean duration of its
     trials that count toward the total (trained ones; a rejection takes no training), times
     the trials still to come, shared among `workers` trials running at a time. It does not
     guess which trials the pruner will stop early; the mean holds the share stopped so far.
+    A study with a `deadline` (--hours) ends sooner where that comes first: no trial starts
+    after it, and the ones running then finish, a mean trial later at most.
     """
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     if not starts:
@@ -82,8 +90,22 @@ def timing(trials: Sequence[FrozenTrial], total: int, workers: int, now: datetim
     left = total - len(ended)
     if took and left > 0:
         mean = sum(took, timedelta()) / len(took)
-        text += f", ~{duration(mean * left / max(1, min(workers, left)))} left"
+        estimate = mean * left / max(1, min(workers, left))
+        if deadline is not None:
+            estimate = min(estimate, max(deadline - now, timedelta()) + mean)
+        text += f", ~{duration(estimate)} left"
     return text
+
+
+def deadline_of(study: optuna.Study) -> datetime | None:
+    """When the study's --hours run out, on the clock trials are stamped with; None: never."""
+    deadline = study.user_attrs.get("deadline")
+    return None if deadline is None else datetime.fromtimestamp(deadline)
+
+
+def of_total(done: int, total: int) -> str:
+    """'3/50', or '3' for a search bounded by --hours alone."""
+    return f"{done}" if total >= MAX_TOTAL else f"{done}/{total}"
 
 
 @dataclass
@@ -111,7 +133,7 @@ class Progress:
         rejected = trial.state == TrialState.PRUNED and not trained(trial)
         self.ran += not rejected  # a rejection builds no model: it does not grow the process
         state = "REJECTED" if rejected else s["state"]
-        head = f"trial {done}/{self.total} (#{trial.number}) {state}"
+        head = f"trial {of_total(done, self.total)} (#{trial.number}) {state}"
         if trial.state == TrialState.COMPLETE:
             head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
         elif s["reason"]:
@@ -125,7 +147,7 @@ class Progress:
                 f"val_accuracy {_val_accuracy(b):.4f}"
             )
         )
-        clock = timing(trials, self.total, workers, self.now())
+        clock = timing(trials, self.total, workers, self.now(), deadline_of(study))
         self.log(f"{head} | {s['architecture']}{tail}" + (f" | {clock}" if clock else ""))
         if trial.state == TrialState.FAIL:
             self.failures_in_a_row += 1
@@ -184,7 +206,9 @@ def running_line(study: optuna.Study, now: datetime) -> str | None:
     if not running:
         return None
     total = study.user_attrs.get("trials")
-    clock = timing(trials, total if isinstance(total, int) else 0, running, now)
+    clock = timing(
+        trials, total if isinstance(total, int) else 0, running, now, deadline_of(study)
+    )
     return f"Running: {running} trial(s) now; {clock}."
 
 

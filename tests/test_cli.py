@@ -188,7 +188,8 @@ def test_hours_bound_the_search_and_a_rerun_keeps_them(
     assert "50 trials" in again.output and "No new trial starts after 0.005 h." in again.output
     hours_only = run("start", "--preset", str(preset), "--study", "open", "--hours", "0.001")
     assert hours_only.exit_code == 0, hours_only.output
-    assert "100000 trials" in hours_only.output  # as many as fit in the time
+    assert "(new): as many trials as fit, preset" in hours_only.output
+    assert "/100000" not in hours_only.output  # its trials are counted, not out of a total
 
 
 def test_help_states_the_recycling_and_the_time_left() -> None:

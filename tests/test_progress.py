@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from search import progress
 from search.progress import MAX_CONSECUTIVE_FAILURES, MAX_REJECTIONS_IN_A_ROW, Progress
+from search.study import MAX_TOTAL
 from tests.helpers import db_url
 
 
@@ -272,6 +273,17 @@ def test_the_estimate_shares_the_trials_left_among_at_most_that_many_workers(
     running = [t for t in trials if t.state == TrialState.RUNNING]
     assert progress.timing(running, 10, 1, at) == "elapsed 10m"
     assert progress.timing([], 10, 1, at) == ""
+
+
+def test_with_hours_the_estimate_ends_at_the_deadline_and_a_mean_trial(sqlite: str) -> None:
+    trials = timed_study(sqlite).get_trials()
+    at = minutes(45)
+    # 8 trials of 15 min left would take 2 h; the deadline comes 20 min from now, and the
+    # trials running then finish within a mean trial (15 min).
+    assert progress.timing(trials, 10, 1, at, minutes(65)) == "elapsed 45m, ~35m left"
+    assert progress.timing(trials, 10, 1, at, minutes(30)) == "elapsed 45m, ~15m left"
+    assert progress.timing(trials, 10, 1, at, minutes(600)) == "elapsed 45m, ~2h 00m left"
+    assert progress.of_total(3, 50) == "3/50" and progress.of_total(3, MAX_TOTAL) == "3"
 
 
 def test_status_shows_the_time_while_trials_run(sqlite: str) -> None:
