@@ -222,7 +222,8 @@ def _run(
     click.echo(progress.best_line(run.study))
     done = study_mod.finished(run.study)
     if done < total and study_mod.time_is_up(run.study):
-        click.echo(f"Time is up with {done} of {total} trials trained; rerun to go on.")
+        trained = progress.of_total(done, total).replace("/", " of ")
+        click.echo(f"Time is up with {trained} trials trained; rerun to go on.")
     elif done < total:
         raise study_mod.StudyError(
             f"Stopped with {done} of {total} trials finished because "

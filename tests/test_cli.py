@@ -190,6 +190,7 @@ def test_hours_bound_the_search_and_a_rerun_keeps_them(
     assert hours_only.exit_code == 0, hours_only.output
     assert "(new): as many trials as fit, preset" in hours_only.output
     assert "/100000" not in hours_only.output  # its trials are counted, not out of a total
+    assert "of 100000" not in hours_only.output
 
 
 def test_help_states_the_recycling_and_the_time_left() -> None:
