@@ -158,6 +158,8 @@ def row(trial: FrozenTrial, config: Config) -> Row:
     a = trial.user_attrs
     if "baseline" in a:
         run = f"lab: {a['baseline']} (#{trial.number})"
+    elif "start" in a:
+        run = f"start: {a['start']} (#{trial.number})"
     else:
         run = f"search #{trial.number}"
     if trial.state != TrialState.COMPLETE:

@@ -33,7 +33,7 @@ from search.space import (
     size,
 )
 
-PRUNERS = ("hyperband", "sha", "median", "none")
+PRUNERS = ("hyperband", "sha", "median", "behind", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
 # front of accuracy against size; Optuna cannot prune multi-objective studies.
 OBJECTIVES = ("val_loss", "val_loss+params")
@@ -75,6 +75,9 @@ class Preset:
     startup_trials: int = 10  # random trials (after the enqueued ones) before TPE models
     pruner_min_epochs: int = 1  # the first rung of Hyperband or successive halving
     pruner_reduction: int = 3  # each rung keeps about 1/reduction of the trials
+    pruner_ratio: float = 1.5  # "behind" stops a trial at this multiple of the best val_loss
+    # Known-good configurations, enqueued before the lab's runs: the search starts from them.
+    starts: tuple[Baseline, ...] = ()
     final_epochs: float = 1.0  # retrain-best trains this multiple of the best epoch count
     final_schedule: str = "same"  # same (the trial's schedule) or cosine, for retrain-best
     # Worker processes are replaced after this many trials, or past this resident memory in
@@ -143,12 +146,14 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "startup_trials": (int,),
     "pruner_min_epochs": (int,),
     "pruner_reduction": (int,),
+    "pruner_ratio": (int, float),
     "final_epochs": (int, float),
     "final_schedule": (str,),
     "recycle_trials": (int,),
     "recycle_mb": (int,),
     "space": (dict,),
     "baseline": (list,),
+    "start": (list,),
 }
 _RUN_SETTINGS = (
     "hours",
@@ -156,6 +161,8 @@ _RUN_SETTINGS = (
     "startup_trials",
     "pruner_min_epochs",
     "pruner_reduction",
+    "pruner_ratio",
+    "starts",
     "final_epochs",
     "final_schedule",
     "recycle_trials",
@@ -273,8 +280,8 @@ def _check_space(path: Path, space: Space) -> None:
             raise _fail(path, key, problem)
 
 
-def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
-    where = f"baseline[{i}]"
+def _baseline(path: Path, i: int, table: dict[str, Any], kind: str = "baseline") -> Baseline:
+    where = f"{kind}[{i}]"
     if not isinstance(table, dict):
         raise _fail(path, where, "must be a table")
     known = {f.name for f in fields(Config)} | {"name", "params"}
@@ -304,7 +311,7 @@ def _baseline(path: Path, i: int, table: dict[str, Any]) -> Baseline:
             f"{where}.params",
             f"says {params!r}, but this network has {counted:,} parameters",
         )
-    return Baseline(name=str(table.get("name", f"baseline {i}")), config=config, params=params)
+    return Baseline(name=str(table.get("name", f"{kind} {i}")), config=config, params=params)
 
 
 _LAB = Config(convs=())
@@ -354,6 +361,8 @@ def _check_settings(path: Path, data: dict[str, Any]) -> None:
             raise _fail(path, key, f"must be one of {list(choices)}")
     if data.get("pruner_reduction", 3) < 2:
         raise _fail(path, "pruner_reduction", "must be at least 2")
+    if data.get("pruner_ratio", 1.5) <= 1:
+        raise _fail(path, "pruner_ratio", "must exceed 1")
     if data.get("val_size", 5000) >= TRAIN_IMAGES:
         raise _fail(path, "val_size", "must leave training images (at most 59,999)")
 
@@ -374,13 +383,19 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
     space = _space(path, data.get("space", {}))
     if not datasets.info(data["dataset"]).flip_ok and any("flip" in a for a in space.augment):
         raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
-    baselines = tuple(_baseline(path, i, t) for i, t in enumerate(data.get("baseline", [])))
-    for i, b in enumerate(baselines):
-        why = outside(b.config, space)
-        if why:
-            raise _fail(path, f"baseline[{i}]", f"({b.name}) lies outside the space: {why}")
-    top = {k: v for k, v in data.items() if k not in ("space", "baseline")}
-    return Preset(name=path.stem, space=space, baselines=baselines, **top)
+    tables = {
+        kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
+        for kind in ("baseline", "start")
+    }
+    for kind, found in tables.items():
+        for i, b in enumerate(found):
+            why = outside(b.config, space)
+            if why:
+                raise _fail(path, f"{kind}[{i}]", f"({b.name}) lies outside the space: {why}")
+    top = {k: v for k, v in data.items() if k not in ("space", *tables)}
+    return Preset(
+        name=path.stem, space=space, baselines=tables["baseline"], starts=tables["start"], **top
+    )
 
 
 def load(name_or_path: str | Path) -> Preset:
@@ -410,8 +425,11 @@ def from_json(text: str) -> Preset:
     if "augment" in stored:  # stored as booleans before augmentation had kinds
         stored["augment"] = tuple(augment_kind(v) for v in stored["augment"])
     space = Space(**stored)
-    baselines = tuple(
-        Baseline(name=b["name"], config=Config.from_dict(b["config"]), params=b["params"])
-        for b in data.pop("baselines")
+    baselines, starts = (
+        tuple(
+            Baseline(name=b["name"], config=Config.from_dict(b["config"]), params=b["params"])
+            for b in data.pop(key, [])
+        )
+        for key in ("baselines", "starts")
     )
-    return Preset(space=space, baselines=baselines, **data)
+    return Preset(space=space, baselines=baselines, starts=starts, **data)

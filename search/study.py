@@ -16,6 +16,7 @@ from search import presets
 from search import storage as storage_mod
 from search.errors import SearchError
 from search.presets import Preset
+from search.pruners import Behind
 from search.space import Config, impossible, to_params
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -61,6 +62,8 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
         )
     if preset.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if preset.pruner == "behind":
+        return Behind(ratio=preset.pruner_ratio, min_epochs=preset.pruner_min_epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -134,7 +137,8 @@ def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
             if "preset" not in found.user_attrs:
                 trials = found.get_trials(deepcopy=False)
                 if not set(found.user_attrs) <= _CREATION_ATTRS or any(
-                    t.state != TrialState.WAITING or "baseline" not in t.user_attrs for t in trials
+                    t.state != TrialState.WAITING or not {"baseline", "start"} & set(t.user_attrs)
+                    for t in trials
                 ):
                     raise StudyError(
                         f"Study '{name}' was not made by 'search start' and holds trials or "
@@ -207,10 +211,10 @@ def _create(
     study.set_user_attr("preset_name", preset.name)
     if total is not None:
         set_total(study, total)
-    for baseline in preset.baselines:
-        study.enqueue_trial(
-            to_params(baseline.config, preset.space), user_attrs={"baseline": baseline.name}
-        )
+    # Known-good starting points first, then the lab's runs.
+    for kind, enqueued in (("start", preset.starts), ("baseline", preset.baselines)):
+        for run in enqueued:
+            study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
     study.set_user_attr("preset", preset.to_json())  # last: the creation is complete
     return study
 

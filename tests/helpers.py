@@ -46,6 +46,13 @@ VARIANTS: dict[str, dict[str, str]] = {
         "max_params = 400_000": "max_params = 100_000",
         'name = "starved"\nconvs = [[8, 5, true]]': 'name = "wide"\nconvs = [[64, 3, false]]',
     },
+    # A known-good starting point, enqueued before the lab's runs.
+    "started": {
+        '[[baseline]]\nname = "lab test 9"': (
+            '[[start]]\nname = "known good"\nconvs = [[16, 3, true], [32, 3, true]]\n'
+            'dense = [64]\nlearning_rate = 0.002\n\n[[baseline]]\nname = "lab test 9"'
+        ),
+    },
     # Batches of ten million images: the memory estimate runs to terabytes on any machine.
     "huge_batch": {
         "[space]": "[space]\nbatch_size = [10000000]",

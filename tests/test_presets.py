@@ -69,7 +69,7 @@ def test_an_unknown_pruner_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(
         PresetError,
         match=r"'pruner' must be one of \['hyperband', 'sha', "
-        r"'median', 'none'\]",
+        r"'median', 'behind', 'none'\]",
     ):
         presets.load(write_preset(tmp_path, pruner="random"))
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState, create_trial
 
 from search import presets, storage, study
 from search.presets import Preset
+from search.pruners import Behind
 from search.space import Config, Conv
 from search.storage import StorageError
 from search.study import StudyError
@@ -51,6 +52,23 @@ def test_a_new_study_starts_from_the_lab_s_runs(tiny: Preset, private_storage: P
     assert queued[1].system_attrs["fixed_params"]["learning_rate"] == 0.0001  # the lab's own
     assert isinstance(s.pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert isinstance(s.sampler, optuna.samplers.TPESampler)
+
+
+def test_a_known_good_start_is_enqueued_before_the_lab_s_runs(
+    tmp_path: Path, private_storage: Path
+) -> None:
+    started = presets.load(write_preset(tmp_path, "started"))
+    assert [s.name for s in started.starts] == ["known good"]
+    assert started.fingerprint() == presets.load(write_preset(tmp_path)).fingerprint()
+    s = study.prepare(started, url=None).study
+    queued = s.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs for t in queued] == [
+        {"start": "known good"},
+        {"baseline": "lab test 9"},
+        {"baseline": "starved"},
+    ]
+    assert queued[0].system_attrs["fixed_params"]["filters_2"] == 32
+    assert study.stored_preset(s) == started
 
 
 def test_resuming_keeps_the_study_s_own_settings_for_what_is_left_out(
@@ -215,6 +233,7 @@ def test_the_sampler_is_seeded_apart_per_worker_and_the_pruner_follows_the_prese
         "hyperband": optuna.pruners.HyperbandPruner,
         "sha": optuna.pruners.SuccessiveHalvingPruner,
         "median": optuna.pruners.MedianPruner,
+        "behind": Behind,
         "none": optuna.pruners.NopPruner,
     }
     sized = Preset(**{**tiny.__dict__, "objective": "val_loss+params"})
