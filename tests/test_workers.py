@@ -8,19 +8,30 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import gpus, loop, presets, runtime, storage, study, workers
+from search import gpus, interrupt, loop, presets, runtime, storage, study, workers
 from search.study import StudyError
-from tests.helpers import check_exact, db_url, load_study, popen, run, write_preset
+from tests.helpers import (
+    check_exact,
+    db_url,
+    load_study,
+    popen,
+    run,
+    swallow_an_interrupt,
+    write_preset,
+)
 from tests.postgres import Cluster
 
 
@@ -301,3 +312,25 @@ def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_p
     ended = workers.spawn([job], log=lines.append)
     assert lines[0] == "[w0] Backend: jax on cpu (1 device)"
     assert ended.errors[0].endswith("is not a folder.")
+
+
+def test_the_parent_stops_waiting_on_its_workers_when_an_interrupt_was_swallowed() -> None:
+    """A SIGTERM whose raise Python swallowed (in a GC callback) still stops `search start`.
+
+    The parent waits on its workers' pipes; it looks at the stop flag at least once a second.
+    """
+    pool = workers._Pool(lambda line: None, prefixed=False, workers=1)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    job = workers.Job(0, "sqlite://", "x", total=1, seed=0, threads=None, data_dir=None)
+    pool.readers[reader] = (job, multiprocessing.get_context("spawn").Process())
+    closer = threading.Timer(15, writer.close)  # without the check, relay would wait this long
+    closer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupt.sigterm_as_interrupt():
+            swallow_an_interrupt()  # as if SIGTERM came while a GC callback ran in the parent
+            started = time.monotonic()
+            pool.relay(lambda: True)
+        assert time.monotonic() - started < 3 * workers.POLL_SECONDS
+    finally:
+        closer.cancel()
+        writer.close()
