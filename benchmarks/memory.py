@@ -29,7 +29,7 @@ import common
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from search import presets, runtime, storage, workers
+from search import presets, runtime, sizing, storage, workers
 from search import study as study_mod
 
 TYPICAL_TRIAL = 183.0  # s: the median trained trial of the full search (service_overhead)
@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--recycle", type=int, default=workers.RECYCLE_TRIALS)
+    parser.add_argument("--recycle", type=int, default=sizing.RECYCLE_TRIALS)
     parser.add_argument(
         "--together",
         action="store_true",
@@ -211,7 +211,7 @@ def main() -> None:
         help="then fit a plain Keras model MODELS times and count what stays",
     )
     args = common.add_common(parser).parse_args()
-    for env in (workers.ENV_RECYCLE_TRIALS, workers.ENV_RECYCLE_MB):
+    for env in (sizing.ENV_RECYCLE_TRIALS, sizing.ENV_RECYCLE_MB):
         os.environ.pop(env, None)
 
     import optuna

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import optuna
 
-from search import catalog, ensemble, gpus, presets, progress, retrain, transfer, workers
+from search import catalog, ensemble, gpus, presets, progress, retrain, sizing, transfer, workers
 from search import report as report_mod
 from search import storage as storage_mod
 from search import study as study_mod
@@ -212,7 +212,7 @@ def _run(
         run.preset,
         total,
         url=run.url,
-        workers=workers.count(count, run.url, cards),
+        workers=sizing.count(count, run.url, cards),
         threads=threads,
         fresh=fresh,
         data_dir=str(data_dir) if data_dir else None,

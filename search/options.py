@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from search import gpus, runtime, workers
+from search import gpus, runtime, sizing
 from search import storage as storage_mod
 from search.errors import SearchError, first_line
 
@@ -127,7 +127,7 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Worker processes on this machine, or auto: one per core, as memory allows (at "
         "most 64 on SQLite), and as the GPUs' free memory allows. Each is replaced by a fresh "
-        f"process after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB, "
+        f"process after {sizing.RECYCLE_TRIALS} trials or past {sizing.RECYCLE_MB:,} MB, "
         "between trials, to bound its memory; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: "
         "never) change that.",
     )(f)

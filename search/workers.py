@@ -30,11 +30,11 @@ from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
 
 from search import gpus as gpus_mod
-from search import interrupt, loop, runtime
+from search import interrupt, loop, runtime, sizing
 from search import storage as storage_mod
 from search import study as study_mod
 from search.errors import SearchError, first_line
-from search.runtime import Log, available_memory
+from search.runtime import Log
 from search.study import StudyError
 
 if TYPE_CHECKING:
@@ -42,91 +42,10 @@ if TYPE_CHECKING:
 
     from search.presets import Preset
 
-AUTO = "auto"
-# Resident memory of one training process (TensorFlow, the 60,000 uint8 images, a model),
-# with a margin: the full Fashion-MNIST search held about 1.1 GB.
-WORKER_BYTES = 3 * 2**29
-# Local worker processes measured on one SQLite file without a "database is locked" (64 held,
-# at many times a real search's write rate: benchmarks/worker_scaling.py sqlite-limit). `auto`
-# stays within what was measured; beyond it, use PostgreSQL.
-SQLITE_WORKERS = 64
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
 # How often the parent, waiting on its workers, looks whether a stop was asked for: a SIGTERM
 # that lands in a garbage collector's callback has its raise swallowed (interrupt.py).
 POLL_SECONDS = 1.0
-# Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 770 MB at
-# its first tiny trial to 1,115 MB at trial 30 and 2,198 MB after 200 (+5.5 to +9 MB a trial,
-# linearly). Replaced every 30 trials, it stayed under 1,130 MB, within WORKER_BYTES, and held
-# 0.43x the memory after 200 trials; each new process cost 13.5 s of start-up, 0.34 s a
-# trial, 0.25 % of a typical 183 s trial (44 s on a machine loaded near 10).
-# Large networks grow faster than those tiny ones; a process past twice WORKER_BYTES is
-# replaced early whatever its count.
-RECYCLE_TRIALS = 30
-RECYCLE_MB = 2 * WORKER_BYTES // 2**20
-ENV_RECYCLE_TRIALS = "SEARCH_RECYCLE_TRIALS"
-ENV_RECYCLE_MB = "SEARCH_RECYCLE_MB"
-
-
-class WorkerError(SearchError):
-    """A worker setting (an environment variable) is malformed; the message names it."""
-
-
-def cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the host's)."""
-    return len(os.sched_getaffinity(0))
-
-
-def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
-    """One process per core, no more than memory holds; on SQLite, no more than it serves.
-
-    With GPUs, also no more than the cards' free memory holds.
-    """
-    count = cores()
-    if cards:
-        count = min(count, gpus_mod.capacity(list(cards)))
-    memory = available_memory()
-    if memory is not None:
-        count = min(count, memory // WORKER_BYTES)
-    if storage_mod.parse(url).get_backend_name() == "sqlite":
-        count = min(count, SQLITE_WORKERS)
-    return max(1, count)
-
-
-def count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
-    """The number of worker processes for `--workers N|auto`."""
-    if value == AUTO:
-        return auto_count(url, cards)
-    return int(value)
-
-
-def thread_share(workers: int) -> int:
-    """Threads for each of `workers` processes: the cores shared out evenly."""
-    return max(1, cores() // workers)
-
-
-def _setting(env: str, preset_value: int | None, default: int, unit: str) -> int:
-    text = os.environ.get(env, "").strip()
-    if not text:
-        return default if preset_value is None else preset_value
-    if not text.isdigit():
-        raise WorkerError(f"${env} must be a whole number of {unit} (0: never), not '{text}'.")
-    return int(text)
-
-
-def recycling(preset: Preset) -> loop.Recycle:
-    """When a worker process is replaced: the environment, else the preset, else the default."""
-    trials = _setting(ENV_RECYCLE_TRIALS, preset.recycle_trials, RECYCLE_TRIALS, "trials")
-    megabytes = _setting(ENV_RECYCLE_MB, preset.recycle_mb, RECYCLE_MB, "megabytes")
-    return loop.Recycle(trials=trials, rss_bytes=megabytes * 2**20)
-
-
-def cpu_sets(workers: int, threads: int) -> list[tuple[int, ...]]:
-    """The cores of each worker, `threads` apiece, in turn (for backends pinned by cores)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    return [
-        tuple(allowed[(i * threads + k) % len(allowed)] for k in range(min(threads, len(allowed))))
-        for i in range(workers)
-    ]
 
 
 @dataclass(frozen=True)
@@ -190,19 +109,19 @@ def run_study(
             f"trials (of {total}); nothing to do."
         )
         return
-    recycle = recycling(preset)
+    recycle = sizing.recycling(preset)
     base = seed_base(fresh, workers)
-    if storage_mod.sqlite_path(url) is not None and workers > SQLITE_WORKERS:
+    if storage_mod.sqlite_path(url) is not None and workers > sizing.SQLITE_WORKERS:
         log(
             f"Warning: {workers} workers on one SQLite file; it was measured to serve "
-            f"{SQLITE_WORKERS}. Use PostgreSQL for more."
+            f"{sizing.SQLITE_WORKERS}. Use PostgreSQL for more."
         )
     plan = gpus_mod.assign(list(cards), workers)
     jobs = make_jobs(study.study_name, url, total, base, workers, threads, data_dir, plan, recycle)
     if workers > 1 or plan:
         log(
             f"Workers: {workers} process{'es' if workers > 1 else ''}, "
-            f"{jobs[0].threads or cores()} thread(s) each, on {cores()} cores"
+            f"{jobs[0].threads or sizing.cores()} thread(s) each, on {sizing.cores()} cores"
             + (f"; {gpus_mod.summary(plan)}." if plan else ".")
         )
     ended = spawn(
@@ -251,8 +170,8 @@ def make_jobs(
 
     One worker keeps every core unless `threads` says otherwise.
     """
-    threads = threads or (thread_share(workers) if workers > 1 else None)
-    cpus = cpu_sets(workers, threads) if threads else [()] * workers
+    threads = threads or (sizing.thread_share(workers) if workers > 1 else None)
+    cpus = sizing.cpu_sets(workers, threads) if threads else [()] * workers
     backend = runtime.backend()
     return [
         Job(

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import workers
+from search import sizing
 from search.cli import cli
 from search.study import trained
 from tests.helpers import load_study, run, write_preset
@@ -196,6 +196,6 @@ def test_hours_bound_the_search_and_a_rerun_keeps_them(
 def test_help_states_the_recycling_and_the_time_left() -> None:
     for command in ("start", "worker"):
         text = " ".join(run(command, "--help").output.split())
-        assert f"after {workers.RECYCLE_TRIALS} trials or past {workers.RECYCLE_MB:,} MB" in text
+        assert f"after {sizing.RECYCLE_TRIALS} trials or past {sizing.RECYCLE_MB:,} MB" in text
         assert "SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: never)" in text
     assert "an estimate of the rest" in " ".join(run("status", "--help").output.split())

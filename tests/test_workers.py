@@ -1,11 +1,10 @@
-"""Worker processes: how many, their threads and seeds, and how their errors come back.
+"""Worker processes: their jobs and seeds, how they are replaced and how their errors come back.
 
 `search start --workers N` end to end (a killed worker, Ctrl-C) is in test_parallel.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import multiprocessing
@@ -21,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import gpus, interrupt, loop, presets, runtime, storage, study, workers
+from search import interrupt, loop, presets, runtime, sizing, storage, study, workers
 from search.study import StudyError
 from tests.helpers import (
     check_exact,
@@ -33,37 +32,6 @@ from tests.helpers import (
     write_preset,
 )
 from tests.postgres import Cluster
-
-
-def test_auto_uses_the_cores_this_process_may_run_on(private_storage: Path) -> None:
-    url = f"sqlite:///{private_storage / 'search.db'}"
-    code = (
-        "import os; from search import workers; os.sched_setaffinity(0, {0}); "
-        f"print(workers.count('auto', {url!r}), workers.thread_share(1))"
-    )
-    pinned = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert pinned.stdout.split() == ["1", "1"]
-    expected = min(
-        workers.cores(),
-        workers.SQLITE_WORKERS,
-        (workers.available_memory() or 2**60) // workers.WORKER_BYTES,
-    )
-    assert workers.count("auto", url) == max(1, expected)
-    assert workers.thread_share(2) == max(1, workers.cores() // 2)
-
-
-def test_a_number_of_workers_is_taken_as_given_and_threads_never_drop_to_zero(
-    private_storage: Path,
-) -> None:
-    assert workers.count(3, db_url(private_storage)) == 3
-    assert workers.count(100, db_url(private_storage)) == 100  # beyond the cores: as asked
-    assert workers.thread_share(1) == workers.cores()
-    assert workers.thread_share(workers.cores() * 4) == 1
-    # PostgreSQL has no cap of its own; the URL is only parsed, never connected to.
-    assert workers.count("auto", "postgresql+psycopg://u@nowhere/db") >= 1
-    assert not (private_storage / "search.db").exists()
 
 
 def test_a_new_study_s_workers_take_seeds_from_zero_others_draw_theirs() -> None:
@@ -129,8 +97,8 @@ def test_a_worker_error_stops_the_study_without_the_password(
     assert message.startswith(("Worker 0 stopped: --data-dir ", "Worker 1 stopped: --data-dir "))
     assert message.endswith("data-*** is not a folder.")
     assert (
-        lines[0] == f"Workers: 2 processes, {workers.thread_share(2)} thread(s) "
-        f"each, on {workers.cores()} cores."
+        lines[0] == f"Workers: 2 processes, {sizing.thread_share(2)} thread(s) "
+        f"each, on {sizing.cores()} cores."
     )
     assert sum("Error: --data-dir" in line for line in lines) == 2
     for text in (message, *lines):
@@ -139,26 +107,6 @@ def test_a_worker_error_stops_the_study_without_the_password(
 
 
 # Recycling: a worker process makes way for a fresh one ----------------------------------------
-def test_recycling_comes_from_the_environment_then_the_preset_then_the_defaults(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    preset = presets.load(write_preset(tmp_path))
-    monkeypatch.delenv(workers.ENV_RECYCLE_TRIALS, raising=False)
-    monkeypatch.delenv(workers.ENV_RECYCLE_MB, raising=False)
-    assert workers.recycling(preset) == loop.Recycle(30, 2 * workers.WORKER_BYTES)
-    own = dataclasses.replace(preset, recycle_trials=0, recycle_mb=900)
-    assert workers.recycling(own) == loop.Recycle(0, 900 * 2**20)
-    monkeypatch.setenv(workers.ENV_RECYCLE_TRIALS, "7")
-    monkeypatch.setenv(workers.ENV_RECYCLE_MB, " 0 ")
-    assert workers.recycling(own) == loop.Recycle(7, 0)
-    monkeypatch.setenv(workers.ENV_RECYCLE_MB, "2GB")
-    with pytest.raises(workers.WorkerError) as raised:
-        workers.recycling(own)
-    assert str(raised.value) == (
-        "$SEARCH_RECYCLE_MB must be a whole number of megabytes (0: never), not '2GB'."
-    )
-
-
 def test_a_process_retires_between_trials_after_at_least_one() -> None:
     rss = runtime.resident_memory()
     assert rss is not None and rss > 10 * 2**20  # this Python process, read from /proc
@@ -187,7 +135,7 @@ def test_a_recycled_worker_s_processes_run_exactly_the_total(
     tmp_path: Path, private_storage: Path, fashion_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     preset = write_preset(tmp_path, "small", pruner="none", **{"epochs = 3": "epochs = 1"})
-    monkeypatch.setenv(workers.ENV_RECYCLE_TRIALS, "2")
+    monkeypatch.setenv(sizing.ENV_RECYCLE_TRIALS, "2")
     result = run("start", "--preset", str(preset), "--trials", "5")
     assert result.exit_code == 0, result.output
     trials = load_study(private_storage).get_trials()
@@ -247,18 +195,6 @@ def test_a_lone_worker_killed_mid_trial_is_one_sentence_and_the_rerun_retries_it
     assert retry.system_attrs["failed_trial"] == 0
 
 
-def test_auto_on_a_gpu_machine_starts_as_many_workers_as_the_cards_hold(
-    private_storage: Path,
-) -> None:
-    url = db_url(private_storage)
-    small = [gpus.Gpu("0", gpus.WORKER_BYTES)]  # room for one worker
-    assert workers.count("auto", url, small) == 1
-    roomy = [gpus.Gpu("0", 40 * gpus.WORKER_BYTES), gpus.Gpu("1", 40 * gpus.WORKER_BYTES)]
-    # 80 fit on the cards; the cores (and the host's memory) still bound them.
-    assert workers.count("auto", url, roomy) == workers.count("auto", url)
-    assert workers.count(5, url, small) == 5  # a number is taken as given
-
-
 def test_each_job_carries_the_backend_its_card_and_its_own_cores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -272,10 +208,10 @@ def test_each_job_carries_the_backend_its_card_and_its_own_cores(
         ("jax", "0", 1),
     ]
     assert [job.cpus for job in jobs] == [(allowed[i % len(allowed)],) for i in range(3)]
-    assert workers.cpu_sets(1, 2 * len(allowed)) == [tuple(allowed)]  # never a core twice
+    assert sizing.cpu_sets(1, 2 * len(allowed)) == [tuple(allowed)]  # never a core twice
     cpu_only = workers.make_jobs("s", "sqlite:///x.db", 9, 0, 2, None, None, [])
     assert [job.gpu for job in cpu_only] == [None, None]
-    assert cpu_only[0].threads == workers.thread_share(2)
+    assert cpu_only[0].threads == sizing.thread_share(2)
 
 
 def test_a_spawned_worker_enters_its_backend_and_card_before_keras(

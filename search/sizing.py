@@ -1,0 +1,101 @@
+"""How many worker processes a machine runs, their threads and cores, and when one is replaced.
+
+workers.py starts the processes and watches them; this module only sizes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from search import gpus as gpus_mod
+from search import loop
+from search import storage as storage_mod
+from search.errors import SearchError
+from search.runtime import available_memory
+
+if TYPE_CHECKING:
+    from search.presets import Preset
+
+AUTO = "auto"
+# Resident memory of one training process (TensorFlow, the 60,000 uint8 images, a model),
+# with a margin: the full Fashion-MNIST search held about 1.1 GB.
+WORKER_BYTES = 3 * 2**29
+# Local worker processes measured on one SQLite file without a "database is locked" (64 held,
+# at many times a real search's write rate: benchmarks/worker_scaling.py sqlite-limit). `auto`
+# stays within what was measured; beyond it, use PostgreSQL.
+SQLITE_WORKERS = 64
+# Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 770 MB at
+# its first tiny trial to 1,115 MB at trial 30 and 2,198 MB after 200 (+5.5 to +9 MB a trial,
+# linearly). Replaced every 30 trials, it stayed under 1,130 MB, within WORKER_BYTES, and held
+# 0.43x the memory after 200 trials; each new process cost 13.5 s of start-up, 0.34 s a
+# trial, 0.25 % of a typical 183 s trial (44 s on a machine loaded near 10).
+# Large networks grow faster than those tiny ones; a process past twice WORKER_BYTES is
+# replaced early whatever its count.
+RECYCLE_TRIALS = 30
+RECYCLE_MB = 2 * WORKER_BYTES // 2**20
+ENV_RECYCLE_TRIALS = "SEARCH_RECYCLE_TRIALS"
+ENV_RECYCLE_MB = "SEARCH_RECYCLE_MB"
+
+
+class WorkerError(SearchError):
+    """A worker setting (an environment variable) is malformed; the message names it."""
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    return len(os.sched_getaffinity(0))
+
+
+def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
+    """One process per core, no more than memory holds; on SQLite, no more than it serves.
+
+    With GPUs, also no more than the cards' free memory holds.
+    """
+    count = cores()
+    if cards:
+        count = min(count, gpus_mod.capacity(list(cards)))
+    memory = available_memory()
+    if memory is not None:
+        count = min(count, memory // WORKER_BYTES)
+    if storage_mod.parse(url).get_backend_name() == "sqlite":
+        count = min(count, SQLITE_WORKERS)
+    return max(1, count)
+
+
+def count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
+    """The number of worker processes for `--workers N|auto`."""
+    if value == AUTO:
+        return auto_count(url, cards)
+    return int(value)
+
+
+def thread_share(workers: int) -> int:
+    """Threads for each of `workers` processes: the cores shared out evenly."""
+    return max(1, cores() // workers)
+
+
+def _setting(env: str, preset_value: int | None, default: int, unit: str) -> int:
+    text = os.environ.get(env, "").strip()
+    if not text:
+        return default if preset_value is None else preset_value
+    if not text.isdigit():
+        raise WorkerError(f"${env} must be a whole number of {unit} (0: never), not '{text}'.")
+    return int(text)
+
+
+def recycling(preset: Preset) -> loop.Recycle:
+    """When a worker process is replaced: the environment, else the preset, else the default."""
+    trials = _setting(ENV_RECYCLE_TRIALS, preset.recycle_trials, RECYCLE_TRIALS, "trials")
+    megabytes = _setting(ENV_RECYCLE_MB, preset.recycle_mb, RECYCLE_MB, "megabytes")
+    return loop.Recycle(trials=trials, rss_bytes=megabytes * 2**20)
+
+
+def cpu_sets(workers: int, threads: int) -> list[tuple[int, ...]]:
+    """The cores of each worker, `threads` apiece, in turn (for backends pinned by cores)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return [
+        tuple(allowed[(i * threads + k) % len(allowed)] for k in range(min(threads, len(allowed))))
+        for i in range(workers)
+    ]
