@@ -2,9 +2,10 @@
 
 Hyperband judges a trial within its bracket and keeps about a third at each rung. With the few
 trials a search of hours holds, the first brackets have no peers (a trial at 70 % accuracy once
-trained all its epochs), and the later rungs stop networks with batch norm or augmentation,
-which start slower than plain ones and end better. Optuna's percentile and median pruners
-compare with completed trials only and cut a fixed share, so slow starters go too.
+trained all its epochs), while its rungs stopped networks with batch norm or augmentation
+after four epochs, when they still trailed plain networks that learn faster early. Optuna's
+percentile and median pruners compare with completed trials only and cut a fixed share, so
+slow starters go too.
 
 :class:`Behind` compares a trial with every other trial that has trained as long, as soon as
 two have, and stops it only when its best val_loss is a multiple of the best of theirs.
