@@ -222,7 +222,7 @@ def _run(
     click.echo(progress.best_line(run.study))
     done = study_mod.finished(run.study)
     if done < total and study_mod.time_is_up(run.study):
-        trained = progress.of_total(done, total).replace("/", " of ")
+        trained = progress.of_total(done, total, sep=" of ")
         click.echo(f"Time is up with {trained} trials trained; rerun to go on.")
     elif done < total:
         raise study_mod.StudyError(

@@ -103,9 +103,9 @@ def deadline_of(study: optuna.Study) -> datetime | None:
     return None if deadline is None else datetime.fromtimestamp(deadline)
 
 
-def of_total(done: int, total: int) -> str:
-    """'3/50', or '3' for a search bounded by --hours alone."""
-    return f"{done}" if total >= MAX_TOTAL else f"{done}/{total}"
+def of_total(done: int, total: int, sep: str = "/") -> str:
+    """'3/50' (or '3 of 50' with sep " of "), or '3' for a search bounded by --hours alone."""
+    return f"{done}" if total >= MAX_TOTAL else f"{done}{sep}{total}"
 
 
 @dataclass

@@ -284,6 +284,8 @@ def test_with_hours_the_estimate_ends_at_the_deadline_and_a_mean_trial(sqlite: s
     assert progress.timing(trials, 10, 1, at, minutes(30)) == "elapsed 45m, ~15m left"
     assert progress.timing(trials, 10, 1, at, minutes(600)) == "elapsed 45m, ~2h 00m left"
     assert progress.of_total(3, 50) == "3/50" and progress.of_total(3, MAX_TOTAL) == "3"
+    assert progress.of_total(3, 50, sep=" of ") == "3 of 50"
+    assert progress.of_total(3, MAX_TOTAL, sep=" of ") == "3"
 
 
 def test_status_shows_the_time_while_trials_run(sqlite: str) -> None:
