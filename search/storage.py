@@ -222,10 +222,13 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
                     "permissions or pass --storage."
                 )
     interval, grace = heartbeat()
-    # Many workers may open a fresh database at once; Optuna's table creation is not safe
-    # against itself, so one process creates the schema while the others wait and then find it.
-    # A read-only command on an SQLite file creates nothing and needs no lock.
-    schema_lock = exclusive(url, "schema") if not (path and must_exist) else nullcontext()
+    # Optuna creates any missing tables on every open, and its table creation is not safe
+    # against itself. Many workers may open a fresh database at once, and a command that only
+    # reads may open one that `search start` is still filling; so one process creates the
+    # schema while the others wait and then find it. A folder that cannot hold the lock file
+    # cannot hold a database being created either.
+    lockable = path is None or os.access(path.parent, os.W_OK)
+    schema_lock = exclusive(url, "schema") if lockable else nullcontext()
     try:
         with warnings.catch_warnings(), schema_lock:
             # Heartbeats have worked since Optuna 2.8 but are still flagged experimental.

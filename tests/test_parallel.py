@@ -112,9 +112,10 @@ def test_a_worker_killed_mid_trial_loses_nothing(
         if not (private_storage / "search.db").exists():
             return None
         try:
-            running = optuna.load_study(study_name="tiny", storage=url).get_trials(
-                states=(TrialState.RUNNING,)
-            )
+            # Through the product's storage: it waits while `start` creates the tables.
+            running = optuna.load_study(
+                study_name="tiny", storage=storage.open_storage(url, must_exist=True)
+            ).get_trials(states=(TrialState.RUNNING,))
         except (KeyError, ValueError):  # the study is still being created
             return None
         trained = [
