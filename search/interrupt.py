@@ -7,6 +7,11 @@ printed as "Exception ignored in ..." with a traceback, and the program goes on.
 that lost its interrupt that way would train to the end of the search. So the handler also
 sets a flag, the swallowed report is kept quiet, and `check()` raises the interrupt again at
 points where it cannot be lost: before each trial and before each batch.
+
+Code that writes to the storage between those points defers the raise to them altogether
+(`sigterm_as_interrupt(deferred=True)`). An interrupt raised inside a database call can leave
+a cursor open, held by the traceback's frames; on SQLite its read lock then blocks this same
+process's next write, the one that records the trial as failed, and the worker never exits.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ def _handler(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _record(signum: int, frame: object) -> None:
+    global _requested
+    _requested = True
+
+
 def _quiet(previous: Any) -> Any:
     def hook(unraisable: Any) -> None:
         if _requested and unraisable.exc_type is KeyboardInterrupt:
@@ -50,21 +60,24 @@ def _quiet(previous: Any) -> Any:
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt(*, deferred: bool = False) -> Iterator[None]:
     """SIGTERM ends the program the way Ctrl-C does, so a running trial is not left RUNNING.
 
     A Ctrl-C that would raise KeyboardInterrupt goes through the same handler; an ignored
     SIGINT stays ignored, as `nohup` and `&` expect. Outside the main thread nothing changes.
+    With `deferred`, the handler only records the stop and the next `check()` raises it: for
+    code that checks at least every second or so and writes to the storage in between.
     """
     global _requested
+    handler = _record if deferred else _handler
     try:
-        previous_term = signal.signal(signal.SIGTERM, _handler)
+        previous_term = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread
         yield
         return
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGINT, handler)
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet(previous_hook)
     _requested = False

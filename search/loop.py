@@ -113,7 +113,7 @@ def run_trials(
     poll = min(5, storage.heartbeat_interval or 5)
     waiting = False
     while not stop():
-        interrupt.check()  # a stop whose raise was swallowed still ends the loop here
+        interrupt.check()  # a deferred stop, or one whose raise was swallowed, ends it here
         with ExitStack() as slot:
             slot.enter_context(
                 storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
@@ -193,7 +193,8 @@ def run_worker(
             retired.append(reason)
         return reason is not None
 
-    with interrupt.sigterm_as_interrupt():
+    # Deferred: trials write to the storage between batches, and a stop must not land mid-write.
+    with interrupt.sigterm_as_interrupt(deferred=True):
         run_trials(
             study, objective, total, storage=storage, log=log, callbacks=[progress], stop=stop
         )

@@ -212,7 +212,8 @@ def spawn(
     for job in jobs:
         pool.start(job)
     try:
-        with interrupt.sigterm_as_interrupt():
+        # Deferred: `unfinished` reads the storage, and relay checks for a stop every poll.
+        with interrupt.sigterm_as_interrupt(deferred=True):
             pool.relay(unfinished)
     except KeyboardInterrupt:
         # Each worker fails its running trial (SIGTERM reaches its trial loop as an interrupt),
