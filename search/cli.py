@@ -312,7 +312,8 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
     "members",
     type=click.IntRange(min=2, max=20),
     help="Retrain the K best distinct trials and save one model that averages their "
-    "softmax outputs; each member's test accuracy and the ensemble's are recorded.",
+    "softmax outputs; each member's test accuracy and the ensemble's are recorded. A member "
+    "that retrain-best already saved is loaded, not trained again.",
 )
 @data_dir_option()
 @backend_option

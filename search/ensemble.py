@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -17,10 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 from search.network import ensemble
 from search.presets import Preset
 from search.retrain import save_or_explain, test, test_set, train_on_all
-from search.runtime import Log
+from search.runtime import Log, configure
 from search.space import describe, size
 from search.storage import safe_name
 from search.study import StudyError, config_of
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,31 @@ def distinct_best(study: optuna.Study, k: int) -> list[FrozenTrial]:
     )
 
 
+def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Model, int] | None:
+    """The model retrain-best saved for this trial, and its epochs, if it is still there.
+
+    The final recipe is fixed by the study's preset, so training the same trial again would
+    only repeat the longest part of an ensemble's work. A file whose network does not match the
+    trial's (replaced by hand) is ignored.
+    """
+    record = study.user_attrs.get("retrain") or {}
+    path = Path(record.get("model_path") or "")
+    if record.get("trial") != trial.number or not path.is_file():
+        return None
+    configure()
+    import keras
+
+    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
+
+    try:
+        model = keras.models.load_model(path)
+    except Exception:  # unreadable or from another Keras: train it again instead
+        return None
+    if model.count_params() != size(config_of(trial)).params:
+        return None
+    return model, int(record.get("epochs", 0))
+
+
 def retrain_ensemble(
     study: optuna.Study,
     preset: Preset,
@@ -73,12 +102,24 @@ def retrain_ensemble(
 ) -> EnsembleResult:
     """Retrain the k best distinct trials as retrain-best does, test each and their average."""
     trials = distinct_best(study, k)
-    models, epochs = [], []
+    models: list[keras.Model] = []
+    epochs: list[int] = []
     for i, trial in enumerate(trials):
         log(f"Member {i + 1} of {k}:")
-        model, history, _ = train_on_all(trial, preset, data_dir=data_dir, log=log, fresh=i == 0)
+        saved = already_trained(study, trial)
+        if saved is not None:
+            model, n = saved
+            log(
+                f"Trial #{trial.number} was retrained by retrain-best with the same recipe; "
+                f"its saved model is used, not trained again ({n} epochs)."
+            )
+        else:  # the first member trained clears Keras's session; later ones keep the others
+            model, history, _ = train_on_all(
+                trial, preset, data_dir=data_dir, log=log, fresh=not models
+            )
+            n = len(history.loss)
         models.append(model)
-        epochs.append(len(history.loss))
+        epochs.append(n)
     tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
     for trial, model, n in zip(trials, models, epochs, strict=True):

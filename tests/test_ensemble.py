@@ -68,3 +68,26 @@ def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
     assert "## Ensemble of 2" in section and "**the ensemble**" in section
     both = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--trial", "1")
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_a_member_that_retrain_best_saved_is_loaded_not_trained_again(
+    tiny_study: optuna.Study, private_storage: Path, fashion_dir: Path
+) -> None:
+    single = run("retrain-best", "--study", "tiny")
+    assert single.exit_code == 0, single.output
+    retrained = tiny_study.user_attrs["retrain"]
+    result = run("retrain-best", "--study", "tiny", "--ensemble", "2")
+    assert result.exit_code == 0, result.output
+    assert f"Trial #{retrained['trial']} was retrained by retrain-best" in result.output
+    assert result.output.count("Retraining trial #") == 1  # only the second member trains
+    first = tiny_study.user_attrs["ensemble"]["members"][0]
+    assert first["trial"] == retrained["trial"] and first["epochs"] == retrained["epochs"]
+    # The same model, tested again on the same images.
+    assert first["test_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=1e-6)
+
+    # A file that no longer holds the trial's network is not trusted: the member trains again.
+    ensemble_path = private_storage / "models" / "tiny-ensemble2.keras"
+    Path(retrained["model_path"]).write_bytes(ensemble_path.read_bytes())
+    again = run("retrain-best", "--study", "tiny", "--ensemble", "2")
+    assert again.exit_code == 0, again.output
+    assert again.output.count("Retraining trial #") == 2
