@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.network import ensemble
+from search.network import ensemble, load
 from search.presets import Preset
 from search.retrain import save_or_explain, test, test_set, train_on_all
-from search.runtime import Log, configure
+from search.runtime import Log
 from search.space import describe, size
 from search.storage import safe_name
 from search.study import StudyError, config_of
@@ -77,13 +77,8 @@ def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Mode
     path = Path(record.get("model_path") or "")
     if record.get("trial") != trial.number or not path.is_file():
         return None
-    configure()
-    import keras
-
-    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
-
     try:
-        model = keras.models.load_model(path)
+        model = load(path)
     except Exception:  # unreadable or from another Keras: train it again instead
         return None
     if model.count_params() != size(config_of(trial)).params:

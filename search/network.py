@@ -5,6 +5,7 @@ Kept apart from the search space, so retrain-best rebuilds a network from a stor
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -143,6 +144,18 @@ def for_inference(model: keras.Model) -> keras.Model:
     # Built now, so the saved file holds the slots that loading it expects: no warning then.
     model.optimizer.build(model.trainable_variables)
     return model
+
+
+def load(path: Path) -> keras.Model:
+    """A model that retrain-best saved, with the search's own layers registered for it."""
+    from search.runtime import configure
+
+    configure()
+    import keras
+
+    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
+
+    return keras.models.load_model(path)
 
 
 def ensemble(members: list[keras.Model], name: str = "ensemble") -> keras.Model:

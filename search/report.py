@@ -105,19 +105,14 @@ def _predict(
     record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The saved final model's predictions on the test set; the only read of it here."""
-    from search.runtime import configure
+    from search.network import load
 
     path = Path(record["model_path"])
     if not path.is_file():
         raise Skip(f"the final model is not at {path}; rerun 'search retrain-best'")
     log(f"  reading the test set to test {path.name} for the final model's figures")
-    configure()
-    import keras
-
-    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
-
     try:
-        model = keras.models.load_model(path)
+        model = load(path)
     except Exception as e:  # Keras reports a damaged file in several exception types
         raise Skip(
             f"the final model at {path} cannot be read "
