@@ -28,15 +28,19 @@ pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial
 
 
 def quick_trial(trial: optuna.Trial) -> float:
-    """Writes what a real trial writes, with some failed and pruned trials, but trains nothing."""
+    """Writes what a real trial writes, with some failed and pruned trials, but trains nothing.
+
+    Which trials fail or are pruned follows the trial's number, not the sampler, so that every
+    race has both, whatever the workers' seeds suggest.
+    """
     x = trial.suggest_float("x", -1, 1)
     for step in range(3):
         time.sleep(random.uniform(0, 0.03))
         trial.report(x * x, step)
         trial.set_user_attr("epochs_trained", step + 1)
-    if x > 0.8:
+    if trial.number % 7 == 3:
         raise ValueError("a configuration that fails")  # FAIL: not counted, the worker goes on
-    if x < -0.8:
+    if trial.number % 5 == 2:
         raise optuna.TrialPruned()
     return x * x
 
