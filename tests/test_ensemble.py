@@ -11,12 +11,13 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search import datasets, ensemble, presets, report, storage, study
-from search.space import Config, Conv
+from search.space import Config, Conv, size
 from search.study import StudyError
 from tests.helpers import db_url, run, write_preset
 
 ONE = Config(convs=(Conv(16, 3, True),), dense=(32,))
 TWO = Config(convs=(Conv(16, 3, True), Conv(32, 3, True)), dense=(32,), head="gap")
+WIDE = Config(convs=(Conv(16, 3, True),), dense=(64,))
 
 
 def trained(value: float, config: Config) -> optuna.trial.FrozenTrial:
@@ -45,6 +46,22 @@ def test_members_are_the_best_trials_with_distinct_configurations(
     assert [t.value for t in chosen] == [0.4, 0.6]  # 0.5 repeats the best one's network
     with pytest.raises(StudyError, match="2 distinct completed trial.*fewer than the 3"):
         ensemble.distinct_best(tiny_study, 3)
+
+
+def test_members_fit_the_parameter_budget_together(tiny_study: optuna.Study) -> None:
+    budget = size(ONE).params + size(TWO).params
+    tiny_study.add_trial(trained(0.45, WIDE))  # second best, but it does not fit beside ONE
+    wide = tiny_study.trials[-1].number
+    passed_over: list[str] = []
+    chosen = ensemble.distinct_best(tiny_study, 2, budget, passed_over.append)
+    assert [t.value for t in chosen] == [0.4, 0.6]
+    assert passed_over == [
+        f"Trial #{wide} ({size(WIDE).params:,} params) is passed over: with it the ensemble would "
+        f"hold {size(ONE).params + size(WIDE).params:,}, over the preset's {budget:,}."
+    ]
+    assert [t.value for t in ensemble.distinct_best(tiny_study, 2)] == [0.4, 0.45]  # unbounded
+    with pytest.raises(StudyError, match="2 distinct completed trial.* that fit together in "):
+        ensemble.distinct_best(tiny_study, 3, budget)
 
 
 def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
