@@ -313,8 +313,9 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
     type=click.IntRange(min=2, max=20),
     help="Retrain the K best distinct trials and save one model that averages their "
     "softmax outputs; each member's test accuracy and the ensemble's are recorded. The "
-    "members fit the preset's max_params together: a trial that would not is passed over "
-    "for the next best. A member that retrain-best already saved is loaded, not trained again.",
+    "members' parameters fit the preset's max_params together: a trial that would take the "
+    "total over it is passed over for the next best. A member that retrain-best already "
+    "saved is loaded, not trained again.",
 )
 @data_dir_option()
 @backend_option

@@ -44,6 +44,7 @@ class EnsembleResult:
     test_loss: float
     test_accuracy: float
     model_path: str
+    max_params: int | None  # the budget the members' parameters fit together
 
 
 def distinct_best(
@@ -51,17 +52,18 @@ def distinct_best(
 ) -> list[FrozenTrial]:
     """The k completed trials of lowest val_loss, no two with the same configuration.
 
-    The ensemble is saved and used as one model, so with `max_params` its members fit that
-    budget together, as any one model of the study must: a trial that would take the total
-    over it is passed over for the next best that fits.
+    The ensemble is saved and used as one model, so with `max_params` its members' parameters
+    fit that budget together, as one network's must: taken in order of val_loss, a trial that
+    would take the total over it is passed over for the next best that fits.
     """
     done = sorted(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         key=lambda t: t.values[0],
     )
     chosen: list[FrozenTrial] = []
+    passed_over: list[str] = []
     seen: set[str] = set()
-    total = over = 0
+    total = 0
     for trial in done:
         config = config_of(trial)
         key = config.to_json()
@@ -70,20 +72,31 @@ def distinct_best(
         seen.add(key)
         params = size(config).params
         if max_params is not None and total + params > max_params:
-            over += 1
-            if log is not None:
-                log(
-                    f"Trial #{trial.number} ({params:,} params) is passed over: with it the "
-                    f"ensemble would hold {total + params:,}, over the preset's {max_params:,}."
-                )
+            reason = (
+                f"with it the ensemble would hold {total + params:,}, over the preset's "
+                f"{max_params:,}"
+                if chosen
+                else f"it alone is over the preset's {max_params:,}"
+            )
+            passed_over.append(
+                f"Trial #{trial.number} ({params:,} params) is passed over: {reason}."
+            )
             continue
         chosen.append(trial)
         total += params
         if len(chosen) == k:
+            if log is not None:
+                for line in passed_over:
+                    log(line)
             return chosen
-    fit = f" that fit together in the preset's {max_params:,} parameters" if over else ""
+    fit = (
+        f", but taken best first only {len(chosen)} fit the preset's {max_params:,} parameters "
+        "together"
+        if passed_over
+        else ""
+    )
     raise StudyError(
-        f"Study '{study.study_name}' has {len(chosen)} distinct completed trial(s){fit}, fewer "
+        f"Study '{study.study_name}' has {len(seen)} distinct completed trial(s){fit}, fewer "
         f"than the {k} the ensemble asks for; run more trials or pass a smaller --ensemble."
     )
 
@@ -117,7 +130,7 @@ def retrain_ensemble(
     data_dir: str | None = None,
     log: Log = print,
 ) -> EnsembleResult:
-    """Retrain the k best distinct trials as retrain-best does, test each and their average."""
+    """Retrain the k best distinct trials that fit the budget, as retrain-best does; test all."""
     trials = distinct_best(study, k, preset.max_params, log)
     models: list[keras.Model] = []
     epochs: list[int] = []
@@ -152,6 +165,7 @@ def retrain_ensemble(
         test_loss=test_loss,
         test_accuracy=test_accuracy,
         model_path=str(path),
+        max_params=preset.max_params,
     )
     study.set_user_attr("ensemble", json.loads(json.dumps(asdict(result))))
     log(f"Ensemble of {k}: test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}).")

@@ -396,10 +396,12 @@ def _ensemble_section(record: dict[str, Any] | None) -> list[str]:
         f"**{pct(record['test_accuracy'])}** |"
     )
     k = len(record["members"])
+    budget = record.get("max_params")
+    fit = f" whose parameters fit {budget:,} together" if budget else ""
     return _section(
         f"Ensemble of {k}",
         [
-            f"The {k} best distinct trials, retrained and tested "
+            f"The {k} best distinct trials{fit}, retrained and tested "
             "as above; the saved model averages their outputs.",
             "",
             *lines,

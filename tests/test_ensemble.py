@@ -55,13 +55,25 @@ def test_members_fit_the_parameter_budget_together(tiny_study: optuna.Study) -> 
     passed_over: list[str] = []
     chosen = ensemble.distinct_best(tiny_study, 2, budget, passed_over.append)
     assert [t.value for t in chosen] == [0.4, 0.6]
+    best = chosen[0].number
     assert passed_over == [
         f"Trial #{wide} ({size(WIDE).params:,} params) is passed over: with it the ensemble would "
         f"hold {size(ONE).params + size(WIDE).params:,}, over the preset's {budget:,}."
     ]
     assert [t.value for t in ensemble.distinct_best(tiny_study, 2)] == [0.4, 0.45]  # unbounded
-    with pytest.raises(StudyError, match="2 distinct completed trial.* that fit together in "):
+    with pytest.raises(StudyError, match="has 3 distinct .* only 2 fit the preset's"):
         ensemble.distinct_best(tiny_study, 3, budget)
+
+    # The best trial itself may be over a budget made smaller since it trained.
+    passed_over.clear()
+    chosen = ensemble.distinct_best(tiny_study, 1, size(TWO).params, passed_over.append)
+    assert [t.value for t in chosen] == [0.6]
+    assert passed_over == [
+        f"Trial #{best} ({size(ONE).params:,} params) is passed over: it alone is over the "
+        f"preset's {size(TWO).params:,}.",
+        f"Trial #{wide} ({size(WIDE).params:,} params) is passed over: it alone is over the "
+        f"preset's {size(TWO).params:,}.",
+    ]
 
 
 def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
@@ -83,6 +95,8 @@ def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
     assert accuracy == pytest.approx(record["test_accuracy"], abs=1e-4)
     section = "\n".join(report._ensemble_section(record))
     assert "## Ensemble of 2" in section and "**the ensemble**" in section
+    assert record["max_params"] == 400_000  # the tiny preset's
+    assert "best distinct trials whose parameters fit 400,000 together" in section
     both = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--trial", "1")
     assert both.exit_code == 2 and "not both" in both.output
 
