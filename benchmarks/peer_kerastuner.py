@@ -269,9 +269,11 @@ def run_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cwd=tmp,
         stdout=subprocess.PIPE,
         text=True,
+        errors="replace",
+        start_new_session=True,  # its workers too can be killed as one group
     )
     epoch_ends: list[dict[str, Any]] = []
-    reader = threading.Thread(target=read_epochs, args=(process, started, epoch_ends))
+    reader = threading.Thread(target=read_epochs, args=(process, started, epoch_ends), daemon=True)
     reader.start()
     try:
         process.wait(timeout=max(0.0, started + args.minutes * 60 - time.time()))
@@ -280,24 +282,33 @@ def run_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         try:
             process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the workers hold the pipe open too
             process.wait()
+    except BaseException:  # Ctrl-C here: the search runs in a session of its own
+        os.killpg(process.pid, signal.SIGTERM)
+        raise
     else:
         if process.returncode != 0:
             raise SystemExit(f"The search failed with exit status {process.returncode}.")
     finally:
-        reader.join()
+        reader.join(timeout=STOP_SECONDS)  # a worker left running must not hold the report
     return {**read_study(url, started), "epoch_ends": epoch_ends, "load": load}
 
 
 def read_epochs(
     process: subprocess.Popen[str], started: float, epoch_ends: list[dict[str, Any]]
 ) -> None:
-    """Echo the search's output, timing each epoch line as it is printed."""
+    """Echo the search's output, timing each epoch line as it is printed.
+
+    It reads to the end whatever happens to the echo, so the search never blocks on a full pipe.
+    """
     assert process.stdout is not None
     for line in process.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except (OSError, ValueError):  # our own output closed: keep timing, stop echoing
+            pass
         match = EPOCH_LINE.search(line)
         if match:
             epoch_ends.append({"end": time.time() - started, "score": float(match[3])})
