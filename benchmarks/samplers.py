@@ -1,0 +1,243 @@
+"""Samplers against the default: the best val_accuracy each reached by 15, 30, 45 and 60 minutes.
+
+    .venv/bin/python benchmarks/samplers.py [--samplers tpe-grouped tpe random] [--seeds 1 2]
+        [--minutes 60] [--images 4000] [--epochs 10] [--folder DIR]
+
+Every (sampler, seed) pair is its own search, run by the product's worker loop
+(search.loop.run_worker) on the fashion_mnist preset's space, and all of them run at once,
+each in its own process with one TensorFlow thread, so each has the same share of the machine
+for the same minutes. The preset's enqueued networks (the known-good start and the lab's runs)
+are left out: every trial is the sampler's. The training set is a subset (--images, after the
+first 1,000 images, which validate) and a trial trains at most --epochs, so that an hour holds
+dozens of trials; there is no pruning, so every trial's learning curve is whole, and
+benchmarks/pruning.py --replay can judge pruners on the same trials afterwards.
+
+Samplers: "tpe-grouped" (the presets' default: multivariate TPE over groups of parameters that
+occur together), "tpe" (independent TPE), and "random", Optuna's RandomSampler, as the floor.
+The TPE samplers start with the preset's 10 random trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import common
+
+from search import loop, presets, storage
+from search import study as study_mod
+
+SAMPLERS = ("tpe-grouped", "tpe", "random")
+
+
+def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> presets.Preset:
+    base = presets.load("fashion_mnist")
+    return replace(
+        base,
+        name=f"s-{sampler}-{seed}",
+        trials=100_000,
+        val_size=1000,
+        train_size=args.images,
+        epochs=args.epochs,
+        patience=3,
+        seed=seed,
+        pruner="none",
+        sampler="tpe" if sampler == "random" else sampler,
+        baselines=(),
+        starts=(),
+        hours=args.minutes / 60,
+    )
+
+
+def db_path(folder: Path, sampler: str, seed: int) -> Path:
+    return folder / f"{sampler}-{seed}.db"
+
+
+def child(args: argparse.Namespace) -> None:
+    """One search: `--child SAMPLER SEED`, until its deadline."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler, seed = args.child[0], int(args.child[1])
+    preset = preset_for(sampler, seed, args)
+    rdb = storage.open_storage(f"sqlite:///{db_path(args.folder, sampler, seed)}")
+    study, _ = study_mod.create_or_load(rdb, "samplers", preset)
+    if sampler == "random":
+        study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    study_mod.set_deadline(study, preset.hours)
+    loop.run_worker(
+        study,
+        preset,
+        preset.trials,
+        storage=rdb,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        log=lambda line: None,
+        threads=1,
+    )
+
+
+def read_run(path: Path, marks: list[int]) -> dict[str, object]:
+    """Per mark: the best val_accuracy and val_loss among the trials complete by then."""
+    import optuna
+
+    study = optuna.load_study(study_name="samplers", storage=f"sqlite:///{path}")
+    trials = study.get_trials(deepcopy=False)
+    t0 = min(t.datetime_start for t in trials if t.datetime_start is not None)
+    done = [
+        (
+            (t.datetime_complete - t0).total_seconds() / 60,
+            float(t.user_attrs["val_accuracy"]),
+            float(t.value),  # type: ignore[arg-type]
+        )
+        for t in trials
+        if t.state.name == "COMPLETE" and t.datetime_complete is not None
+    ]
+    row: dict[str, object] = {"marks": {}}
+    for mark in marks:
+        by = [d for d in done if d[0] <= mark]
+        row["marks"][mark] = {  # type: ignore[index]
+            "trained": len(by),
+            "val_accuracy": max((d[1] for d in by), default=None),
+            "val_loss": min((d[2] for d in by), default=None),
+        }
+    row["rejected"] = sum(
+        t.state.name == "PRUNED" and "epochs_trained" not in t.user_attrs for t in trials
+    )
+    row["epochs"] = sum(t.user_attrs.get("epochs_trained", 0) for t in trials)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--marks", type=int, nargs="+", default=[15, 30, 45, 60])
+    parser.add_argument("--images", type=int, default=4000, help="training images")
+    parser.add_argument("--epochs", type=int, default=10, help="the most a trial trains")
+    parser.add_argument(
+        "--folder", type=Path, help="where the studies are kept (a new folder by default)"
+    )
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = common.add_common(parser).parse_args()
+    if args.child:
+        child(args)
+        return
+
+    if args.folder is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
+        args.folder = Path(f"samplers-{stamp}").resolve()
+    args.folder.mkdir(parents=True, exist_ok=True)
+    runs = [(s, seed) for seed in args.seeds for s in args.samplers]
+    for s, seed in runs:
+        if db_path(args.folder, s, seed).exists():
+            sys.exit(f"{db_path(args.folder, s, seed)} exists; pass a new --folder.")
+    print(
+        f"{len(runs)} searches at once, {args.minutes:g} minutes each, studies in {args.folder}",
+        flush=True,
+    )
+    shared = [
+        "--minutes", str(args.minutes), "--images", str(args.images),
+        "--epochs", str(args.epochs), "--folder", str(args.folder),
+    ]  # fmt: skip
+    if args.data_dir:
+        shared += ["--data-dir", str(args.data_dir)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    load = os.getloadavg()[0]
+    procs = []
+    try:
+        for s, seed in runs:
+            log = (args.folder / f"{s}-{seed}.log").open("w")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--child", s, str(seed), *shared],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+        started = time.monotonic()
+        while any(p.poll() is None for p in procs):
+            time.sleep(30)
+            minutes = (time.monotonic() - started) / 60
+            running = sum(p.poll() is None for p in procs)
+            print(f"{minutes:5.1f} min: {running} running", flush=True)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        raise
+    failed = [f"{s}-{seed}" for (s, seed), p in zip(runs, procs, strict=True) if p.returncode]
+    if failed:
+        sys.exit(f"these searches failed (their logs are in {args.folder}): {', '.join(failed)}")
+
+    results = {(s, seed): read_run(db_path(args.folder, s, seed), args.marks) for s, seed in runs}
+    (args.folder / "results.json").write_text(
+        json.dumps({f"{s}-{seed}": r for (s, seed), r in results.items()}, indent=1)
+    )
+
+    def cell(s: str, mark: int, key: str, fmt: str) -> str:
+        values = [results[s, seed]["marks"][mark][key] for seed in args.seeds]  # type: ignore[index]
+        return " / ".join("-" if v is None else f"{v:{fmt}}" for v in values)
+
+    rows = []
+    for mark in args.marks:
+        for s in args.samplers:
+            rows.append(
+                [
+                    mark,
+                    s,
+                    cell(s, mark, "val_accuracy", ".4f"),
+                    cell(s, mark, "val_loss", ".4f"),
+                    cell(s, mark, "trained", "d"),
+                ]
+            )
+    seeds = ", ".join(map(str, args.seeds))
+    body = common.table(
+        [
+            "minutes",
+            "sampler",
+            f"best val_accuracy (seed {seeds})",
+            "best val_loss",
+            "trials complete",
+        ],
+        rows,
+    )
+    totals = common.table(
+        ["sampler", "epochs trained (per seed)", "networks rejected untrained"],
+        [
+            [
+                s,
+                " / ".join(str(results[s, seed]["epochs"]) for seed in args.seeds),
+                " / ".join(str(results[s, seed]["rejected"]) for seed in args.seeds),
+            ]
+            for s in args.samplers
+        ],
+    )
+    print(body + "\n\n" + totals)
+    if args.no_write:
+        return
+    extra = (
+        f"- Study: the fashion_mnist preset's space without its enqueued networks, "
+        f"{args.images:,} training and 1,000 validation images, at most {args.epochs} epochs a "
+        f"trial, early stopping patience 3, no pruning; {len(runs)} searches at once, one "
+        f"TensorFlow thread each, {args.minutes:g} minutes (load average {load:.1f} before "
+        f"they started)\n- Studies kept in {args.folder}"
+    )
+    common.write_section(
+        "samplers",
+        common.section("8. Samplers", body + "\n\nIn all:\n\n" + totals, extra=extra),
+    )
+
+
+if __name__ == "__main__":
+    main()
