@@ -1,6 +1,7 @@
 """Pruning efficiency: epochs, seconds and best val_loss with each pruner against none.
 
     .venv/bin/python benchmarks/pruning.py [--seeds 1 2 3] [--trials 16] [--pruners ...]
+    .venv/bin/python benchmarks/pruning.py --replay STUDY.db [STUDY.db ...]
 
 One fixed small study (a Fashion-MNIST subset, run by the product's worker loop,
 search.loop.run_worker: the same sampler, objective, early stopping and SQLite storage as
@@ -10,11 +11,19 @@ seed, the sampler suggests the same first trials; from the first pruned trial on
 different histories, as it would in a real search. The target: a pruner spends at most 1/3 of
 the epochs of no pruning, for the same trial count, and reaches a best val_loss no more than
 1 % (relative) worse.
+
+With --replay, no network is trained: studies that were searched without pruning (their
+learning curves whole) are run, trial after trial, through the product's pruners over a grid
+of their settings (first epoch judged, reduction factor, ratio), and each is scored on the
+epochs it would have spent and the best val_loss among the trials it let finish. The sampled
+configurations stay those of the unpruned search: in a real pruned search the sampler would
+see the pruned trials and suggest others.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from dataclasses import replace
@@ -93,7 +102,18 @@ def main() -> None:
         default=["hyperband", "sha", "median"],
         choices=[p for p in presets.PRUNERS if p != "none"],
     )
+    parser.add_argument(
+        "--replay",
+        nargs="+",
+        type=Path,
+        metavar="DB",
+        help="judge a grid of pruners on these SQLite studies, searched without pruning "
+        "(benchmarks/samplers.py keeps such studies), instead of running new searches",
+    )
     args = common.add_common(parser).parse_args()
+    if args.replay:
+        main_replay(args)
+        return
 
     import optuna
 
@@ -192,6 +212,130 @@ def main() -> None:
         "pruning",
         common.section(
             "3. Pruning efficiency", body + "\n\nEvery run:\n\n" + detail, extra=study_text
+        ),
+    )
+
+
+# --- Replay: pruners judged on the learning curves of searches that ran without pruning ---
+
+REPLAY_GRID: list[tuple[str, dict[str, float]]] = [
+    ("median", {}),
+    *[
+        (kind, {"pruner_min_epochs": m, "pruner_reduction": r})
+        for kind in ("hyperband", "sha")
+        for m in (1, 2, 3)
+        for r in (2, 3, 4)
+    ],
+    *[
+        ("behind", {"pruner_min_epochs": m, "pruner_ratio": q})
+        for m in (1, 2, 3, 4)
+        for q in (1.05, 1.1, 1.2, 1.3, 1.5)
+    ],
+]
+
+
+def recorded(path: Path) -> tuple[presets.Preset, list[tuple[dict[int, float], float | None]]]:
+    """A study that ran without pruning: its preset, and each trained trial's val_loss per epoch
+    (in trial order) with its value if it completed."""
+    rdb = storage.open_storage(f"sqlite:///{path}")
+    (name,) = study_mod.names(rdb)
+    study, preset = study_mod.load(rdb, name)
+    if preset.pruner != "none":
+        raise SystemExit(f"{path} was searched with pruner {preset.pruner}; replay needs none")
+    curves = [
+        (dict(t.intermediate_values), t.value if t.state.name == "COMPLETE" else None)
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+        if t.intermediate_values
+    ]
+    return preset, curves
+
+
+def replay(
+    preset: presets.Preset,
+    curves: list[tuple[dict[int, float], float | None]],
+    pruner: str,
+    settings: dict[str, float],
+) -> tuple[int, float]:
+    """Run `curves` through the product's pruner, one trial after another as a single worker
+    runs them: the epochs they would have trained, and the best value of those not pruned."""
+    import optuna
+
+    judged = study_mod.pruner(replace(preset, pruner=pruner, **settings))  # type: ignore[arg-type]
+    study = optuna.create_study(study_name="replay", pruner=judged)
+    epochs, best = 0, math.inf
+    for values, value in curves:
+        trial = study.ask()
+        pruned = False
+        for step in sorted(values):
+            trial.report(values[step], step)
+            epochs += 1
+            if trial.should_prune():
+                pruned = True
+                break
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif value is None:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+            best = min(best, value)
+    return epochs, best
+
+
+def label(pruner: str, settings: dict[str, float]) -> str:
+    short = {"pruner_min_epochs": "from", "pruner_reduction": "keep 1/", "pruner_ratio": "x"}
+    return " ".join([pruner, *(f"{short[k]}{v:g}" for k, v in settings.items())]).replace(
+        "/ ", "/"
+    )
+
+
+def main_replay(args: argparse.Namespace) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = [(path, *recorded(path)) for path in args.replay]
+    rows = []
+    for pruner, settings in REPLAY_GRID:
+        e, v = [], []
+        for _, preset, curves in studies:
+            full, best = replay(preset, curves, "none", {})
+            epochs, pruned_best = replay(preset, curves, pruner, settings)
+            e.append(epochs / full)
+            v.append(pruned_best / best)
+        met = sum(a <= 1 / 3 and b <= 1.01 for a, b in zip(e, v, strict=True))
+        rows.append((common.median(e), label(pruner, settings), e, v, met))
+    rows.sort(key=lambda r: (common.median(r[3]) > 1.01, r[0]))
+    body = common.table(
+        [
+            "pruner",
+            "epochs ratio, median (min-max)",
+            "best val_loss ratio, median (min-max)",
+            f"studies meeting the target (of {len(studies)})",
+        ],
+        [
+            [name, common.spread(e, ".2f"), common.spread(v, ".3f"), met]
+            for _, name, e, v, met in rows
+        ],
+    )
+    print(body)
+    if args.no_write:
+        return
+    counts = ", ".join(str(len(c)) for _, _, c in studies)
+    preset = studies[0][1]
+    extra = (
+        f"- Replayed: {len(studies)} studies searched without pruning ({counts} trained trials; "
+        f"at most {preset.epochs} epochs a trial, early stopping patience {preset.patience}), "
+        f"each run through every pruner below, trial after trial as one worker runs them\n"
+        f"- Studies: {', '.join(str(p) for p, _, _ in studies)}"
+    )
+    common.write_section(
+        "pruning_replay",
+        common.section(
+            "3b. Pruners replayed on whole learning curves",
+            "Target: at most 1/3 of the epochs of no pruning, best val_loss at most 1 % worse "
+            "(ratio <= 1.01), for the same trials. Rows whose median val_loss ratio meets it "
+            "first, by epochs.\n\n" + body,
+            extra=extra,
         ),
     )
 
