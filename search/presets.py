@@ -37,6 +37,9 @@ PRUNERS = ("hyperband", "sha", "median", "behind", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
 # front of accuracy against size; Optuna cannot prune multi-objective studies.
 OBJECTIVES = ("val_loss", "val_loss+params")
+# The networks a preset enqueues before the sampler's, in this order: each is a table in the
+# preset file and the user attribute that names it on its trial.
+ENQUEUED = ("start", "baseline")
 
 
 class PresetError(SearchError):
@@ -84,6 +87,11 @@ class Preset:
     # MB (0: never); None keeps the product's defaults (workers.py).
     recycle_trials: int | None = None
     recycle_mb: int | None = None
+
+    def enqueued(self) -> tuple[tuple[str, Baseline], ...]:
+        """The networks the study tries first, with their kind: the starts, then the lab's."""
+        runs = {"start": self.starts, "baseline": self.baselines}
+        return tuple((kind, run) for kind in ENQUEUED for run in runs[kind])
 
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""
@@ -385,7 +393,7 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
         raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
     tables = {
         kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
-        for kind in ("baseline", "start")
+        for kind in ENQUEUED
     }
     for kind, found in tables.items():
         for i, b in enumerate(found):

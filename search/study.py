@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import presets
 from search import storage as storage_mod
 from search.errors import SearchError
-from search.presets import Preset
+from search.presets import ENQUEUED, Preset
 from search.pruners import Behind
 from search.space import Config, impossible, to_params
 
@@ -137,7 +137,7 @@ def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
             if "preset" not in found.user_attrs:
                 trials = found.get_trials(deepcopy=False)
                 if not set(found.user_attrs) <= _CREATION_ATTRS or any(
-                    t.state != TrialState.WAITING or not {"baseline", "start"} & set(t.user_attrs)
+                    t.state != TrialState.WAITING or not set(ENQUEUED) & set(t.user_attrs)
                     for t in trials
                 ):
                     raise StudyError(
@@ -211,10 +211,8 @@ def _create(
     study.set_user_attr("preset_name", preset.name)
     if total is not None:
         set_total(study, total)
-    # Known-good starting points first, then the lab's runs.
-    for kind, enqueued in (("start", preset.starts), ("baseline", preset.baselines)):
-        for run in enqueued:
-            study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
+    for kind, run in preset.enqueued():
+        study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
     study.set_user_attr("preset", preset.to_json())  # last: the creation is complete
     return study
 
