@@ -234,25 +234,32 @@ REPLAY_GRID: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-def recorded(path: Path) -> tuple[presets.Preset, list[tuple[dict[int, float], float | None]]]:
+Curve = tuple[dict[int, float], float | None, str]
+
+
+def recorded(path: Path) -> tuple[presets.Preset, list[Curve]]:
     """A study that ran without pruning: its preset, and each trained trial's val_loss per epoch
-    (in trial order) with its value if it completed."""
+    (in trial order) with its value if it completed, and how it ended."""
     rdb = storage.open_storage(f"sqlite:///{path}")
     (name,) = study_mod.names(rdb)
     study, preset = study_mod.load(rdb, name)
     if preset.pruner != "none":
         raise SystemExit(f"{path} was searched with pruner {preset.pruner}; replay needs none")
     curves = [
-        (dict(t.intermediate_values), t.value if t.state.name == "COMPLETE" else None)
+        (
+            dict(t.intermediate_values),
+            t.value if t.state.name == "COMPLETE" else None,
+            t.state.name,
+        )
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        if t.intermediate_values
+        if t.intermediate_values and t.state.is_finished()
     ]
     return preset, curves
 
 
 def replay(
     preset: presets.Preset,
-    curves: list[tuple[dict[int, float], float | None]],
+    curves: list[Curve],
     pruner: str,
     settings: dict[str, float],
 ) -> tuple[int, float]:
@@ -263,7 +270,7 @@ def replay(
     judged = study_mod.pruner(replace(preset, pruner=pruner, **settings))  # type: ignore[arg-type]
     study = optuna.create_study(study_name="replay", pruner=judged)
     epochs, best = 0, math.inf
-    for values, value in curves:
+    for values, value, state in curves:
         trial = study.ask()
         pruned = False
         for step in sorted(values):
@@ -272,10 +279,8 @@ def replay(
             if trial.should_prune():
                 pruned = True
                 break
-        if pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        elif value is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if pruned or value is None:  # or it ended as recorded: diverged (pruned) or failed
+            study.tell(trial, state=optuna.trial.TrialState[state if not pruned else "PRUNED"])
         else:
             study.tell(trial, value)
             best = min(best, value)
