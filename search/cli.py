@@ -317,12 +317,21 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
     "total over it is passed over for the next best. A member that retrain-best already "
     "saved is loaded, not trained again.",
 )
+@click.option(
+    "--members",
+    "members_of",
+    type=click.Choice(ensemble.MEMBERS),
+    help="With --ensemble: 'distinct' (the default) takes the K best distinct trials; 'best' "
+    "trains the best trial K times, with its own seed and the next K-1, for a study whose "
+    "best network is far ahead of the rest. K copies must fit max_params together.",
+)
 @data_dir_option()
 @backend_option
 @storage_options
 def retrain_best(
     number: int | None,
     members: int | None,
+    members_of: str | None,
     data_dir: Path | None,
     url: str | None,
     study_name: str | None,
@@ -339,12 +348,15 @@ def retrain_best(
     Example:
       search retrain-best --study fashion_mnist
       search retrain-best --study fashion_mnist --ensemble 3
+      search retrain-best --study fashion_mnist --ensemble 2 --members best
     """
+    if members_of and not members:
+        raise click.UsageError("--members goes with --ensemble K.")
     opened = study_mod.open_existing(url, study_name)
     if members:
         if number is not None:
             raise click.UsageError("Pass --trial or --ensemble, not both.")
-        _retrain_ensemble(opened, members, data_dir)
+        _retrain_ensemble(opened, members, members_of or "distinct", data_dir)
         return
     result = retrain.retrain(
         opened.study,
@@ -362,7 +374,9 @@ def retrain_best(
     click.echo(f"Model saved to {result.model_path}")
 
 
-def _retrain_ensemble(opened: study_mod.Opened, k: int, data_dir: Path | None) -> None:
+def _retrain_ensemble(
+    opened: study_mod.Opened, k: int, members_of: str, data_dir: Path | None
+) -> None:
     result = ensemble.retrain_ensemble(
         opened.study,
         opened.preset,
@@ -370,9 +384,13 @@ def _retrain_ensemble(opened: study_mod.Opened, k: int, data_dir: Path | None) -
         out_dir=storage_mod.home(),
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
+        members_of=members_of,
     )
     for m in result.members:
-        click.echo(f"  member #{m.trial} {m.architecture}: test accuracy {m.test_accuracy:.2%}")
+        click.echo(
+            f"  member #{m.trial} {m.architecture}, seed {m.seed}: test accuracy "
+            f"{m.test_accuracy:.2%}"
+        )
     click.echo(
         f"Ensemble of {k} ({result.params:,} params): test accuracy {result.test_accuracy:.2%} "
         f"(loss {result.test_loss:.4f})."

@@ -4,6 +4,9 @@ An ensemble of small convnets is a known, cheap gain on Fashion-MNIST (about 0.6
 five models in one public report). The members are chosen on validation loss alone, and fit
 the preset's parameter budget together, since the ensemble is saved and used as one model. The
 test set is read once, after every member is trained, to test each member and the average.
+
+With `--members best` the members are the best trial alone, trained K times with K seeds: when
+a study's best network is far ahead of its next, other networks are weaker votes.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.network import ensemble, load
 from search.presets import Preset
-from search.retrain import save_or_explain, test, test_set, train_on_all
+from search.retrain import save_or_explain, seed_of, test, test_set, train_on_all
 from search.runtime import Log
 from search.space import describe, size
 from search.storage import safe_name
-from search.study import StudyError, config_of
+from search.study import StudyError, best, config_of
 
 if TYPE_CHECKING:
     import keras
+
+# Who the members are: the K best distinct trials, or the best trial K times with K seeds.
+MEMBERS = ("distinct", "best")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Member:
     params: int
     epochs: int
     test_accuracy: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class EnsembleResult:
     test_accuracy: float
     model_path: str
     max_params: int | None  # the budget the members' parameters fit together
+    members_of: str = "distinct"  # one of MEMBERS
 
 
 def distinct_best(
@@ -101,6 +109,22 @@ def distinct_best(
     )
 
 
+def copies_of_best(
+    study: optuna.Study, k: int, max_params: int | None = None
+) -> list[FrozenTrial]:
+    """The best trial, k times: the members of an ensemble of seeds, within `max_params`."""
+    trial = best(study)
+    if trial is None:
+        raise StudyError(f"Study '{study.study_name}' has no completed trial to retrain.")
+    params = size(config_of(trial)).params
+    if max_params is not None and k * params > max_params:
+        raise StudyError(
+            f"{k} copies of trial #{trial.number} ({params:,} params each) would hold "
+            f"{k * params:,}, over the preset's {max_params:,}; pass a smaller --ensemble."
+        )
+    return [trial] * k
+
+
 def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Model, int] | None:
     """The model retrain-best saved for this trial, and its epochs, if it is still there.
 
@@ -129,14 +153,24 @@ def retrain_ensemble(
     out_dir: Path,
     data_dir: str | None = None,
     log: Log = print,
+    members_of: str = "distinct",
 ) -> EnsembleResult:
-    """Retrain the k best distinct trials that fit the budget, as retrain-best does; test all."""
-    trials = distinct_best(study, k, preset.max_params, log)
+    """Retrain k members that fit the budget together, as retrain-best does; test all.
+
+    The members are the k best distinct trials, or with `members_of="best"` the best trial k
+    times, its own seed first, then the next k - 1 seeds.
+    """
+    if members_of == "best":
+        trials = copies_of_best(study, k, preset.max_params)
+        seeds = [seed_of(trials[0], preset) + i for i in range(k)]
+    else:
+        trials = distinct_best(study, k, preset.max_params, log)
+        seeds = [seed_of(t, preset) for t in trials]
     models: list[keras.Model] = []
     epochs: list[int] = []
-    for i, trial in enumerate(trials):
+    for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
         log(f"Member {i + 1} of {k}:")
-        saved = already_trained(study, trial)
+        saved = already_trained(study, trial) if seed == seed_of(trial, preset) else None
         if saved is not None:
             model, n = saved
             log(
@@ -145,20 +179,23 @@ def retrain_ensemble(
             )
         else:  # the first member trained clears Keras's session; later ones keep the others
             model, history, _ = train_on_all(
-                trial, preset, data_dir=data_dir, log=log, fresh=not models
+                trial, preset, data_dir=data_dir, log=log, fresh=not models, seed=seed
             )
             n = len(history.loss)
         models.append(model)
         epochs.append(n)
     tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
-    for trial, model, n in zip(trials, models, epochs, strict=True):
+    for trial, model, n, seed in zip(trials, models, epochs, seeds, strict=True):
         config = config_of(trial)
         _, accuracy = test(model, tests)
-        members.append(Member(trial.number, describe(config), size(config).params, n, accuracy))
+        members.append(
+            Member(trial.number, describe(config), size(config).params, n, accuracy, seed)
+        )
     combined = ensemble(models, name=f"ensemble_of_{k}")
     test_loss, test_accuracy = test(combined, tests)
-    path = out_dir / "models" / f"{safe_name(study.study_name)}-ensemble{k}.keras"
+    kind = "-best" if members_of == "best" else ""
+    path = out_dir / "models" / f"{safe_name(study.study_name)}-ensemble{k}{kind}.keras"
     result = EnsembleResult(
         members=tuple(members),
         params=sum(m.params for m in members),
@@ -166,6 +203,7 @@ def retrain_ensemble(
         test_accuracy=test_accuracy,
         model_path=str(path),
         max_params=preset.max_params,
+        members_of=members_of,
     )
     study.set_user_attr("ensemble", json.loads(json.dumps(asdict(result))))
     log(f"Ensemble of {k}: test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}).")

@@ -387,9 +387,10 @@ def _ensemble_section(record: dict[str, Any] | None) -> list[str]:
         return []
     lines = ["| model | params | epochs | test accuracy |", "|---|---:|---:|---:|"]
     for m in record["members"]:
+        seed = f", seed {m['seed']}" if "seed" in m else ""  # recorded since --members
         lines.append(
-            f"| trial #{m['trial']} `{m['architecture']}` | {m['params']:,} | {m['epochs']} "
-            f"| {pct(m['test_accuracy'])} |"
+            f"| trial #{m['trial']} `{m['architecture']}`{seed} | {m['params']:,} | "
+            f"{m['epochs']} | {pct(m['test_accuracy'])} |"
         )
     lines.append(
         f"| **the ensemble** (softmax averaged) | {record['params']:,} | | "
@@ -398,11 +399,15 @@ def _ensemble_section(record: dict[str, Any] | None) -> list[str]:
     k = len(record["members"])
     budget = record.get("max_params")
     fit = f" whose parameters fit {budget:,} together" if budget else ""
+    who = (
+        f"The best trial, trained {k} times with {k} seeds"
+        if record.get("members_of") == "best"
+        else f"The {k} best distinct trials{fit}"
+    )
     return _section(
         f"Ensemble of {k}",
         [
-            f"The {k} best distinct trials{fit}, retrained and tested "
-            "as above; the saved model averages their outputs.",
+            f"{who}, retrained and tested as above; the saved model averages their outputs.",
             "",
             *lines,
         ],

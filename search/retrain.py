@@ -107,16 +107,28 @@ def final_images(preset: Preset, data_dir: str | None) -> tuple[np.ndarray, np.n
     return images, labels
 
 
+def seed_of(trial: FrozenTrial, preset: Preset) -> int:
+    """The seed a trial trained with, which its final model trains with too."""
+    return int(trial.user_attrs.get("seed", preset.seed))
+
+
 def train_on_all(
-    trial: FrozenTrial, preset: Preset, *, data_dir: str | None, log: Log, fresh: bool = True
+    trial: FrozenTrial,
+    preset: Preset,
+    *,
+    data_dir: str | None,
+    log: Log,
+    fresh: bool = True,
+    seed: int | None = None,
 ) -> tuple[keras.Model, History, int]:
     """A new model of the trial's network trained on every training image, with its seed.
 
     Returns the model, ready for inference, its history and how many images it trained on.
-    `fresh` clears Keras's session first; an ensemble keeps its earlier members alive.
+    `fresh` clears Keras's session first; an ensemble keeps its earlier members alive. `seed`
+    replaces the trial's, for an ensemble of one network trained several times.
     """
     config, epochs, planned = final_plan(trial, preset)
-    seed = int(trial.user_attrs.get("seed", preset.seed))
+    seed = seed_of(trial, preset) if seed is None else seed
     configure()
     import keras
 
@@ -192,7 +204,7 @@ def retrain(
         architecture=describe(config),
         params=size(config).params,
         epochs=len(history.loss),
-        seed=int(trial.user_attrs.get("seed", preset.seed)),
+        seed=seed_of(trial, preset),
         train_images=train_images,
         test_loss=test_loss,
         test_accuracy=test_accuracy,

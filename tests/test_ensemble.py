@@ -122,3 +122,36 @@ def test_a_member_that_retrain_best_saved_is_loaded_not_trained_again(
     again = run("retrain-best", "--study", "tiny", "--ensemble", "2")
     assert again.exit_code == 0, again.output
     assert again.output.count("Retraining trial #") == 2
+
+
+def test_members_best_is_the_best_trial_within_the_budget(tiny_study: optuna.Study) -> None:
+    chosen = ensemble.copies_of_best(tiny_study, 3)
+    assert [t.value for t in chosen] == [0.4, 0.4, 0.4]
+    params, best = size(ONE).params, chosen[0].number
+    assert len(ensemble.copies_of_best(tiny_study, 2, 2 * params)) == 2
+    with pytest.raises(StudyError, match=f"3 copies of trial #{best} .* preset's {2 * params:,}"):
+        ensemble.copies_of_best(tiny_study, 3, 2 * params)
+
+
+def test_members_best_trains_the_best_trial_with_successive_seeds(
+    tiny_study: optuna.Study, private_storage: Path
+) -> None:
+    alone = run("retrain-best", "--study", "tiny", "--members", "best")
+    assert alone.exit_code == 2 and "--members goes with --ensemble" in alone.output
+    result = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--members", "best")
+    assert result.exit_code == 0, result.output
+    best = ensemble.copies_of_best(tiny_study, 1)[0].number
+    assert result.output.count(f"Retraining trial #{best} ") == 2
+    assert "seed 5." in result.output and "seed 6." in result.output
+    record = tiny_study.user_attrs["ensemble"]
+    assert [(m["trial"], m["seed"]) for m in record["members"]] == [(best, 5), (best, 6)]
+    assert all(m["test_accuracy"] > 0.2 for m in record["members"])  # chance is 0.1
+    assert record["members_of"] == "best" and record["params"] == 2 * size(ONE).params
+    path = private_storage / "models" / "tiny-ensemble2-best.keras"
+    assert record["model_path"] == str(path)
+    model = keras.models.load_model(path)
+    first, second = (model.get_layer(f"member_{i}").get_weights()[0] for i in (1, 2))
+    assert first.shape == second.shape and not np.allclose(first, second)  # two seeds, two nets
+    section = "\n".join(report._ensemble_section(record))
+    assert "The best trial, trained 2 times with 2 seeds" in section
+    assert f"trial #{best} `C16k3-P-F-D32`, seed 6" in section
