@@ -1,7 +1,8 @@
-"""Samplers against the default: the best val_accuracy each reached by 15, 30, 45 and 60 minutes.
+"""Samplers against the default: the best val_accuracy each reached by 15, 30, 45... minutes.
 
     .venv/bin/python benchmarks/samplers.py [--samplers tpe-grouped tpe random] [--seeds 1 2]
-        [--minutes 60] [--images 4000] [--epochs 10] [--folder DIR]
+        [--minutes 90] [--images 4000] [--epochs 10] [--folder DIR]
+    .venv/bin/python benchmarks/samplers.py --read --folder DIR   # report on searches run before
 
 Every (sampler, seed) pair is its own search, run by the product's worker loop
 (search.loop.run_worker) on the fashion_mnist preset's space, and all of them run at once,
@@ -9,12 +10,13 @@ each in its own process with one TensorFlow thread, so each has the same share o
 for the same minutes. The preset's enqueued networks (the known-good start and the lab's runs)
 are left out: every trial is the sampler's. The training set is a subset (--images, after the
 first 1,000 images, which validate) and a trial trains at most --epochs, so that an hour holds
-dozens of trials; there is no pruning, so every trial's learning curve is whole, and
+a few dozen trials; there is no pruning, so every trial's learning curve is whole, and
 benchmarks/pruning.py --replay can judge pruners on the same trials afterwards.
 
 Samplers: "tpe-grouped" (the presets' default: multivariate TPE over groups of parameters that
 occur together), "tpe" (independent TPE), and "random", Optuna's RandomSampler, as the floor.
-The TPE samplers start with the preset's 10 random trials.
+The TPE samplers start with the preset's 10 random trials, the same ones random search draws
+with the same seed, so the samplers part only after those.
 """
 
 from __future__ import annotations
@@ -119,24 +121,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--minutes", type=float, default=60)
-    parser.add_argument("--marks", type=int, nargs="+", default=[15, 30, 45, 60])
+    parser.add_argument("--minutes", type=float, default=90)
+    parser.add_argument("--marks", type=int, nargs="+", default=[15, 30, 45, 60, 75, 90])
     parser.add_argument("--images", type=int, default=4000, help="training images")
     parser.add_argument("--epochs", type=int, default=10, help="the most a trial trains")
     parser.add_argument(
         "--folder", type=Path, help="where the studies are kept (a new folder by default)"
+    )
+    parser.add_argument(
+        "--read", action="store_true", help="report on the searches in --folder; run none"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = common.add_common(parser).parse_args()
     if args.child:
         child(args)
         return
+    runs = [(s, seed) for seed in args.seeds for s in args.samplers]
+    if args.read:
+        if args.folder is None:
+            sys.exit("--read needs --folder.")
+        missing = [str(db_path(args.folder, s, seed)) for s, seed in runs]
+        missing = [p for p in missing if not Path(p).exists()]
+        if missing:
+            sys.exit(f"no such studies: {', '.join(missing)}")
+        report(args, runs, load=None)
+        return
 
     if args.folder is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
         args.folder = Path(f"samplers-{stamp}").resolve()
     args.folder.mkdir(parents=True, exist_ok=True)
-    runs = [(s, seed) for seed in args.seeds for s in args.samplers]
     for s, seed in runs:
         if db_path(args.folder, s, seed).exists():
             sys.exit(f"{db_path(args.folder, s, seed)} exists; pass a new --folder.")
@@ -179,7 +193,10 @@ def main() -> None:
     failed = [f"{s}-{seed}" for (s, seed), p in zip(runs, procs, strict=True) if p.returncode]
     if failed:
         sys.exit(f"these searches failed (their logs are in {args.folder}): {', '.join(failed)}")
+    report(args, runs, load)
 
+
+def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | None) -> None:
     results = {(s, seed): read_run(db_path(args.folder, s, seed), args.marks) for s, seed in runs}
     (args.folder / "results.json").write_text(
         json.dumps({f"{s}-{seed}": r for (s, seed), r in results.items()}, indent=1)
@@ -187,7 +204,10 @@ def main() -> None:
 
     def cell(s: str, mark: int, key: str, fmt: str) -> str:
         values = [results[s, seed]["marks"][mark][key] for seed in args.seeds]  # type: ignore[index]
-        return " / ".join("-" if v is None else f"{v:{fmt}}" for v in values)
+        text = " / ".join("-" if v is None else f"{v:{fmt}}" for v in values)
+        if fmt != "d" and len(values) > 1 and None not in values:
+            text += f" (mean {sum(values) / len(values):{fmt}})"
+        return text
 
     rows = []
     for mark in args.marks:
@@ -226,12 +246,16 @@ def main() -> None:
     print(body + "\n\n" + totals)
     if args.no_write:
         return
+    preset = study_mod.load(
+        storage.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
+    )[1]
+    started = f" (load average {load:.1f} before they started)" if load is not None else ""
     extra = (
         f"- Study: the fashion_mnist preset's space without its enqueued networks, "
-        f"{args.images:,} training and 1,000 validation images, at most {args.epochs} epochs a "
-        f"trial, early stopping patience 3, no pruning; {len(runs)} searches at once, one "
-        f"TensorFlow thread each, {args.minutes:g} minutes (load average {load:.1f} before "
-        f"they started)\n- Studies kept in {args.folder}"
+        f"{preset.train_size:,} training and {preset.val_size:,} validation images, at most "
+        f"{preset.epochs} epochs a trial, early stopping patience {preset.patience}, no "
+        f"pruning; {len(runs)} searches at once, one TensorFlow thread each{started}\n"
+        f"- Studies kept in {args.folder}"
     )
     common.write_section(
         "samplers",
