@@ -311,11 +311,11 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
     "--ensemble",
     "members",
     type=click.IntRange(min=2, max=20),
-    help="Retrain the K best distinct trials and save one model that averages their "
-    "softmax outputs; each member's test accuracy and the ensemble's are recorded. The "
-    "members' parameters fit the preset's max_params together: a trial that would take the "
-    "total over it is passed over for the next best. A member that retrain-best already "
-    "saved is loaded, not trained again.",
+    help="Retrain the K best distinct trials (or, with --members best, the best trial K times) "
+    "and save one model that averages their softmax outputs; each member's test accuracy and "
+    "the ensemble's are recorded. The members' parameters fit the preset's max_params "
+    "together: a trial that would take the total over it is passed over for the next best. "
+    "A member that retrain-best already saved is loaded, not trained again.",
 )
 @click.option(
     "--members",

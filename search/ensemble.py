@@ -21,17 +21,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.network import ensemble, load
 from search.presets import Preset
-from search.retrain import save_or_explain, seed_of, test, test_set, train_on_all
+from search.retrain import pick, save_or_explain, seed_of, test, test_set, train_on_all
 from search.runtime import Log
 from search.space import describe, size
 from search.storage import safe_name
-from search.study import StudyError, best, config_of
+from search.study import StudyError, config_of
 
 if TYPE_CHECKING:
     import keras
 
 # Who the members are: the K best distinct trials, or the best trial K times with K seeds.
 MEMBERS = ("distinct", "best")
+# Where the study records each kind's latest ensemble, so the report shows one of each.
+RECORD = {"distinct": "ensemble", "best": "ensemble_best"}
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,18 @@ def copies_of_best(
     study: optuna.Study, k: int, max_params: int | None = None
 ) -> list[FrozenTrial]:
     """The best trial, k times: the members of an ensemble of seeds, within `max_params`."""
-    trial = best(study)
-    if trial is None:
-        raise StudyError(f"Study '{study.study_name}' has no completed trial to retrain.")
+    trial = pick(study, None)
     params = size(config_of(trial)).params
     if max_params is not None and k * params > max_params:
+        fits = max_params // params
+        advice = (
+            f"pass --ensemble {fits} or fewer"
+            if fits >= 2
+            else "no two copies fit, so pass --members distinct"
+        )
         raise StudyError(
             f"{k} copies of trial #{trial.number} ({params:,} params each) would hold "
-            f"{k * params:,}, over the preset's {max_params:,}; pass a smaller --ensemble."
+            f"{k * params:,}, over the preset's {max_params:,}; {advice}."
         )
     return [trial] * k
 
@@ -205,7 +211,7 @@ def retrain_ensemble(
         max_params=preset.max_params,
         members_of=members_of,
     )
-    study.set_user_attr("ensemble", json.loads(json.dumps(asdict(result))))
+    study.set_user_attr(RECORD[members_of], json.loads(json.dumps(asdict(result))))
     log(f"Ensemble of {k}: test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}).")
     save_or_explain(combined, path)
     return result

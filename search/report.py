@@ -231,6 +231,7 @@ def markdown(
         + _pruning_section(study, preset)
         + _test_section(study, preset, record, test_note)
         + _ensemble_section(study.user_attrs.get("ensemble"))
+        + _ensemble_section(study.user_attrs.get("ensemble_best"))
         + _figures_section(report)
     )
     return "\n".join(out).rstrip() + "\n"
@@ -401,11 +402,13 @@ def _ensemble_section(record: dict[str, Any] | None) -> list[str]:
     fit = f" whose parameters fit {budget:,} together" if budget else ""
     who = (
         f"The best trial, trained {k} times with {k} seeds"
+        + (f" (its copies fit {budget:,} parameters together)" if budget else "")
         if record.get("members_of") == "best"
         else f"The {k} best distinct trials{fit}"
     )
+    title = f"Ensemble of {k}" + (" seeds" if record.get("members_of") == "best" else "")
     return _section(
-        f"Ensemble of {k}",
+        title,
         [
             f"{who}, retrained and tested as above; the saved model averages their outputs.",
             "",

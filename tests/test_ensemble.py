@@ -131,27 +131,39 @@ def test_members_best_is_the_best_trial_within_the_budget(tiny_study: optuna.Stu
     assert len(ensemble.copies_of_best(tiny_study, 2, 2 * params)) == 2
     with pytest.raises(StudyError, match=f"3 copies of trial #{best} .* preset's {2 * params:,}"):
         ensemble.copies_of_best(tiny_study, 3, 2 * params)
+    with pytest.raises(StudyError, match="; pass --ensemble 2 or fewer.$"):
+        ensemble.copies_of_best(tiny_study, 3, 2 * params + 1)
+    with pytest.raises(StudyError, match="no two copies fit, so pass --members distinct.$"):
+        ensemble.copies_of_best(tiny_study, 2, 2 * params - 1)
 
 
 def test_members_best_trains_the_best_trial_with_successive_seeds(
-    tiny_study: optuna.Study, private_storage: Path
+    tiny_study: optuna.Study, private_storage: Path, fashion_dir: Path
 ) -> None:
     alone = run("retrain-best", "--study", "tiny", "--members", "best")
     assert alone.exit_code == 2 and "--members goes with --ensemble" in alone.output
+    single = run("retrain-best", "--study", "tiny")
+    assert single.exit_code == 0, single.output
+    retrained = tiny_study.user_attrs["retrain"]
+    best = retrained["trial"]
     result = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--members", "best")
     assert result.exit_code == 0, result.output
-    best = ensemble.copies_of_best(tiny_study, 1)[0].number
-    assert result.output.count(f"Retraining trial #{best} ") == 2
-    assert "seed 5." in result.output and "seed 6." in result.output
-    record = tiny_study.user_attrs["ensemble"]
+    # The first member is retrain-best's model, with the trial's seed; the second trains.
+    assert f"Trial #{best} was retrained by retrain-best" in result.output
+    assert result.output.count("Retraining trial #") == 1 and "seed 6." in result.output
+    record = tiny_study.user_attrs["ensemble_best"]
+    assert "ensemble" not in tiny_study.user_attrs  # a distinct ensemble's record is its own
     assert [(m["trial"], m["seed"]) for m in record["members"]] == [(best, 5), (best, 6)]
+    first = record["members"][0]
+    assert first["test_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=1e-6)
     assert all(m["test_accuracy"] > 0.2 for m in record["members"])  # chance is 0.1
     assert record["members_of"] == "best" and record["params"] == 2 * size(ONE).params
     path = private_storage / "models" / "tiny-ensemble2-best.keras"
     assert record["model_path"] == str(path)
     model = keras.models.load_model(path)
-    first, second = (model.get_layer(f"member_{i}").get_weights()[0] for i in (1, 2))
-    assert first.shape == second.shape and not np.allclose(first, second)  # two seeds, two nets
-    section = "\n".join(report._ensemble_section(record))
-    assert "The best trial, trained 2 times with 2 seeds" in section
-    assert f"trial #{best} `C16k3-P-F-D32`, seed 6" in section
+    one, two = (model.get_layer(f"member_{i}").get_weights()[0] for i in (1, 2))
+    assert one.shape == two.shape and not np.allclose(one, two)  # two seeds, two networks
+    text = "\n".join(report._ensemble_section(record))
+    assert "## Ensemble of 2 seeds" in text
+    assert "The best trial, trained 2 times with 2 seeds (its copies fit 400,000" in text
+    assert f"trial #{best} `C16k3-P-F-D32`, seed 6" in text
