@@ -55,12 +55,13 @@ def nproc() -> int:
         return os.cpu_count() or 1
 
 
+# The load when the benchmark started: sections are written at the end, after its own work.
+START_LOAD = os.getloadavg()[0]
+
+
 def machine() -> str:
     """`nproc`, the CPU model and the load when the run started: the figures' context."""
-    return (
-        f"{nproc()} cores (nproc), {cpu_model()}, load average "
-        f"{os.getloadavg()[0]:.1f} at the start"
-    )
+    return f"{nproc()} cores (nproc), {cpu_model()}, load average {START_LOAD:.1f} at the start"
 
 
 def today() -> str:
