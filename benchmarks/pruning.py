@@ -299,11 +299,11 @@ def main_replay(args: argparse.Namespace) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies = [(path, *recorded(path)) for path in args.replay]
+    unpruned = [replay(preset, curves, "none", {}) for _, preset, curves in studies]
     rows = []
     for pruner, settings in REPLAY_GRID:
         e, v = [], []
-        for _, preset, curves in studies:
-            full, best = replay(preset, curves, "none", {})
+        for (_, preset, curves), (full, best) in zip(studies, unpruned, strict=True):
             epochs, pruned_best = replay(preset, curves, pruner, settings)
             e.append(epochs / full)
             v.append(pruned_best / best)
