@@ -74,12 +74,17 @@ def data_dir_option(purpose: str = "") -> Callable[[Callable[..., Any]], Callabl
 
 
 def storage_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--study",
-        "study_name",
-        metavar="NAME",
-        help="Study name. Defaults to the preset's name (the dataset's).",
-    )(f)
+    """--storage and --study, for commands that open a study the storage holds."""
+    return _storage_options(f, "Study name. Defaults to the storage's only study.")
+
+
+def new_study_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage and --study, for `search start`, which makes the study it names."""
+    return _storage_options(f, "Study name. Defaults to the preset's name (the dataset's).")
+
+
+def _storage_options(f: Callable[..., Any], study_help: str) -> Callable[..., Any]:
+    f = click.option("--study", "study_name", metavar="NAME", help=study_help)(f)
     f = click.option(
         "--storage",
         "url",

@@ -75,7 +75,7 @@ class Preset:
     # measures, so none is part of the fingerprint.
     hours: float | None = None  # a wall-clock budget: no new trial starts after it
     sampler: str = "tpe"  # tpe, or tpe-grouped: multivariate TPE over groups of parameters
-    startup_trials: int = 10  # random trials (after the enqueued ones) before TPE models
+    startup_trials: int = 10  # finished trials (enqueued and rejected count) before TPE models
     pruner_min_epochs: int = 1  # the first rung (hyperband, sha), the first epoch judged (behind)
     pruner_reduction: int = 3  # each rung keeps about 1/reduction of the trials
     pruner_ratio: float = 1.5  # "behind" stops a trial at this multiple of the best val_loss
