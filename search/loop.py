@@ -67,9 +67,11 @@ def _run_one(
 ) -> None:
     """Run one trial; the slot's lock is let go as soon as the trial exists."""
     holder = f"{socket.gethostname()}:{os.getpid()}"
+    taken: list[int] = []
 
     def take(trial: optuna.Trial) -> float | Sequence[float]:
         slot.close()  # the trial exists: other workers may take theirs
+        taken.append(trial.number)
         trial.set_user_attr("worker", holder)
         # The worker's memory as the trial starts: how it grows shows in the dashboard.
         trial.set_user_attr("worker_rss_mb", round((resident_memory() or 0) / 2**20))
@@ -83,9 +85,14 @@ def _run_one(
             callbacks=list(callbacks),
             gc_after_trial=True,
         )
-    except optuna.exceptions.UpdateFinishedTrialError:
+    except Exception:
         # This worker went silent past the grace period (a stalled machine) and another
-        # worker failed its trial; that trial's retry is already queued.
+        # worker failed its trial; that trial's retry is already queued. What Optuna raises
+        # depends on the moment this worker wakes: "Cannot tell a FAIL trial." (ValueError)
+        # after a write inside the trial, its own AssertionError if the trial had just
+        # returned. The trial's state in the storage is what tells this case from any other.
+        if not taken or study.get_trials(deepcopy=False)[taken[0]].state != TrialState.FAIL:
+            raise
         log("This worker's trial was failed by another worker after missed heartbeats; going on.")
 
 

@@ -181,6 +181,30 @@ def test_a_trial_whose_worker_fell_silent_is_failed_and_run_again(
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == dead.params
 
 
+@pytest.mark.parametrize("writes_again", [True, False], ids=["then-reports", "then-returns"])
+def test_a_worker_whose_trial_another_worker_failed_goes_on(
+    rdb: optuna.storages.RDBStorage, writes_again: bool
+) -> None:
+    """A worker that stalled past the grace period finds its trial failed by another worker,
+    whether its next write is an epoch's report or the trial's result: it goes on."""
+    s = optuna.create_study(storage=rdb, study_name="stalled")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:  # what another worker's check of stale heartbeats does
+            rdb.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            if writes_again:
+                trial.report(x, 0)
+        return x
+
+    lines: list[str] = []
+    loop.run_trials(s, objective, 1, storage=rdb, log=lines.append)
+    assert lines == [
+        "This worker's trial was failed by another worker after missed heartbeats; going on."
+    ]
+    assert [t.state for t in s.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_an_interrupt_swallowed_mid_trial_stops_the_loop_before_the_next_trial(
     rdb: optuna.storages.RDBStorage,
 ) -> None:
