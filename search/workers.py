@@ -271,6 +271,7 @@ class _Pool:
                     kind, text = reader.recv()
                 except (EOFError, OSError):  # the worker exited (or was killed)
                     del self.readers[reader]
+                    reader.close()
                     self.exited(job, process, unfinished)
                     continue
                 if kind == "error":
@@ -298,6 +299,11 @@ class _Pool:
                     f"{self.prefix(job)}was killed by signal {-process.exitcode}; the other "
                     "workers retry its trial."
                 )
+        if process.exitcode is not None:
+            # Its pipe and sentinel would stay open for the whole run otherwise: a search of
+            # many short trials replaces hundreds of processes in a day.
+            self.processes.remove(process)
+            process.close()
 
 
 class _sigint_ignored:

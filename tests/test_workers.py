@@ -250,6 +250,23 @@ def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_p
     assert ended.errors[0].endswith("is not a folder.")
 
 
+def test_a_process_that_ended_leaves_no_pipe_or_handle_open() -> None:
+    """A day of short trials replaces hundreds of processes: each one's pipe and sentinel are
+    closed when it ends, not held until the search ends."""
+    pool = workers._Pool(lambda line: None, prefixed=False, workers=1)
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    job = workers.Job(0, "sqlite://", "x", total=1, seed=0, threads=None, data_dir=None)
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    process.start()
+    pool.processes.append(process)
+    pool.readers[reader] = (job, process)
+    writer.close()  # as a worker's end of its pipe closes when it exits
+    pool.relay(lambda: False)
+    assert pool.processes == [] and reader.closed
+    with pytest.raises(ValueError, match="closed"):
+        process.sentinel  # noqa: B018  (closed: the handle is let go)
+
+
 def test_the_parent_stops_waiting_on_its_workers_when_an_interrupt_was_swallowed() -> None:
     """A SIGTERM whose raise Python swallowed (in a GC callback) still stops `search start`.
 
