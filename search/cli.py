@@ -147,6 +147,8 @@ def _echo_prepared(run: study_mod.Prepared) -> None:
         + (f" No new trial starts after {run.preset.hours:g} h." if run.preset.hours else "")
     )
     _echo_lost(run.lost)
+    for name in run.requeued:
+        click.echo(f"'{name}' was stopped before it finished; it is queued to run again.")
 
 
 @cli.command("presets")

@@ -16,6 +16,7 @@ from search.network import build, decay_steps
 from search.presets import Preset
 from search.runtime import Log, available_memory, is_oom
 from search.space import Config, Size, describe, impossible, size, suggest
+from search.study import INTERRUPTED
 from search.training import History, fit
 
 if TYPE_CHECKING:
@@ -75,7 +76,11 @@ class Objective:
         seed = trial_seed(self.preset, trial.number)
         self.start_record(trial, config, seed)
         cost = self.guard(trial, config)
-        history = self.train(trial, config, seed)
+        try:
+            history = self.train(trial, config, seed)
+        except KeyboardInterrupt:  # the trial fails; a resume queues an enqueued run again
+            trial.set_user_attr("reason", INTERRUPTED)
+            raise
         if trial.user_attrs.get("reason") or not history.val_loss:
             reject(trial, trial.user_attrs.get("reason") or "no epoch finished")
         best_loss = history.val_loss[history.best_epoch - 1]

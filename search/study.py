@@ -217,6 +217,10 @@ def _create(
     return study
 
 
+# A trial's recorded reason when Ctrl-C or SIGTERM stopped it (objective.py).
+INTERRUPTED = "stopped by Ctrl-C or SIGTERM before it finished"
+
+
 def name_metric(study: optuna.Study, preset: Preset) -> None:
     """Name the objectives, so optuna-dashboard and plots say val_loss, not "Objective 0"."""
     if study.metric_names is None:
@@ -339,11 +343,13 @@ class Opened:
 
 @dataclass(frozen=True)
 class Prepared(Opened):
-    """A study ready to run: its trial total, whether it is new, and the trials recovered."""
+    """A study ready to run: its trial total, whether it is new, the trials recovered, and
+    the enqueued runs queued again after an interruption."""
 
     total: int = 0
     created: bool = False
     lost: tuple[int, ...] = ()
+    requeued: tuple[str, ...] = ()
 
 
 def prepare(
@@ -384,8 +390,39 @@ def prepare(
         study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
         set_deadline(study, preset.hours)
+        requeued = [] if created else requeue_interrupted(study, preset)
     lost = recover(study)
-    return Prepared(study, preset, rdb, url, total=total, created=created, lost=tuple(lost))
+    return Prepared(
+        study,
+        preset,
+        rdb,
+        url,
+        total=total,
+        created=created,
+        lost=tuple(lost),
+        requeued=tuple(requeued),
+    )
+
+
+def requeue_interrupted(study: optuna.Study, preset: Preset) -> list[str]:
+    """Queue again each enqueued run (a start, a lab run) that an interruption cut short.
+
+    Ctrl-C or SIGTERM fails the running trial, and only trials of dead workers are retried
+    by the storage. A sampled trial is no loss, but the known-good start and the lab's runs
+    would then never run, and the report would compare against fewer of the lab's runs. A run
+    is queued again when each of its trials ended that way; one that failed for a reason of
+    its own (its training raised, it diverged) is not. Call under `_creating`'s lock.
+    """
+    trials = study.get_trials(deepcopy=False)
+    again = []
+    for kind, run in preset.enqueued():
+        tried = [t for t in trials if t.user_attrs.get(kind) == run.name]
+        if tried and all(
+            t.state == TrialState.FAIL and t.user_attrs.get("reason") == INTERRUPTED for t in tried
+        ):
+            study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
+            again.append(run.name)
+    return again
 
 
 def resolve(

@@ -20,7 +20,7 @@ from click.testing import Result
 from search import storage
 from search.cli import cli
 from search.errors import SearchError, first_line
-from search.study import trained
+from search.study import INTERRUPTED, trained
 from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
 
 
@@ -256,10 +256,17 @@ def test_interrupt_marks_the_trial_failed_and_resume_reaches_the_total(
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert states[0] == optuna.trial.TrialState.FAIL
+    interrupted = study.trials[0].user_attrs
+    assert interrupted["baseline"] == "lab test 9" and interrupted["reason"] == INTERRUPTED
 
-    assert run("start", "--preset", str(preset), "--trials", "2").exit_code == 0
+    resumed = run("start", "--preset", str(preset), "--trials", "2")
+    assert resumed.exit_code == 0, resumed.output
+    # The lab's run that the interrupt cut short runs again, once.
+    assert resumed.output.count("'lab test 9' was stopped before it finished; it is queued") == 1
     study = load_study(private_storage)
     assert sum(trained(t) for t in study.trials) == 2  # rejected networks do not count
+    again = [t for t in study.trials[1:] if t.user_attrs.get("baseline") == "lab test 9"]
+    assert len(again) == 1 and trained(again[0]) and again[0].params == study.trials[0].params
 
 
 # 12. A full disk when saving the model: a clear error, the records intact ---------------------
