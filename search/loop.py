@@ -68,6 +68,7 @@ def _run_one(
     """Run one trial; the slot's lock is let go as soon as the trial exists."""
     holder = f"{socket.gethostname()}:{os.getpid()}"
     taken: list[int] = []
+    told: list[int] = []  # the callbacks run once the trial's result is recorded
 
     def take(trial: optuna.Trial) -> float | Sequence[float]:
         slot.close()  # the trial exists: other workers may take theirs
@@ -82,16 +83,21 @@ def _run_one(
             take,
             n_trials=1,
             catch=(Exception,),  # a failing trial is recorded as FAIL; the worker goes on
-            callbacks=list(callbacks),
+            callbacks=[lambda study, trial: told.append(trial.number), *callbacks],
             gc_after_trial=True,
         )
-    except Exception:
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, AssertionError):
         # This worker went silent past the grace period (a stalled machine) and another
         # worker failed its trial; that trial's retry is already queued. What Optuna raises
         # depends on the moment this worker wakes: "Cannot tell a FAIL trial." (ValueError)
         # after a write inside the trial, its own AssertionError if the trial had just
-        # returned. The trial's state in the storage is what tells this case from any other.
-        if not taken or study.get_trials(deepcopy=False)[taken[0]].state != TrialState.FAIL:
+        # returned. Only a trial whose result was never told, and that the storage holds as
+        # failed, is that case.
+        if (
+            told
+            or not taken
+            or study.get_trials(deepcopy=False)[taken[0]].state != TrialState.FAIL
+        ):
             raise
         log("This worker's trial was failed by another worker after missed heartbeats; going on.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,8 @@ class Objective:
         try:
             history = self.train(trial, config, seed)
         except KeyboardInterrupt:  # the trial fails; a resume queues an enqueued run again
-            trial.set_user_attr("reason", INTERRUPTED)
+            with contextlib.suppress(Exception):  # the stop matters more than its reason
+                trial.set_user_attr("reason", INTERRUPTED)
             raise
         if trial.user_attrs.get("reason") or not history.val_loss:
             reject(trial, trial.user_attrs.get("reason") or "no epoch finished")
@@ -90,9 +92,9 @@ class Objective:
 
     @staticmethod
     def start_record(trial: optuna.Trial, config: Config, seed: int) -> None:
-        if "epochs_trained" in trial.user_attrs:
-            # A retry of a trial whose worker died inherits its user attributes; its own
-            # record starts empty.
+        if any(key in trial.user_attrs for key in RUN_RECORD):
+            # A retry of a trial whose worker died inherits its user attributes (a reason
+            # too); its own record starts empty.
             for key, empty in RUN_RECORD.items():
                 trial.set_user_attr(key, empty)
         trial.set_user_attr("architecture", describe(config))

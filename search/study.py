@@ -390,7 +390,8 @@ def prepare(
         study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
         set_deadline(study, preset.hours)
-        requeued = [] if created else requeue_interrupted(study, preset)
+        runs = not created and finished(study) < total and not time_is_up(study)
+        requeued = requeue_interrupted(study, preset) if runs else []
     lost = recover(study)
     return Prepared(
         study,
@@ -410,15 +411,18 @@ def requeue_interrupted(study: optuna.Study, preset: Preset) -> list[str]:
     Ctrl-C or SIGTERM fails the running trial, and only trials of dead workers are retried
     by the storage. A sampled trial is no loss, but the known-good start and the lab's runs
     would then never run, and the report would compare against fewer of the lab's runs. A run
-    is queued again when each of its trials ended that way; one that failed for a reason of
-    its own (its training raised, it diverged) is not. Call under `_creating`'s lock.
+    is queued again when none of its trials is waiting, running or finished and the last one
+    ended that way; one that failed for a reason of its own (its training raised, it
+    diverged) is not. Call under `_creating`'s lock.
     """
     trials = study.get_trials(deepcopy=False)
     again = []
     for kind, run in preset.enqueued():
         tried = [t for t in trials if t.user_attrs.get(kind) == run.name]
-        if tried and all(
-            t.state == TrialState.FAIL and t.user_attrs.get("reason") == INTERRUPTED for t in tried
+        if (
+            tried
+            and all(t.state == TrialState.FAIL for t in tried)
+            and tried[-1].user_attrs.get("reason") == INTERRUPTED
         ):
             study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
             again.append(run.name)

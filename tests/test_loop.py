@@ -281,3 +281,16 @@ def test_a_budget_that_nothing_fits_stops_after_a_bounded_run_of_rejections(
         loop.run_worker(s, preset, 3, storage=rdb, log=lambda line: None, threads=1)
     assert len(s.trials) == progress.MAX_REJECTIONS_IN_A_ROW  # no trial trained, no endless loop
     assert study.finished(s) == 0
+
+
+def test_an_error_after_the_trial_is_recorded_is_not_taken_for_a_lost_trial(
+    rdb: optuna.storages.RDBStorage,
+) -> None:
+    s = optuna.create_study(storage=rdb, study_name="told")
+
+    def broken(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        raise ValueError("a callback that fails")
+
+    with pytest.raises(ValueError, match="a callback that fails"):
+        loop.run_trials(s, scripted({0: "fail"}), 1, storage=rdb, callbacks=[broken])
+    assert [t.state for t in s.trials] == [TrialState.FAIL]

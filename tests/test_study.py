@@ -364,3 +364,39 @@ def test_search_start_killed_while_creating_leaves_a_study_the_next_start_comple
     s = optuna.load_study(study_name="tiny", storage=pg_url)
     check_complete(s, 1)
     assert [t.state for t in s.get_trials()] == [TrialState.WAITING, TrialState.WAITING]
+
+
+def test_a_resume_queues_again_an_enqueued_run_that_an_interrupt_cut_short(
+    tiny: Preset, private_storage: Path
+) -> None:
+    s = study.prepare(tiny, url=None).study
+    rdb = s._storage
+
+    def end(trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        """Run the queued trial and fail it, with this reason on record."""
+        rdb.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING)
+        rdb.set_trial_user_attr(trial._trial_id, "reason", reason)
+        rdb.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+    lab, starved = s.get_trials(states=(TrialState.WAITING,))
+    end(lab, "")  # its worker died: failed for missed heartbeats, with no reason
+    s.add_trial(  # the retry of it, which Ctrl-C then stopped
+        create_trial(
+            state=TrialState.FAIL,
+            params={},
+            distributions={},
+            user_attrs={"baseline": "lab test 9", "reason": study.INTERRUPTED},
+        )
+    )
+    end(starved, "training failed: ValueError: a configuration that fails")
+
+    resumed = study.prepare(tiny, url=None)
+    assert resumed.requeued == ("lab test 9",)  # not starved: it failed for its own reason
+    (queued,) = s.get_trials(states=(TrialState.WAITING,))
+    assert queued.user_attrs == {"baseline": "lab test 9"} and queued.params == lab.params
+    assert study.prepare(tiny, url=None).requeued == ()  # queued already: not twice
+
+    end(queued, study.INTERRUPTED)
+    finish(s, 0.5, 0.4, 0.3, 0.2)
+    assert study.prepare(tiny, url=None).requeued == ()  # at its total: nothing would run it
+    assert study.prepare(tiny, url=None, trials=6).requeued == ("lab test 9",)
