@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search import presets
 from search import storage as storage_mod
 from search.errors import SearchError
-from search.presets import ENQUEUED, Preset
+from search.presets import ENQUEUED, Baseline, Preset
 from search.pruners import Behind
 from search.space import Config, impossible, to_params
 
@@ -212,9 +212,14 @@ def _create(
     if total is not None:
         set_total(study, total)
     for kind, run in preset.enqueued():
-        study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
+        _enqueue(study, preset, kind, run)
     study.set_user_attr("preset", preset.to_json())  # last: the creation is complete
     return study
+
+
+def _enqueue(study: optuna.Study, preset: Preset, kind: str, run: Baseline) -> None:
+    """Queue one of the preset's own networks, marked with its kind and name."""
+    study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
 
 
 # A trial's recorded reason when Ctrl-C or SIGTERM stopped it (objective.py).
@@ -424,7 +429,7 @@ def requeue_interrupted(study: optuna.Study, preset: Preset) -> list[str]:
             and all(t.state == TrialState.FAIL for t in tried)
             and tried[-1].user_attrs.get("reason") == INTERRUPTED
         ):
-            study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
+            _enqueue(study, preset, kind, run)
             again.append(run.name)
     return again
 
