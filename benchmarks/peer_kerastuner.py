@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/peer_kerastuner.py [--minutes 45] [--marks 5,10,15,20,30,45]
         [--dataset fashion_mnist] [--workers auto] [--images N] [--max-epochs E]
-        [--data-dir DIR] [--no-write]
+        [--folder DIR] [--no-retrain] [--data-dir DIR] [--no-write]
 
 Needs keras-tuner (and tensorboard, which it imports), which the product does not:
 `pip install -e '.[bench]'`.
@@ -27,11 +27,18 @@ timed as they are printed. That is what a user watching either search sees, and 
 penalise a trial for training long. Beside it, the same over the trials that had ended by the
 mark: KerasTuner's trial score, the highest value in the search's per-epoch curves, and the
 search's own record (the val_accuracy at each trial's lowest-val_loss epoch).
+
+Then (unless --no-retrain) each side's best network is retrained the way `retrain-best`
+retrains the search's best, by the product's own retrain on the preset the search ran: all the
+training images, the preset's final recipe over the network's best epoch count, tested once.
+KerasTuner's best is the trial its oracle ranks first, rebuilt from its hyperparameters by the
+same function that defined them; it keeps its optimizer (RMSprop), learning rate and batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,38 +69,65 @@ class TimeUp(Exception):
     """The KerasTuner side's deadline passed before a new trial."""
 
 
+def lab_config(hp: Any, space: Any) -> Any:
+    """The network a KerasTuner trial's hyperparameters describe, over the lab's axes.
+
+    It declares the hyperparameters as it reads them, the way KerasTuner's build_model(hp)
+    does, so it both defines the space and rebuilds the best trial's network for the retrain.
+    """
+    from search.space import Config, Conv
+
+    dropout = hp.Choice("dropout", list(space.dropout))
+    rate = hp.Float("dropout_rate", *space.dropout_rate)
+    convs = []
+    side = 28  # the feature map's width, so that no layer asks for more than is left
+    for i in range(hp.Int("conv_layers", *space.conv_layers)):
+        filters = hp.Choice(f"filters_{i}", list(space.filters))
+        kernel = hp.Choice(f"kernel_{i}", list(space.kernel))
+        if kernel > side:
+            break
+        side -= kernel - 1
+        pool = bool(hp.Choice(f"pool_{i}", list(space.pool))) and side >= 2
+        if pool:
+            side //= 2
+        convs.append(Conv(filters, kernel, pool))
+    dense = [
+        hp.Choice(f"units_{i}", list(space.dense_units))
+        for i in range(hp.Int("dense_layers", *space.dense_layers))
+    ]
+    learning_rate = hp.Float("learning_rate", *space.learning_rate, sampling="log")
+    return Config(
+        convs=tuple(convs),
+        dense=tuple(dense),
+        dropout=dropout,
+        dropout_rate=rate,
+        learning_rate=learning_rate,
+        batch_size=BATCH,
+    )
+
+
 def build_model_for(space: Any) -> Any:
     """KerasTuner's build_model(hp) over the lab's axes, bounded by the preset's space."""
     import keras
     from keras import layers
 
     def build_model(hp: Any) -> Any:
+        config = lab_config(hp, space)
         model = keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255)])
-        dropout = hp.Choice("dropout", list(space.dropout))
-        rate = hp.Float("dropout_rate", *space.dropout_rate)
-        side = 28  # the feature map's width, so that no layer asks for more than is left
-        for i in range(hp.Int("conv_layers", *space.conv_layers)):
-            filters = hp.Choice(f"filters_{i}", list(space.filters))
-            kernel = hp.Choice(f"kernel_{i}", list(space.kernel))
-            if kernel > side:
-                break
-            model.add(layers.Conv2D(filters, kernel, activation="relu"))
-            side -= kernel - 1
-            if hp.Choice(f"pool_{i}", list(space.pool)) and side >= 2:
+        for conv in config.convs:
+            model.add(layers.Conv2D(conv.filters, conv.kernel, activation="relu"))
+            if conv.pool:
                 model.add(layers.MaxPooling2D(2))
-                side //= 2
-                if dropout in ("blocks", "both"):
-                    model.add(layers.Dropout(rate))
+                if config.has_dropout_blocks:
+                    model.add(layers.Dropout(config.dropout_rate))
         model.add(layers.Flatten())
-        if dropout in ("flatten", "both"):
-            model.add(layers.Dropout(rate))
-        for i in range(hp.Int("dense_layers", *space.dense_layers)):
-            units = hp.Choice(f"units_{i}", list(space.dense_units))
+        if config.has_dropout_flatten:
+            model.add(layers.Dropout(config.dropout_rate))
+        for units in config.dense:
             model.add(layers.Dense(units, activation="relu"))
         model.add(layers.Dense(10, activation="softmax"))
-        learning_rate = hp.Float("learning_rate", *space.learning_rate, sampling="log")
         model.compile(
-            optimizer=keras.optimizers.RMSprop(learning_rate),
+            optimizer=keras.optimizers.RMSprop(config.learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
@@ -190,11 +225,39 @@ def kerastuner_side(args: argparse.Namespace) -> dict[str, Any]:
     except TimeUp:
         pass
     return {
+        "best": best_network(tuner, preset.space),
         "trials": tuner.ends,
         "epoch_ends": tuner.epoch_ends,
         "epochs": tuner.epochs,
         "max_epochs": max_epochs,
         "version": keras_tuner.__version__,
+    }
+
+
+def best_network(tuner: Any, space: Any) -> dict[str, Any] | None:
+    """KerasTuner's best trial, as its documentation gets it: network, score and best epoch.
+
+    The epoch count includes the epochs of the earlier Hyperband rounds whose weights the trial
+    took over (its `tuner/initial_epoch`); `best_step` counts from there.
+    """
+    best = tuner.oracle.get_best_trials(1)
+    if not best or best[0].score is None:
+        return None
+    from search.space import size
+
+    trial = best[0]
+    hp = trial.hyperparameters
+    config = lab_config(hp.copy(), space)
+    built = tuner.hypermodel.build(hp.copy()).count_params()
+    if built != size(config).params:  # the retrain must train the network KerasTuner chose
+        raise SystemExit(
+            f"KerasTuner's best network has {built:,} params, its rebuild {size(config).params:,}."
+        )
+    return {
+        "trial": trial.trial_id,
+        "config": config.to_json(),
+        "score": float(trial.score),
+        "best_epoch": int(hp.values.get("tuner/initial_epoch", 0)) + int(trial.best_step) + 1,
     }
 
 
@@ -292,7 +355,7 @@ def run_search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             raise SystemExit(f"The search failed with exit status {process.returncode}.")
     finally:
         reader.join(timeout=STOP_SECONDS)  # a worker left running must not hold the report
-    return {**read_study(url, started), "epoch_ends": epoch_ends, "load": load}
+    return {**read_study(url, started), "epoch_ends": epoch_ends, "load": load, "url": url}
 
 
 def read_epochs(
@@ -433,6 +496,96 @@ def reach(tuner: dict[str, Any], ours: dict[str, Any], minutes: float) -> str:
     )
 
 
+def retrain_both(tuner: dict[str, Any], url: str, folder: Path, args: argparse.Namespace) -> str:
+    """Each side's best network retrained as `retrain-best` does, tested once: the report.
+
+    Both go through the product's retrain on the preset the search ran, so they share the
+    final recipe, the training images and the code; KerasTuner's network keeps its own
+    optimizer, learning rate and batch, as the search's keeps its own.
+    """
+    import optuna
+
+    from search import presets
+    from search.study import best
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    (name,) = optuna.study.get_all_study_names(storage=url)
+    ours = optuna.load_study(study_name=name, storage=url)
+    preset = presets.from_json(ours.user_attrs["preset"])
+    rows = []
+    if tuner["best"] is not None:
+        theirs = optuna.create_study(
+            study_name="kerastuner-best",
+            storage=f"sqlite:///{folder / 'kerastuner-best.db'}",
+            direction="maximize",
+        )
+        theirs.add_trial(
+            optuna.trial.create_trial(
+                value=tuner["best"]["score"],
+                user_attrs={
+                    "config": tuner["best"]["config"],
+                    "best_epoch": tuner["best"]["best_epoch"],
+                    "val_accuracy": tuner["best"]["score"],
+                },
+            )
+        )
+        rows.append(retrain_row("KerasTuner", theirs, 0, preset, folder, args))
+    ours_best = best(ours)
+    if ours_best is not None:
+        rows.append(retrain_row("search", ours, ours_best.number, preset, folder, args))
+    if not rows:
+        return "Neither side ended a trial, so there was nothing to retrain."
+    header = [
+        "side",
+        "network",
+        "params",
+        "val_accuracy in its search",
+        "best epoch",
+        "epochs retrained",
+        "test accuracy",
+        "retrain minutes",
+    ]
+    return (
+        f"Each side's best network, retrained the way `retrain-best` retrains the search's "
+        f"best, then tested once: the preset's final recipe ({preset.final_epochs:g} times the "
+        f"network's best epoch count, learning rate on a {preset.final_schedule} schedule), on "
+        "the training images the preset uses, validation images included. KerasTuner's best "
+        "is the trial its oracle ranks first (what `get_best_hyperparameters()` returns), with "
+        "its highest val_accuracy; its best epoch counts the epochs of the Hyperband rounds it "
+        "continued. The search's best is its trial of lowest val_loss, with the val_accuracy "
+        "of that epoch. The retrains ran after both searches, one after the other:\n\n"
+        + common.table(header, rows)
+    )
+
+
+def retrain_row(
+    side: str,
+    study: Any,
+    number: int,
+    preset: Any,
+    folder: Path,
+    args: argparse.Namespace,
+) -> list[str]:
+    from search import retrain
+
+    trial = study.trials[number]
+    print(f"Retraining {side}'s best network", flush=True)
+    started = time.time()
+    result = retrain.retrain(
+        study, preset, out_dir=folder, number=number, data_dir=args.data_dir, log=print
+    )
+    return [
+        side,
+        f"`{result.architecture}`",
+        f"{result.params:,}",
+        f"{trial.user_attrs['val_accuracy']:.4f}",
+        str(trial.user_attrs["best_epoch"]),
+        str(result.epochs),
+        f"**{result.test_accuracy:.4f}**",
+        f"{(time.time() - started) / 60:.1f}",
+    ]
+
+
 def report(tuner: dict[str, Any], ours: dict[str, Any], args: argparse.Namespace) -> str:
     marks = [m for m in (float(x) for x in args.marks.split(",")) if m <= args.minutes]
     images = f"the first {args.images:,}" if args.images else "all the"
@@ -459,6 +612,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-epochs", type=int, help="KerasTuner's max_epochs (default: the preset's epochs)"
     )
+    parser.add_argument(
+        "--folder", type=Path, help="keep both searches and the retrained models here"
+    )
+    parser.add_argument(
+        "--no-retrain",
+        dest="retrain",
+        action="store_false",
+        help="skip retraining each side's best network on all images and testing it",
+    )
     # The KerasTuner side runs this script again in a process of its own.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
@@ -467,16 +629,33 @@ def parse_args() -> argparse.Namespace:
     return common.add_common(parser).parse_args()
 
 
+@contextlib.contextmanager
+def working_folder(folder: Path | None) -> Iterator[Path]:
+    """The folder both searches and the retrains work in: --folder, kept, or a temporary one."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="peer-kerastuner-") as tmp:
+            yield Path(tmp)
+        return
+    if folder.exists() and any(folder.iterdir()):
+        raise SystemExit(f"{folder} is not empty; the search would resume the study in it.")
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder.resolve()
+
+
 def main() -> None:
     args = parse_args()
     if args.child:
         args.out.write_text(json.dumps(kerastuner_side(args)))
         return
-    with tempfile.TemporaryDirectory(prefix="peer-kerastuner-") as folder:
-        tuner = run_kerastuner(args, Path(folder))
-        ours = run_search(args, Path(folder))
-    body = report(tuner, ours, args)
-    print(body)
+    with working_folder(args.folder) as folder:
+        tuner = run_kerastuner(args, folder)
+        ours = run_search(args, folder)
+        body = report(tuner, ours, args)
+        print(body, flush=True)
+        if args.retrain:
+            retrained = retrain_both(tuner, ours["url"], folder, args)
+            print(retrained)
+            body += "\n\n" + retrained
     if not args.no_write:
         common.write_section(
             SECTION,
@@ -488,6 +667,11 @@ def main() -> None:
                     f"max_epochs={tuner['max_epochs']}, factor={FACTOR}), "
                     f"RMSprop, batch {BATCH}, EarlyStopping(monitor='val_loss', "
                     f"patience={PATIENCE})\n- The search: --workers {args.workers}"
+                    + (
+                        f"\n- Both searches and the models kept in {args.folder}"
+                        if args.folder
+                        else ""
+                    )
                 ),
             ),
         )
