@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import click
@@ -67,7 +68,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--hours",
     type=click.FloatRange(min=0, min_open=True),
     help="Wall-clock budget from now: no new trial starts after it, in any worker; running "
-    "trials finish. Rerun to resume for as long again. Default: the preset's hours, if any.",
+    "trials finish. Rerun to resume for as long again; a start that joins workers still "
+    "running keeps their deadline. Default: the preset's hours, if any.",
 )
 @data_dir_option()
 @click.option(
@@ -144,11 +146,23 @@ def _echo_prepared(run: study_mod.Prepared) -> None:
             if run.preset.multi_objective
             else f"pruner {run.preset.pruner}."
         )
-        + (f" No new trial starts after {run.preset.hours:g} h." if run.preset.hours else "")
+        + _deadline(run)
     )
     _echo_lost(run.lost)
     for name in run.requeued:
         click.echo(f"'{name}' was stopped before it finished; it is queued to run again.")
+
+
+def _deadline(run: study_mod.Prepared) -> str:
+    """When the search stops starting trials: the hours set now, or the running workers'."""
+    deadline = run.study.user_attrs.get("deadline")
+    if not run.joined:
+        return f" No new trial starts after {run.preset.hours:g} h." if run.preset.hours else ""
+    if deadline is None:
+        return " It joins workers that run it with no time limit."
+    left = (deadline - time.time()) / 60
+    when = f"in {left:.0f} min" if left > 0 else f"passed {-left:.0f} min ago"
+    return f" It joins workers that run it and keeps their deadline ({when})."
 
 
 @cli.command("presets")

@@ -355,6 +355,7 @@ class Prepared(Opened):
     created: bool = False
     lost: tuple[int, ...] = ()
     requeued: tuple[str, ...] = ()
+    joined: bool = False  # other workers were running its trials; their deadline stands
 
 
 def prepare(
@@ -371,7 +372,9 @@ def prepare(
 
     Resuming keeps the study's own settings for what the caller leaves out (None), not the
     preset file's defaults: its budget, its objective, its hours and its trial total. Hours
-    count from now; `hours` without a trial total, on a new study, runs as many as fit.
+    count from now, except where workers are running the study's trials: a start that joins
+    them keeps their deadline. `hours` without a trial total, on a new study, runs as many as
+    fit.
     """
     name = name or preset.name
     url = storage_mod.resolve(url)
@@ -394,10 +397,14 @@ def prepare(
         total = trials or stored_total or (MAX_TOTAL if hours else preset.trials)
         study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
-        set_deadline(study, preset.hours)
+        lost = recover(study)
+        # A start that joins workers already running (a second machine, a restarted replica)
+        # keeps their deadline; only a start of a stopped search sets the clock again.
+        joined = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if not joined:
+            set_deadline(study, preset.hours)
         runs = not created and finished(study) < total and not time_is_up(study)
         requeued = requeue_interrupted(study, preset) if runs else []
-    lost = recover(study)
     return Prepared(
         study,
         preset,
@@ -407,6 +414,7 @@ def prepare(
         created=created,
         lost=tuple(lost),
         requeued=tuple(requeued),
+        joined=joined,
     )
 
 

@@ -400,3 +400,21 @@ def test_a_resume_queues_again_an_enqueued_run_that_an_interrupt_cut_short(
     finish(s, 0.5, 0.4, 0.3, 0.2)
     assert study.prepare(tiny, url=None).requeued == ()  # at its total: nothing would run it
     assert study.prepare(tiny, url=None, trials=6).requeued == ("lab test 9",)
+
+
+def test_a_start_that_joins_running_workers_keeps_their_deadline(
+    tiny: Preset, private_storage: Path, short_heartbeat: dict[str, str]
+) -> None:
+    first = study.prepare(tiny, url=None, hours=1.0)
+    deadline = first.study.user_attrs["deadline"]
+    assert not first.joined and deadline == pytest.approx(time.time() + 3600, abs=60)
+    trial = first.study.ask()  # a worker's trial, its heartbeat fresh
+    first.storage.record_heartbeat(trial._trial_id)
+
+    joined = study.prepare(tiny, url=None, hours=5.0)  # a second machine, a restarted replica
+    assert joined.joined and joined.study.user_attrs["deadline"] == deadline
+
+    time.sleep(float(short_heartbeat[storage.ENV_GRACE]) + 1)  # that worker died
+    resumed = study.prepare(tiny, url=None, hours=5.0)
+    assert not resumed.joined and resumed.lost == (trial.number,)
+    assert resumed.study.user_attrs["deadline"] == pytest.approx(time.time() + 5 * 3600, abs=60)
