@@ -148,6 +148,11 @@ def _echo_prepared(run: study_mod.Prepared) -> None:
         )
         + _deadline(run)
     )
+    if run.changed:
+        click.echo(
+            f"The preset changed since the study's last start: {'; '.join(run.changed)}. "
+            "This run and the workers that join it use the new settings."
+        )
     _echo_lost(run.lost)
     for name in run.requeued:
         click.echo(f"'{name}' was stopped before it finished; it is queued to run again.")

@@ -119,6 +119,16 @@ class Preset:
         keys += [f"space.{k}" for k in mine["space"] if mine["space"][k] != theirs["space"][k]]
         return keys
 
+    def changes(self, other: Preset) -> list[str]:
+        """The run settings `other` changes, as 'name old -> new': those a study may change
+        between runs (not the hours or the budget, which a command's options set)."""
+        changed = []
+        for key in (*_RUN_SETTINGS, "max_mflops", "steps_per_execution"):
+            old, new = getattr(self, key), getattr(other, key)
+            if key != "hours" and old != new:
+                changed.append(key if key == "starts" else f"{key} {old} -> {new}")
+        return changed
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

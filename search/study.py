@@ -356,6 +356,7 @@ class Prepared(Opened):
     lost: tuple[int, ...] = ()
     requeued: tuple[str, ...] = ()
     joined: bool = False  # other workers were running its trials; their deadline stands
+    changed: tuple[str, ...] = ()  # run settings the preset file changed since the last start
 
 
 def prepare(
@@ -395,6 +396,7 @@ def prepare(
             hours=hours or preset.hours,
         )
         total = trials or stored_total or (MAX_TOTAL if hours else preset.trials)
+        changed = [] if created else old.changes(preset)
         study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
         set_total(study, total)
         lost = recover(study)
@@ -415,6 +417,7 @@ def prepare(
         lost=tuple(lost),
         requeued=tuple(requeued),
         joined=joined,
+        changed=tuple(changed),
     )
 
 

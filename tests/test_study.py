@@ -5,6 +5,7 @@ What the commands print about the same policies is in test_cli.py and test_error
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -418,3 +419,20 @@ def test_a_start_that_joins_running_workers_keeps_their_deadline(
     resumed = study.prepare(tiny, url=None, hours=5.0)
     assert not resumed.joined and resumed.lost == (trial.number,)
     assert resumed.study.user_attrs["deadline"] == pytest.approx(time.time() + 5 * 3600, abs=60)
+
+
+def test_a_resume_says_which_run_settings_the_preset_changed(
+    tiny: Preset, private_storage: Path
+) -> None:
+    study.prepare(tiny, url=None)
+    assert study.prepare(tiny, url=None).changed == ()
+    other = "tpe" if tiny.sampler == "tpe-grouped" else "tpe-grouped"
+    edited = dataclasses.replace(tiny, sampler=other, final_epochs=tiny.final_epochs + 1)
+    resumed = study.prepare(edited, url=None)
+    assert resumed.changed == (
+        f"sampler {tiny.sampler} -> {other}",
+        f"final_epochs {tiny.final_epochs} -> {tiny.final_epochs + 1}",
+    )
+    # Recorded on the study, so the workers that join use the new settings too.
+    assert presets.from_json(resumed.study.user_attrs["preset"]).sampler == other
+    assert study.prepare(edited, url=None).changed == ()
