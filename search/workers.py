@@ -46,6 +46,10 @@ STOP_SECONDS = 60  # how long workers get to record their interrupted trials
 # How often the parent, waiting on its workers, looks whether a stop was asked for: a SIGTERM
 # that lands in a garbage collector's callback has its raise swallowed (interrupt.py).
 POLL_SECONDS = 1.0
+# How often a worker of a pool may be killed (say, by the out-of-memory killer) and replaced in
+# one run; after that its place stays empty, so a network that kills every process that trains
+# it cannot cycle without end (its trial is retried a bounded number of times too).
+KILLED_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ class _Pool:
         self.readers: dict[Connection, tuple[Job, SpawnProcess]] = {}
         self.processes: list[SpawnProcess] = []
         self.retired: dict[SpawnProcess, str] = {}
+        self.kills: dict[int, int] = {}  # by worker index: its processes killed so far
         self.ended = Ended()
 
     def prefix(self, job: Job) -> str:
@@ -283,7 +288,8 @@ class _Pool:
                     self.log(f"{self.prefix(job)}{text}")
 
     def exited(self, job: Job, process: SpawnProcess, unfinished: Callable[[], bool]) -> None:
-        """A process closed its pipe: replace it if it retired and trials remain."""
+        """A process closed its pipe: replace it if it retired or, in a pool, was killed, and
+        trials remain. A lone worker that is killed ends the command, which says so."""
         reason = self.retired.pop(process, None)
         if reason is not None and unfinished():
             self.log(
@@ -295,15 +301,24 @@ class _Pool:
         if process.exitcode is not None and process.exitcode < 0:
             self.ended.killed.append(-process.exitcode)
             if self.prefixed:
-                self.log(
-                    f"{self.prefix(job)}was killed by signal {-process.exitcode}; the other "
-                    "workers retry its trial."
-                )
+                self.killed(job, -process.exitcode, unfinished)
         if process.exitcode is not None:
             # Its pipe and sentinel would stay open for the whole run otherwise: a search of
             # many short trials replaces hundreds of processes in a day.
             self.processes.remove(process)
             process.close()
+
+    def killed(self, job: Job, signum: int, unfinished: Callable[[], bool]) -> None:
+        """A pool's process was killed: its trial is retried; replace it, a few times."""
+        kills = self.kills[job.index] = self.kills.get(job.index, 0) + 1
+        line = f"{self.prefix(job)}was killed by signal {signum}; its trial is retried"
+        if not unfinished():
+            self.log(f"{line}.")
+        elif kills > KILLED_LIMIT:
+            self.log(f"{line}. Killed {kills} times in this run, it is not replaced.")
+        else:
+            self.log(f"{line}, and a new process takes its place.")
+            self.start(successor(job, self.workers))
 
 
 class _sigint_ignored:

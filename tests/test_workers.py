@@ -287,3 +287,23 @@ def test_the_parent_stops_waiting_on_its_workers_when_an_interrupt_was_swallowed
     finally:
         closer.cancel()
         writer.close()
+
+
+def test_a_pool_replaces_a_killed_process_only_a_few_times() -> None:
+    """A network that gets every process training it killed must not cycle without end."""
+    lines: list[str] = []
+    pool = workers._Pool(lines.append, prefixed=True, workers=2)
+    pool.kills[1] = workers.KILLED_LIMIT  # killed and replaced that often already
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    job = workers.Job(1, "sqlite://", "x", total=9, seed=1, threads=None, data_dir=None)
+    process = multiprocessing.get_context("spawn").Process(target=os.abort)  # SIGABRT
+    process.start()
+    pool.processes.append(process)
+    pool.readers[reader] = (job, process)
+    writer.close()
+    pool.relay(lambda: True)  # trials remain
+    assert pool.processes == [] and pool.ended.killed == [signal.SIGABRT]
+    assert lines == [
+        f"[w1] was killed by signal {signal.SIGABRT}; its trial is retried. Killed "
+        f"{workers.KILLED_LIMIT + 1} times in this run, it is not replaced."
+    ]
