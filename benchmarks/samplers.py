@@ -1,7 +1,7 @@
 """Samplers against the default: the best val_accuracy each reached by 15, 30, 45 and 60 minutes.
 
     .venv/bin/python benchmarks/samplers.py [--samplers tpe-grouped tpe random] [--seeds 1 2]
-        [--minutes 60] [--images 2000] [--epochs 8] [--folder DIR]
+        [--minutes 60] [--images 2000] [--epochs 8] [--patience 3] [--folder DIR]
     .venv/bin/python benchmarks/samplers.py --read --folder DIR   # report on searches run before
 
 Every (sampler, seed) pair is its own search, run by the product's worker loop
@@ -49,7 +49,7 @@ def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> presets.Pre
         val_size=1000,
         train_size=args.images,
         epochs=args.epochs,
-        patience=3,
+        patience=args.patience,
         seed=seed,
         pruner="none",
         sampler="tpe" if sampler == "random" else sampler,
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--marks", type=int, nargs="+", default=[15, 30, 45, 60])
     parser.add_argument("--images", type=int, default=2000, help="training images")
     parser.add_argument("--epochs", type=int, default=8, help="the most a trial trains")
+    parser.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
     parser.add_argument(
         "--folder", type=Path, help="where the studies are kept (a new folder by default)"
     )
@@ -160,7 +161,8 @@ def main() -> None:
     )
     shared = [
         "--minutes", str(args.minutes), "--images", str(args.images),
-        "--epochs", str(args.epochs), "--folder", str(args.folder),
+        "--epochs", str(args.epochs), "--patience", str(args.patience),
+        "--folder", str(args.folder),
     ]  # fmt: skip
     if args.data_dir:
         shared += ["--data-dir", str(args.data_dir)]
