@@ -4,9 +4,9 @@
         [--backends tensorflow,jax,torch] [--data-dir DIR] [--no-write]
 
 Each arm trains the lab's Fashion test 7 network (130,890 parameters) through the product's
-own path (`search.network.build`, `search.training.fit`, validation included) on a subset, with
+own path (`search.train.build`, `search.train.fit`, validation included) on a subset, with
 one backend and one setting of `jit_compile` and `steps_per_execution`; only those two are
-changed from what `search.runtime.compile_options` would choose. A backend is fixed when Keras
+changed from what `search.train.compile_options` would choose. A backend is fixed when Keras
 is imported, so every arm runs in its own process. The arms alternate in rounds, in a rotated
 order, and each is compared with the product's TensorFlow arm of the same round: the figure is
 the median of those ratios, never a lone absolute time. Epoch 1 includes compilation and is
@@ -52,22 +52,22 @@ ARMS = [
 
 def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> dict[str, object]:
     """One arm in this process (KERAS_BACKEND was set by the parent)."""
-    from search import datasets, presets, runtime
-    from search.training import fit
+    from search import define, train
+    from search.train import fit
 
-    runtime.configure()
+    train.configure()
     # The product's path with only the two settings under test replaced.
-    runtime.compile_options = lambda steps: {
+    train.compile_options = lambda steps: {
         "jit_compile": arm.jit,
         "steps_per_execution": arm.steps,
     }
-    from search.network import build
+    from search.train import build
 
     config = next(
-        b.config for b in presets.load("fashion_mnist").baselines if b.name == "lab test 7"
+        b.config for b in define.load_preset("fashion_mnist").baselines if b.name == "lab test 7"
     )
-    x, y = datasets.load_train("fashion_mnist", data_dir)
-    split = datasets.split(x, y, 1000, train_size=images)
+    x, y = define.load_train("fashion_mnist", data_dir)
+    split = define.split(x, y, 1000, train_size=images)
     model = build(config)
     history = fit(
         model,
@@ -81,7 +81,7 @@ def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> dict[str
         "seconds": history.seconds,
         "val_accuracy": history.val_accuracy[-1],
         "jit_after_fit": bool(model.jit_compile),
-        "devices": runtime.devices(),
+        "devices": train.devices(),
     }
 
 
@@ -150,7 +150,7 @@ def report(runs: dict[Arm, list[dict[str, object]]], args: argparse.Namespace) -
     ]
     devices = sorted({str(o["devices"]) for outs in runs.values() for o in outs})
     return (
-        f"The lab's test 7 network through `search.network.build` and `search.training.fit` on "
+        f"The lab's test 7 network through `search.train.build` and `search.train.fit` on "
         f"{args.images:,} training and 1,000 validation images, {args.epochs} epochs, batch "
         f"64, {args.rounds} rounds of every arm in its own process, the order rotated each "
         f"round. Devices: {'; '.join(devices)}. Ratio: the arm's seconds per epoch (epochs 2 "

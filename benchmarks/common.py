@@ -126,7 +126,7 @@ def write_section(name: str, text: str) -> None:
 def lab_model(config: object) -> object:
     """The lab's plain Keras code for one of its configurations: a Sequential model on float32
     (N, 28, 28, 1) input, one-hot labels, categorical cross-entropy and Keras' compile defaults
-    (jit_compile="auto"). `config` is a search.space.Config from a preset's baseline."""
+    (jit_compile="auto"). `config` is a search.define.space.Config from a preset's baseline."""
     import keras
     from keras import layers
 

@@ -4,7 +4,7 @@
                                           [--recycle 30] [--isolate MODELS]
 
 Runs the same small Fashion-MNIST search twice through the product's worker process
-(search.workers.run_study with one worker: the loop, Objective, gc_after_trial and
+(search.run.workers.run_study with one worker: the loop, Objective, gc_after_trial and
 clear_session that `search start` uses), on a fresh SQLite study each: once with recycling
 off, once with a worker process replaced after --recycle trials (the product's default). The
 architectures vary from trial to trial. Each trial records the worker's VmRSS as it starts
@@ -29,16 +29,15 @@ import common
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from search import presets, runtime, sizing, storage, workers
-from search import study as study_mod
+from search import define, run, store, train
 
 TYPICAL_TRIAL = 183.0  # s: the median trained trial of the full search (service_overhead)
 
 
-def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
+def memory_preset(trials: int, images: int, epochs: int) -> define.Preset:
     """A small search over a wide space (the Fashion-MNIST preset's axes, narrowed), so the
     architectures vary from trial to trial; no pruner and no lab runs enqueued."""
-    base = presets.load("fashion_mnist")
+    base = define.load_preset("fashion_mnist")
     space = replace(
         base.space,
         conv_layers=(1, 3),
@@ -65,7 +64,7 @@ def memory_preset(trials: int, images: int, epochs: int) -> presets.Preset:
 
 
 def resident_mb() -> float:
-    return (runtime.resident_memory() or 0) / 2**20
+    return (train.resident_memory() or 0) / 2**20
 
 
 def isolate(models: int) -> str:
@@ -106,21 +105,21 @@ def isolate(models: int) -> str:
     )
 
 
-def run(
-    preset: presets.Preset, recycle: int, folder: Path, data_dir: Path | None, label: str
+def measure(
+    preset: define.Preset, recycle: int, folder: Path, data_dir: Path | None, label: str
 ) -> tuple[list[FrozenTrial], float]:
     """One search to preset.trials through the product's worker process; its trials and wall
     seconds. `recycle` 0 turns recycling off (by count and by memory)."""
     preset = replace(preset, recycle_trials=recycle, recycle_mb=None if recycle else 0)
     url = f"sqlite:///{folder / (label + '.db')}"
-    study, _ = study_mod.create_or_load(storage.open_storage(url), "memory", preset)
+    study, _ = store.create_or_load(store.open_storage(url), "memory", preset)
 
     def log(line: str) -> None:
         if line.startswith(("trial ", "Worker process")):
             print(f"[{label}] {line.split(' | ')[0]}", flush=True)
 
     started = time.monotonic()
-    workers.run_study(
+    run.run_study(
         study,
         preset,
         preset.trials,
@@ -196,7 +195,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--recycle", type=int, default=sizing.RECYCLE_TRIALS)
+    parser.add_argument("--recycle", type=int, default=run.RECYCLE_TRIALS)
     parser.add_argument(
         "--together",
         action="store_true",
@@ -211,7 +210,7 @@ def main() -> None:
         help="then fit a plain Keras model MODELS times and count what stays",
     )
     args = common.add_common(parser).parse_args()
-    for env in (sizing.ENV_RECYCLE_TRIALS, sizing.ENV_RECYCLE_MB):
+    for env in (run.ENV_RECYCLE_TRIALS, run.ENV_RECYCLE_MB):
         os.environ.pop(env, None)
 
     import optuna
@@ -221,7 +220,9 @@ def main() -> None:
     preset = memory_preset(args.trials, args.images, args.epochs)
     modes = [(0, "no recycling"), (args.recycle, "recycling")]
     with ThreadPoolExecutor(max_workers=2 if args.together else 1) as pool:
-        runs = [pool.submit(run, preset, n, folder, args.data_dir, label) for n, label in modes]
+        runs = [
+            pool.submit(measure, preset, n, folder, args.data_dir, label) for n, label in modes
+        ]
         (plain, plain_s), (recycled, recycled_s) = (r.result() for r in runs)
     summary = summarise(plain, recycled, (plain_s, recycled_s), args.recycle)
     body = summary + "\n\n" + curve_table(plain, recycled)

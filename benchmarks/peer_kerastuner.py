@@ -75,7 +75,7 @@ def lab_config(hp: Any, space: Any) -> Any:
     It declares the hyperparameters as it reads them, the way KerasTuner's build_model(hp)
     does, so it both defines the space and rebuilds the best trial's network for the retrain.
     """
-    from search.space import Config, Conv
+    from search.define import Config, Conv
 
     dropout = hp.Choice("dropout", list(space.dropout))
     rate = hp.Float("dropout_rate", *space.dropout_rate)
@@ -194,9 +194,9 @@ def kerastuner_side(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import keras_tuner
 
-    from search import presets
+    from search import define
 
-    preset = presets.load(args.dataset)
+    preset = define.load_preset(args.dataset)
     data = load_split(preset, args)
     keras.utils.set_random_seed(preset.seed)
     max_epochs = args.max_epochs or preset.epochs
@@ -243,7 +243,7 @@ def best_network(tuner: Any, space: Any) -> dict[str, Any] | None:
     best = tuner.oracle.get_best_trials(1)
     if not best or best[0].score is None:
         return None
-    from search.space import size
+    from search.define import size
 
     trial = best[0]
     hp = trial.hyperparameters
@@ -263,10 +263,10 @@ def best_network(tuner: Any, space: Any) -> dict[str, Any] | None:
 
 def load_split(preset: Any, args: argparse.Namespace) -> Any:
     """The product's loader and split: the preset's validation images, --images to train."""
-    from search import datasets
+    from search import define
 
-    images, labels = datasets.load_train(preset.dataset, args.data_dir)
-    return datasets.split(images, labels, preset.val_size, args.images)
+    images, labels = define.load_train(preset.dataset, args.data_dir)
+    return define.split(images, labels, preset.val_size, args.images)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -299,7 +299,7 @@ def run_kerastuner(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def search_command(args: argparse.Namespace, tmp: Path) -> list[str]:
     """`search start` for the budget; with --images, on a preset that trains on N images."""
-    from search import catalog
+    from search import define
 
     script = Path(sys.executable).with_name("search")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "search"]
@@ -308,7 +308,7 @@ def search_command(args: argparse.Namespace, tmp: Path) -> list[str]:
         command += ["--data-dir", str(Path(args.data_dir).resolve())]
     if args.images is None:
         return [*command, "--dataset", args.dataset]
-    shipped = catalog.find(args.dataset)
+    shipped = define.find(args.dataset)
     if shipped is None:
         raise SystemExit(f"No shipped preset for {args.dataset}.")
     lines = shipped.read_text().splitlines(keepends=True)
@@ -381,7 +381,7 @@ def read_study(url: str, started: float) -> dict[str, Any]:
     """Each trained trial's end and val_accuracy, the epochs, and the trials that did not count."""
     import optuna
 
-    from search.study import trained
+    from search.store import trained
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     (name,) = optuna.study.get_all_study_names(storage=url)
@@ -505,13 +505,13 @@ def retrain_both(tuner: dict[str, Any], url: str, folder: Path, args: argparse.N
     """
     import optuna
 
-    from search import presets
-    from search.study import best
+    from search import define
+    from search.store import best
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     (name,) = optuna.study.get_all_study_names(storage=url)
     ours = optuna.load_study(study_name=name, storage=url)
-    preset = presets.from_json(ours.user_attrs["preset"])
+    preset = define.from_json(ours.user_attrs["preset"])
     rows = []
     if tuner["best"] is not None:
         theirs = optuna.create_study(
@@ -566,12 +566,12 @@ def retrain_row(
     folder: Path,
     args: argparse.Namespace,
 ) -> list[str]:
-    from search import retrain
+    from search.final import retrain
 
     trial = study.trials[number]
     print(f"Retraining {side}'s best network", flush=True)
     started = time.time()
-    result = retrain.retrain(
+    result = retrain(
         study, preset, out_dir=folder, number=number, data_dir=args.data_dir, log=print
     )
     return [

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/pruning.py --replay STUDY.db [STUDY.db ...]
 
 One fixed small study (a Fashion-MNIST subset, run by the product's worker loop,
-search.loop.run_worker: the same sampler, objective, early stopping and SQLite storage as
+search.run.loop.run_worker: the same sampler, objective, early stopping and SQLite storage as
 `search start`) is run once per pruner and seed, each to --trials finished (complete or
 pruned) trials; its seconds are those of the trials, after the data is loaded. With the same
 seed, the sampler suggests the same first trials; from the first pruned trial on, TPE sees
@@ -31,14 +31,13 @@ from pathlib import Path
 
 import common
 
-from search import loop, presets, storage
-from search import study as study_mod
+from search import define, run, store
 
 
-def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> presets.Preset:
+def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> define.Preset:
     """The demo preset (its space with a wider learning-rate range) at this benchmark's budget,
     with no lab runs enqueued: the sampler picks every trial."""
-    base = presets.load("demo")
+    base = define.load_preset("demo")
     return replace(
         base,
         name=f"p-{pruner}-{seed}",
@@ -58,10 +57,10 @@ def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> presets.
 
 def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     preset = pruning_preset(pruner, seed, args)
-    rdb = storage.open_storage(f"sqlite:///{folder / f'{pruner}-{seed}.db'}")
-    study, _ = study_mod.create_or_load(rdb, "pruning", preset)
+    rdb = store.open_storage(f"sqlite:///{folder / f'{pruner}-{seed}.db'}")
+    study, _ = store.create_or_load(rdb, "pruning", preset)
     started: list[float] = []  # the clock starts once the data is loaded, before the trials
-    loop.run_worker(
+    run.run_worker(
         study,
         preset,
         args.trials,
@@ -72,7 +71,7 @@ def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace) -> d
     )
     wall = time.perf_counter() - started[0]
     trials = study.get_trials(deepcopy=False)
-    best = study_mod.best(study)
+    best = store.best(study)
     assert best is not None, f"no trial completed with pruner {pruner}, seed {seed}"
     return {
         "epochs": sum(t.user_attrs.get("epochs_trained", 0) for t in trials),
@@ -100,7 +99,7 @@ def main() -> None:
         "--pruners",
         nargs="+",
         default=["hyperband", "sha", "median"],
-        choices=[p for p in presets.PRUNERS if p != "none"],
+        choices=[p for p in define.PRUNERS if p != "none"],
     )
     parser.add_argument(
         "--replay",
@@ -237,12 +236,12 @@ REPLAY_GRID: list[tuple[str, dict[str, float]]] = [
 Curve = tuple[dict[int, float], float | None, str]
 
 
-def recorded(path: Path) -> tuple[presets.Preset, list[Curve]]:
+def recorded(path: Path) -> tuple[define.Preset, list[Curve]]:
     """A study that ran without pruning: its preset, and each trained trial's val_loss per epoch
     (in trial order) with its value if it completed, and how it ended."""
-    rdb = storage.open_storage(f"sqlite:///{path}")
-    (name,) = study_mod.names(rdb)
-    study, preset = study_mod.load(rdb, name)
+    rdb = store.open_storage(f"sqlite:///{path}")
+    (name,) = store.names(rdb)
+    study, preset = store.load_study(rdb, name)
     if preset.pruner != "none":
         raise SystemExit(f"{path} was searched with pruner {preset.pruner}; replay needs none")
     curves = [
@@ -258,7 +257,7 @@ def recorded(path: Path) -> tuple[presets.Preset, list[Curve]]:
 
 
 def replay(
-    preset: presets.Preset,
+    preset: define.Preset,
     curves: list[Curve],
     pruner: str,
     settings: dict[str, float],
@@ -267,7 +266,7 @@ def replay(
     runs them: the epochs they would have trained, and the best value of those not pruned."""
     import optuna
 
-    judged = study_mod.pruner(replace(preset, pruner=pruner, **settings))  # type: ignore[arg-type]
+    judged = store.pruner(replace(preset, pruner=pruner, **settings))  # type: ignore[arg-type]
     study = optuna.create_study(study_name="replay", pruner=judged)
     epochs, best = 0, math.inf
     for values, value, state in curves:

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/samplers.py --read --folder DIR   # report on searches run before
 
 Every (sampler, seed) pair is its own search, run by the product's worker loop
-(search.loop.run_worker) on the fashion_mnist preset's space, and all of them run at once,
+(search.run.loop.run_worker) on the fashion_mnist preset's space, and all of them run at once,
 each in its own process with one TensorFlow thread, so each has the same share of the machine
 for the same minutes. The preset's enqueued networks (the known-good start and the lab's runs)
 are left out: every trial is the sampler's. The training set is a subset (--images, after the
@@ -34,14 +34,13 @@ from pathlib import Path
 
 import common
 
-from search import loop, presets, storage
-from search import study as study_mod
+from search import define, run, store
 
 SAMPLERS = ("tpe-grouped", "tpe", "random")
 
 
-def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> presets.Preset:
-    base = presets.load("fashion_mnist")
+def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> define.Preset:
+    base = define.load_preset("fashion_mnist")
     return replace(
         base,
         name=f"s-{sampler}-{seed}",
@@ -70,12 +69,12 @@ def child(args: argparse.Namespace) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, seed = args.child[0], int(args.child[1])
     preset = preset_for(sampler, seed, args)
-    rdb = storage.open_storage(f"sqlite:///{db_path(args.folder, sampler, seed)}")
-    study, _ = study_mod.create_or_load(rdb, "samplers", preset)
+    rdb = store.open_storage(f"sqlite:///{db_path(args.folder, sampler, seed)}")
+    study, _ = store.create_or_load(rdb, "samplers", preset)
     if sampler == "random":
         study.sampler = optuna.samplers.RandomSampler(seed=seed)
-    study_mod.set_deadline(study, preset.hours)
-    loop.run_worker(
+    store.set_deadline(study, preset.hours)
+    run.run_worker(
         study,
         preset,
         preset.trials,
@@ -248,8 +247,8 @@ def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | 
     print(body + "\n\n" + totals)
     if args.no_write:
         return
-    preset = study_mod.load(
-        storage.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
+    preset = store.load_study(
+        store.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
     )[1]
     started = f" (load average {load:.1f} before they started)" if load is not None else ""
     extra = (

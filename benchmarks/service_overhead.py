@@ -7,11 +7,11 @@ For each backend and each study size (trials already stored), it times what the 
 around the training of one trial, with the product's own functions and the fashion_mnist
 preset:
 
-- sampler: `study.ask()` and `search.space.suggest` (seeded TPE reads the stored trials);
+- sampler: `study.ask()` and `search.define.space.suggest` (seeded TPE reads the stored trials);
 - storage: the user attributes a trial writes before training, then, for each of 9 epochs,
   the pruning callback's report and should_prune (the pruner reads the study) and the six
   per-epoch attributes, then `tell`;
-- model build: `keras.backend.clear_session` and `search.network.build` of the suggested network.
+- model build: `keras.backend.clear_session` and `search.train.build` of the suggested network.
 
 The stored trials are copies of realistic ones (the preset's parameters, 9 epochs of
 intermediate values, the same user attributes as a real trial). PostgreSQL is a throwaway
@@ -36,12 +36,10 @@ from typing import Any
 
 import common
 
-from search import presets, storage
-from search import study as study_mod
-from search.network import build
-from search.objective import trial_seed
-from search.runtime import configure
-from search.space import describe, impossible, size, suggest
+from search import define, store
+from search.define import describe, impossible, size, suggest
+from search.run import trial_seed
+from search.train import build, configure
 
 EPOCHS = 9  # writes of a trial that trains this many epochs
 
@@ -67,7 +65,7 @@ def postgres() -> Iterator[str]:
         cluster.stop()
 
 
-def realistic_trials(preset: presets.Preset, count: int) -> list[Any]:
+def realistic_trials(preset: define.Preset, count: int) -> list[Any]:
     """`count` finished trials as a real search stores them, made quickly in memory."""
     import optuna
 
@@ -113,7 +111,7 @@ def realistic_trials(preset: presets.Preset, count: int) -> list[Any]:
     return made
 
 
-def one_trial(study: Any, preset: presets.Preset) -> dict[str, float]:
+def one_trial(study: Any, preset: define.Preset) -> dict[str, float]:
     """Time the sampler, the storage writes and the model build of one trial."""
     import keras
 
@@ -156,18 +154,18 @@ def one_trial(study: Any, preset: presets.Preset) -> dict[str, float]:
 
 
 def measure(
-    url: str, preset: presets.Preset, stored: list[Any], samples: int
+    url: str, preset: define.Preset, stored: list[Any], samples: int
 ) -> dict[str, list[float]]:
     import optuna
 
-    rdb = storage.open_storage(url)
+    rdb = store.open_storage(url)
     # The product's sampler and pruner; the stored copies stand for a search's history.
     study = optuna.create_study(
         storage=rdb,
         study_name=f"overhead-{len(stored)}",
         direction="minimize",
-        sampler=study_mod.sampler(preset),
-        pruner=study_mod.pruner(preset),
+        sampler=store.sampler(preset),
+        pruner=store.pruner(preset),
     )
     study.add_trials(stored)
     times: dict[str, list[float]] = {"sampler": [], "storage": [], "build": []}
@@ -185,9 +183,9 @@ def typical_seconds(url: str | None, fallback: float) -> tuple[float, str]:
     import optuna
 
     trials = []
-    for summary in optuna.get_all_study_summaries(storage.open_storage(url, must_exist=True)):
+    for summary in optuna.get_all_study_summaries(store.open_storage(url, must_exist=True)):
         study = optuna.load_study(
-            study_name=summary.study_name, storage=storage.open_storage(url, must_exist=True)
+            study_name=summary.study_name, storage=store.open_storage(url, must_exist=True)
         )
         trials += [
             t.duration.total_seconds()
@@ -195,11 +193,11 @@ def typical_seconds(url: str | None, fallback: float) -> tuple[float, str]:
             if t.duration and t.user_attrs.get("epochs_trained")
         ]
     if not trials:
-        return fallback, f"{fallback:.0f} s (no trained trial in {storage.masked(url)})"
+        return fallback, f"{fallback:.0f} s (no trained trial in {store.masked(url)})"
     value = common.median(trials)
     return value, (
         f"{value:.0f} s, the median of the {len(trials)} trials that trained in "
-        f"{storage.masked(url)}"
+        f"{store.masked(url)}"
     )
 
 
@@ -220,7 +218,7 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     configure()
-    preset = presets.load("fashion_mnist")
+    preset = define.load_preset("fashion_mnist")
     typical, typical_text = typical_seconds(args.typical_from, args.typical_seconds)
     made = {n: realistic_trials(preset, n) for n in args.trials}
     rows, raw = [], {}

@@ -24,8 +24,8 @@ from typing import Any
 
 import common
 
-from search import datasets, presets, storage
-from search.runtime import configure
+from search import define, store
+from search.train import configure
 
 LAB_EPOCHS = 20
 
@@ -33,7 +33,7 @@ LAB_EPOCHS = 20
 def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, Any]]:
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=storage.open_storage(url, must_exist=True))
+    study = optuna.load_study(study_name=name, storage=store.open_storage(url, must_exist=True))
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
     if not trials:
         raise SystemExit(f"Study '{name}' has no started trial yet.")
@@ -78,9 +78,9 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
 def lab_epochs(data_dir: Path | None, train_size: int | None = None) -> tuple[str, float]:
     import keras
 
-    preset = presets.load("fashion_mnist")
-    images, labels = datasets.load_train("fashion_mnist", data_dir)
-    data = datasets.split(images, labels, preset.val_size, train_size)
+    preset = define.load_preset("fashion_mnist")
+    images, labels = define.load_train("fashion_mnist", data_dir)
+    data = define.split(images, labels, preset.val_size, train_size)
     x, y = common.lab_arrays(data.x_train, data.y_train)
     xv, yv = common.lab_arrays(data.x_val, data.y_val)
     rows, total = [], 0.0
@@ -142,7 +142,7 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage.resolve(args.storage)
+    url = store.resolve_url(args.storage)
     search_body, found = search_progress(url, args.study, args.goal)
     print(search_body, flush=True)
     parts = [search_body]
@@ -176,7 +176,7 @@ def main() -> None:
             common.section(
                 "4. Time to the lab's best",
                 "\n\n".join(parts),
-                extra=f"- Storage read: {storage.masked(url)}, study '{args.study}'",
+                extra=f"- Storage read: {store.masked(url)}, study '{args.study}'",
             ),
         )
 

@@ -8,7 +8,7 @@ training images and validate on the 5,000 held-out ones, as every trial does:
 
 - the lab: float32 arrays scaled in NumPy, one-hot labels, `model.fit(x, y, batch_size=64,
   validation_data=...)` with Keras' defaults (jit_compile="auto");
-- ours: `search.network.build` and `search.training.fit`, the code path of every trial, with
+- ours: `search.train.build` and `search.train.fit`, the code path of every trial, with
   the settings of studies/fashion_mnist.toml.
 
 The two alternate (A B B A ...) in one process, after one warm-up epoch each, so a slow spell
@@ -41,17 +41,15 @@ from typing import Any
 import common
 import numpy as np
 
-from search import datasets, presets
-from search.network import build
-from search.runtime import configure
-from search.space import Config, size
-from search.training import VAL_BATCH, fit
+from search import define
+from search.define import Config, size
+from search.train import VAL_BATCH, build, configure, fit
 
 SECTION = "trial_throughput"
 
 
 def lab_config() -> Config:
-    preset = presets.load("fashion_mnist")
+    preset = define.load_preset("fashion_mnist")
     return next(b.config for b in preset.baselines if b.name == "lab test 7")
 
 
@@ -74,10 +72,10 @@ def timed(run: Callable[[], object]) -> float:
 # ---------------------------------------------------------------------------------------------
 # The headline: one full epoch each way.
 # ---------------------------------------------------------------------------------------------
-def headline(data: datasets.Split, reps: int, batch_sizes: list[int]) -> tuple[str, list[str]]:
+def headline(data: define.Split, reps: int, batch_sizes: list[int]) -> tuple[str, list[str]]:
     import keras
 
-    preset = presets.load("fashion_mnist")
+    preset = define.load_preset("fashion_mnist")
     base = lab_config()
     n = len(data.x_train)
     xf, yf = common.lab_arrays(data.x_train, data.y_train)
@@ -182,7 +180,7 @@ def tf_dataset(x: np.ndarray, y: np.ndarray, batch: int) -> Any:
     )
 
 
-def levers(data: datasets.Split, reps: int, images: int) -> str:
+def levers(data: define.Split, reps: int, images: int) -> str:
     import keras
 
     base = lab_config()
@@ -281,8 +279,8 @@ def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> N
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-    images_all, labels = datasets.load_train("fashion_mnist", Path(data_dir) if data_dir else None)
-    data = datasets.split(images_all, labels, 5000)
+    images_all, labels = define.load_train("fashion_mnist", Path(data_dir) if data_dir else None)
+    data = define.split(images_all, labels, 5000)
     x, y = data.x_train[:images], data.y_train[:images]
     config = lab_config()
     model = build(config)
@@ -330,11 +328,11 @@ def threads(reps: int, images: int, data_dir: Path | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Profile: where a step's time goes.
 # ---------------------------------------------------------------------------------------------
-def profile(data: datasets.Split, steps: int) -> str:
+def profile(data: define.Split, steps: int) -> str:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    preset = presets.load("fashion_mnist")
+    preset = define.load_preset("fashion_mnist")
     out = []
     for batch in (64, 128):
         config = replace(lab_config(), batch_size=batch)
@@ -417,8 +415,8 @@ def main() -> None:
 
     device = device_name()
     print(f"Device: {device}; TensorFlow {tf.__version__}, Keras {keras.__version__}", flush=True)
-    images, labels = datasets.load_train("fashion_mnist", args.data_dir)
-    data = datasets.split(images, labels, 5000, args.images)
+    images, labels = define.load_train("fashion_mnist", args.data_dir)
+    data = define.split(images, labels, 5000, args.images)
     body, verdicts = headline(data, args.reps, args.batch)
     parts = [body]
     if args.levers:

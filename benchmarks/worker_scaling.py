@@ -5,14 +5,14 @@
 
 `scaling` runs the same small Fashion-MNIST search, in turn: one worker process with two
 TensorFlow threads, then `--workers auto` (one process per core). Each run's study is created
-here as `search start` creates it (search.study.prepare) and run by `search worker`, the same
+here as `search start` creates it (search.store.study.prepare) and run by `search worker`, the same
 worker code as `search start`'s. Every trial trains the lab's test-7 network for a fixed
 number of epochs (no pruning, no early stop), and the rate is the epochs trained per minute
 between the first trial's start and the last one's end, read from the study. It prints the
 ratio, which is what transfers to another machine.
 
 `sqlite-limit` starts N processes at once on one fresh SQLite file. Each opens the storage,
-creates or joins the study and runs the real trial loop (loop.run_trials, heartbeat on) with
+creates or joins the study and runs the real trial loop (run.run_trials, heartbeat on) with
 an objective that writes what a real trial writes per epoch (an intermediate value and six
 user attributes) without training, many times faster than training would. It reports the
 storage errors ("database is locked") per N: a real search writes far less often.
@@ -32,13 +32,13 @@ from pathlib import Path
 import common
 import optuna
 
-from search import loop, presets, storage, study
+from search import define, run, store
 
 
-def scaling_preset(trials: int, images: int, epochs: int) -> presets.Preset:
+def scaling_preset(trials: int, images: int, epochs: int) -> define.Preset:
     """One fixed network, the lab's test 7 (130,890 parameters), so both arms do the same work:
     every trial is an enqueued copy of it, so no sampler choice differs."""
-    base = presets.load("demo")
+    base = define.load_preset("demo")
     lab_test_7 = next(b for b in base.baselines if b.name == "lab test 7")
     space = replace(
         base.space,
@@ -83,7 +83,7 @@ def scaling(args: argparse.Namespace) -> None:
         for label in list(arms) if rep % 2 == 0 else list(arms)[::-1]:
             url = f"sqlite:///{folder / f'arm{list(arms).index(label)}-{rep}.db'}"
             # Created here as `search start` creates it; `search worker` runs it to its total.
-            study.prepare(preset, url=url)
+            store.prepare(preset, url=url)
             command = [
                 str(common.ROOT / ".venv/bin/search"),
                 "worker",
@@ -185,21 +185,19 @@ def stress_worker(
     results: multiprocessing.Queue,
 ) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if busy is not None:
-        storage.SQLITE_BUSY_SECONDS = busy
     errors = []
     try:
-        rdb = storage.open_storage(url)
-        s, _ = study.create_or_load(rdb, "stress", presets.load("demo"))
-        loop.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
+        rdb = store.open_storage(url, busy_seconds=busy or store.SQLITE_BUSY_SECONDS)
+        s, _ = store.create_or_load(rdb, "stress", define.load_preset("demo"))
+        run.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
     except Exception as e:  # every storage error counts against this many workers
         errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
     results.put(errors)
 
 
 def sqlite_limit(args: argparse.Namespace) -> None:
-    os.environ[storage.ENV_HEARTBEAT] = "1"
-    os.environ[storage.ENV_GRACE] = "5"
+    os.environ[store.ENV_HEARTBEAT] = "1"
+    os.environ[store.ENV_GRACE] = "5"
     context = multiprocessing.get_context("spawn")
     print(f"{'workers':>7} {'trials':>6} {'seconds':>7} {'trials/s':>8} {'errors':>6}")
     for n in args.workers:
@@ -226,7 +224,7 @@ def sqlite_limit(args: argparse.Namespace) -> None:
             p.join()
         seconds = time.perf_counter() - started
         s = optuna.load_study(study_name="stress", storage=url)
-        done = len(s.get_trials(states=study.FINISHED))
+        done = len(s.get_trials(states=store.FINISHED))
         running = len(s.get_trials(states=(optuna.trial.TrialState.RUNNING,)))
         print(
             f"{n:>7} {done:>6} {seconds:>7.1f} {done / seconds:>8.2f} {len(errors):>6}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import datasets
+from search.define import datasets
 from tests.helpers import HEARTBEAT, write_preset
 from tests.postgres import pg_url, postgres  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 

@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 from optuna.trial import TrialState
 
-from search import storage
 from search.cli import cli
-from search.study import trained
+from search.store import storage
+from search.store.study import trained
 
 # Heartbeats every second and a grace of 4 s: a dead worker's trial fails in 4 s, not minutes.
 HEARTBEAT = {storage.ENV_HEARTBEAT: "1", storage.ENV_GRACE: "4"}
@@ -124,7 +124,7 @@ def swallow_an_interrupt() -> None:
     """SIGTERM arrives while a finaliser runs: Python swallows the KeyboardInterrupt raised.
 
     This is what happens when a signal lands in a garbage collector's callback (SQLAlchemy's
-    registry has some), and it is what `search.interrupt` guards against.
+    registry has some), and it is what `search.run.interrupt` guards against.
     """
     _SignalledWhileCollected()  # collected at once
 

@@ -9,10 +9,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search import analysis
-from search.presets import Preset
-from search.space import Config, Conv, Space, describe
-from search.study import best
+from search.define.presets import Preset
+from search.define.space import Config, Conv, Space, describe
+from search.report import analysis
+from search.store.study import best
 
 LAB_9 = Config(convs=(Conv(32, 3, True),), dense=(64,))
 STARVED = Config(convs=(Conv(8, 5, True),), dense=(32,), learning_rate=1e-4)
@@ -42,7 +42,7 @@ def make_trial(
     best_epoch: int | None = None,
     **attrs: Any,
 ) -> FrozenTrial:
-    """A trial as search/objective.py records it, having trained one epoch per loss."""
+    """A trial as search/run/objective.py records it, having trained one epoch per loss."""
     record: dict[str, Any] = {"epochs_trained": len(losses)}
     if config is not None:
         record.update(

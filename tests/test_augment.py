@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from search.network import build
-from search.space import Config, Conv
+from search.define.space import Config, Conv
+from search.train.network import build
 
 
 def test_the_shift_is_keras_s_random_translation_in_operations_every_compiler_takes() -> None:
@@ -19,7 +19,7 @@ def test_the_shift_is_keras_s_random_translation_in_operations_every_compiler_ta
     import numpy as np
     from keras import ops
 
-    from search.augment import RandomShift
+    from search.train.augment import RandomShift
 
     images = np.random.default_rng(0).random((2, 28, 28, 1)).astype("float32")
     dy, dx = np.array([1.7, -2.3], "float32"), np.array([-0.4, 2.8], "float32")
@@ -59,9 +59,9 @@ COMPILED_ON_JAX = """
 import warnings
 import keras
 import numpy as np
-from search.runtime import configure
-from search.network import build
-from search.space import Config, Conv
+from search.train.runtime import configure
+from search.train.network import build
+from search.define.space import Config, Conv
 
 configure()
 images = np.random.default_rng(0).integers(0, 255, (256, 28, 28), dtype="uint8")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from search import runtime
+from search.train import runtime
 from tests.helpers import load_study, write_preset
 
 # `search ARGS`, then whether TensorFlow was ever imported in that process.

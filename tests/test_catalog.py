@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from search import catalog, presets
-from search.presets import PresetError
+from search.define import catalog, presets
+from search.define.presets import PresetError
 from tests.helpers import run, write_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,15 +48,15 @@ def test_a_name_finds_the_current_directory_s_studies_before_a_shipped_preset(
     assert (found["mine"].source, found["mine"].hides_shipped) == ("./studies", False)
     assert (found["demo"].source, found["demo"].hides_shipped) == ("./studies", True)
     assert found["mnist"].source == "shipped"
-    assert presets.load("mine").name == "mine"
-    assert presets.load("demo").epochs == 3  # the user's file, not the shipped 4 epochs
-    assert presets.load(catalog.shipped_dir() / "demo.toml").epochs == 4  # still by path
+    assert presets.load_preset("mine").name == "mine"
+    assert presets.load_preset("demo").epochs == 3  # the user's file, not the shipped 4 epochs
+    assert presets.load_preset(catalog.shipped_dir() / "demo.toml").epochs == 4  # still by path
 
 
 def test_an_unknown_name_lists_what_a_name_can_find(elsewhere: Path) -> None:
     write_preset(elsewhere, name="mine")
     with pytest.raises(PresetError) as raised:
-        presets.load("nosuch")
+        presets.load_preset("nosuch")
     assert str(raised.value) == (
         "No preset named 'nosuch' in ./studies/ or among the shipped ones; known presets: "
         "demo, fashion_mnist, mine, mnist."
@@ -77,7 +77,7 @@ def test_search_presets_lists_each_preset_its_source_and_its_description(
     assert list(rows) == ["broken", "demo", "fashion_mnist", "mine", "mnist"]
     assert rows["mine"] == ["./studies", "My own"]
     assert rows["demo"] == ["./studies", "(in place of the shipped one)"]
-    assert rows["fashion_mnist"] == ["shipped", presets.load("fashion_mnist").description]
+    assert rows["fashion_mnist"] == ["shipped", presets.load_preset("fashion_mnist").description]
     assert rows["broken"][0] == "./studies" and "(cannot be read:" in rows["broken"][1]
     assert lines[-1].startswith(f"Shipped presets are in {ROOT / 'studies'}; copy one into")
     assert "search presets" in run("start", "--help").output  # --preset points to it

@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import sizing
 from search.cli import cli
-from search.study import trained
+from search.run import sizing
+from search.store.study import trained
 from tests.helpers import load_study, run, write_preset
 
 OPENED: list[str] = []

@@ -17,8 +17,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from search import presets, storage
 from search.cli import cli
+from search.define import presets
+from search.store import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -163,7 +164,9 @@ def test_the_pods_run_the_real_cli_on_the_image_from_the_dockerfile(
         assert context.params["url"] == env[storage.ENV_URL]
         if container["name"] == "worker":
             assert command[1] in ("start", "worker")
-            preset = presets.load(context.params["preset"])  # a shipped preset, in the wheel
+            preset = presets.load_preset(
+                context.params["preset"]
+            )  # a shipped preset, in the wheel
             # Its data is in the image: no pod downloads it.
             assert preset.dataset == "fashion_mnist"
             assert "dataset-fashion-mnist" in (ROOT / "Dockerfile").read_text()

@@ -17,10 +17,10 @@ import optuna
 import pytest
 from click.testing import Result
 
-from search import storage
 from search.cli import cli
 from search.errors import SearchError, first_line
-from search.study import INTERRUPTED, trained
+from search.store import storage
+from search.store.study import INTERRUPTED, trained
 from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
 
 
@@ -135,10 +135,10 @@ def test_read_only_commands_on_missing_storage_and_study(existing: Path, tmp_pat
 def test_retrain_best_without_completed_trials(private_storage: Path) -> None:
     url = db_url(private_storage)
     private_storage.mkdir()
-    from search import presets
+    from search.define import presets
 
     study = optuna.create_study(study_name="empty", storage=url)
-    study.set_user_attr("preset", presets.load("demo").to_json())
+    study.set_user_attr("preset", presets.load_preset("demo").to_json())
     assert_one_sentence(run("retrain-best", "--study", "empty"), 1, "no completed trial")
     # A completed trial from an older version, with no stored configuration.
     study.add_trial(

@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import figures
-from search.figures import Skip
+from search.report import figures
+from search.report.figures import Skip
 from tests.test_analysis import LAB_9, lab_study, make_trial
 
 

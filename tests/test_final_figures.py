@@ -12,8 +12,8 @@ import pytest
 from matplotlib.image import imread
 from optuna.trial import TrialState
 
-from search import figures, final_figures
-from search.figures import Skip
+from search.report import figures, final_figures
+from search.report.figures import Skip
 from tests.test_analysis import LAB_9, make_trial
 
 

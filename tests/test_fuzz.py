@@ -88,12 +88,12 @@ def presets(draw: st.DrawFn) -> str:
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[object]]:
     """A study with trials, made without training, that no junk may change."""
-    from search import presets as presets_mod
+    from search.define import presets as presets_mod
 
     folder = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{folder / 'search.db'}"
     study = optuna.create_study(study_name="kept", storage=url)
-    study.set_user_attr("preset", presets_mod.load("demo").to_json())
+    study.set_user_attr("preset", presets_mod.load_preset("demo").to_json())
     study.set_user_attr("dataset", "fashion_mnist")
     for value in (0.5, 0.4):
         study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from search import gpus
-from search.gpus import Gpu
+from search.run import gpus
+from search.run.gpus import Gpu
 
 GIB = 2**30
 # What `nvidia-smi --query-gpu=index,memory.free,memory.total --format=csv,noheader,nounits`

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from search import interrupt
-from search.runtime import configure
+from search.run import interrupt
+from search.train.runtime import configure
 from tests.helpers import swallow_an_interrupt
 
 

@@ -21,7 +21,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import datasets, interrupt, loop, presets, progress, storage, study
+from search.define import datasets, presets
+from search.run import interrupt, loop, progress
+from search.store import storage, study
 from tests.helpers import check_exact, db_url, swallow_an_interrupt, write_preset
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
@@ -53,7 +55,7 @@ def join_and_run(
     try:
         ready.wait()  # type: ignore[attr-defined]  # all processes hit the fresh database at once
         rdb = storage.open_storage(url)
-        s, _ = study.create_or_load(rdb, "race", presets.load(preset))
+        s, _ = study.create_or_load(rdb, "race", presets.load_preset(preset))
         loop.run_trials(s, quick_trial, total, storage=rdb, log=lambda line: None)
         results.put("ok")
     except BaseException as e:  # reported to the test, whatever it is
@@ -225,7 +227,7 @@ def test_an_interrupt_swallowed_mid_trial_stops_the_loop_before_the_next_trial(
 def test_a_worker_at_the_total_does_not_load_the_data(
     rdb: optuna.storages.RDBStorage, tmp_path: Path
 ) -> None:
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     s, _ = study.create_or_load(rdb, "tiny", preset)
     for value in (0.5, 0.4):
         s.add_trial(optuna.create_trial(value=value))
@@ -239,7 +241,7 @@ def test_a_worker_at_the_total_does_not_load_the_data(
 def test_a_worker_loads_its_data_once_and_runs_real_trials(
     rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
 ) -> None:
-    preset = dataclasses.replace(presets.load(write_preset(tmp_path, "small")), epochs=1)
+    preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path, "small")), epochs=1)
     s, _ = study.create_or_load(rdb, "tiny", preset)  # lab test 9 first
     lines: list[str] = []
     loaded: list[datasets.Split] = []
@@ -257,7 +259,7 @@ def test_rejected_networks_are_recorded_but_the_total_counts_trained_trials(
 ) -> None:
     """Both lab runs are over a budget of 100,000 parameters: the study still trains three."""
     preset = dataclasses.replace(
-        presets.load(write_preset(tmp_path, "small", "over_budget")), epochs=1
+        presets.load_preset(write_preset(tmp_path, "small", "over_budget")), epochs=1
     )
     s, _ = study.create_or_load(rdb, "tiny", preset)
     lines: list[str] = []
@@ -275,7 +277,9 @@ def test_rejected_networks_are_recorded_but_the_total_counts_trained_trials(
 def test_a_budget_that_nothing_fits_stops_after_a_bounded_run_of_rejections(
     rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
 ) -> None:
-    preset = dataclasses.replace(presets.load(write_preset(tmp_path, "small")), max_params=1000)
+    preset = dataclasses.replace(
+        presets.load_preset(write_preset(tmp_path, "small")), max_params=1000
+    )
     s, _ = study.create_or_load(rdb, "tiny", preset)
     with pytest.raises(study.StudyError, match=r"The last 50 configurations .* budget of 1,000"):
         loop.run_worker(s, preset, 3, storage=rdb, log=lambda line: None, threads=1)

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from search.datasets import Split
-from search.network import build, callbacks, decay_steps, ensemble, optimizer, targets
-from search.runtime import configure
-from search.space import Config, Conv
-from search.training import History, fit
+from search.define.datasets import Split
+from search.define.space import Config, Conv
+from search.train.network import build, callbacks, decay_steps, ensemble, optimizer, targets
+from search.train.runtime import configure
+from search.train.training import History, fit
 
 SMALL = Config(convs=(Conv(16, 3, True), Conv(32, 3, True)), dense=(64,), batch_size=128)
 

@@ -16,12 +16,12 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from search import presets
-from search.datasets import Split
-from search.objective import RUN_RECORD, Objective, record_epoch, trial_seed
-from search.presets import Preset
-from search.space import Config, Conv, describe, size, to_params
-from search.training import History
+from search.define import presets
+from search.define.datasets import Split
+from search.define.presets import Preset
+from search.define.space import Config, Conv, describe, size, to_params
+from search.run.objective import RUN_RECORD, Objective, record_epoch, trial_seed
+from search.train.training import History
 from tests.helpers import db_url, write_preset
 
 LAB_9 = Config(convs=(Conv(32, 3, True),), dense=(64,))  # 347,146 parameters
@@ -29,7 +29,7 @@ LAB_9 = Config(convs=(Conv(32, 3, True),), dense=(64,))  # 347,146 parameters
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Preset:
-    return presets.load(write_preset(tmp_path))
+    return presets.load_preset(write_preset(tmp_path))
 
 
 @pytest.fixture

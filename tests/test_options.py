@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 import pytest
 
-from search import runtime
-from search.options import WorkerCount, storage_arguments
+from search.cli.options import WorkerCount, storage_arguments
+from search.train import runtime
 from tests.helpers import run, write_preset
 
 

@@ -83,7 +83,7 @@ def test_the_wheel_carries_the_shipped_presets_and_no_more(wheel: Path) -> None:
     shipped = sorted(n for n in names if n.startswith("search/studies/"))
     assert shipped == [f"search/studies/{p.name}" for p in sorted(ROOT.glob("studies/*.toml"))]
     assert len(shipped) == 3  # demo, fashion_mnist, mnist; not RESULTS.md
-    assert "search/cli.py" in names and "search/catalog.py" in names
+    assert "search/cli/commands.py" in names and "search/define/catalog.py" in names
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".md")]
 
 

@@ -22,8 +22,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search import presets, storage, study
 from search.cli import cli
+from search.define import presets
+from search.store import storage, study
 from tests.helpers import HEARTBEAT, check_exact, db_url, popen, run, write_preset
 from tests.postgres import Cluster
 
@@ -193,7 +194,7 @@ def test_worker_errors_are_one_sentence(tmp_path: Path, private_storage: Path) -
     result = run("worker", "--study", "tiny")
     assert result.exit_code == 1 and "No study database" in result.output
     rdb = storage.open_storage(db_url(private_storage))
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     s, _ = study.create_or_load(rdb, "tiny", preset)
     result = run("worker", "--study", "tiny")
     assert result.exit_code == 1 and "no trial total yet" in result.output
@@ -281,7 +282,7 @@ def test_docker_compose_file_is_valid_scalable_and_keeps_the_password_out_of_com
         assert command[0] == "search"
         cli.commands[command[1]].make_context(command[1], command[2:])
     assert worker["command"][2:] == ["--preset", "fashion_mnist", "--trials", "12"]
-    presets.load(worker["command"][3])  # the preset ships in the image's studies/
+    presets.load_preset(worker["command"][3])  # the preset ships in the image's studies/
     for copied in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
         for source in copied.split():
             assert (ROOT / source).exists(), source

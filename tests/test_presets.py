@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from search import catalog, presets
+from search.define import catalog, presets
+from search.define.presets import PresetError
+from search.define.space import Space
 from search.errors import SearchError
-from search.presets import PresetError
-from search.space import Space
 from tests.helpers import MALFORMED, write_preset
 
 SHIPPED = sorted(p.stem for p in catalog.shipped_dir().glob("*.toml"))
@@ -22,8 +22,8 @@ SHIPPED = sorted(p.stem for p in catalog.shipped_dir().glob("*.toml"))
 
 def test_a_preset_loads_by_name_or_by_path(tmp_path: Path) -> None:
     assert SHIPPED == ["demo", "fashion_mnist", "mnist"]
-    assert presets.load("demo") == presets.load(catalog.shipped_dir() / "demo.toml")
-    tiny = presets.load(write_preset(tmp_path, name="mine"))
+    assert presets.load_preset("demo") == presets.load_preset(catalog.shipped_dir() / "demo.toml")
+    tiny = presets.load_preset(write_preset(tmp_path, name="mine"))
     assert tiny.name == "mine"  # the file's name, not the dataset's
     assert (tiny.dataset, tiny.trials, tiny.epochs, tiny.max_params) == (
         "fashion_mnist",
@@ -38,12 +38,12 @@ def test_a_preset_loads_by_name_or_by_path(tmp_path: Path) -> None:
 
 def test_a_missing_preset_names_the_file_and_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(PresetError) as raised:
-        presets.load(tmp_path / "elsewhere.toml")
+        presets.load_preset(tmp_path / "elsewhere.toml")
     assert str(raised.value) == (
         f"No preset file {tmp_path / 'elsewhere.toml'}; known presets: {', '.join(SHIPPED)}."
     )
     with pytest.raises(PresetError, match=f"known presets: {', '.join(SHIPPED)}"):
-        presets.load("nosuch")  # by name: test_catalog.py
+        presets.load_preset("nosuch")  # by name: test_catalog.py
     assert issubclass(PresetError, SearchError)  # the CLI prints it as one sentence
 
 
@@ -51,7 +51,7 @@ def test_a_file_that_is_not_text_is_not_valid_toml(tmp_path: Path) -> None:
     path = tmp_path / "binary.toml"
     path.write_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(PresetError, match=r"binary.toml: not valid TOML"):
-        presets.load(path)
+        presets.load_preset(path)
 
 
 @pytest.mark.parametrize(("old", "new", "message"), MALFORMED)
@@ -60,7 +60,7 @@ def test_a_mistake_names_the_file_and_the_key(
 ) -> None:
     path = write_preset(tmp_path, **{old: new})
     with pytest.raises(PresetError) as raised:
-        presets.load(path)
+        presets.load_preset(path)
     assert str(raised.value).startswith(f"{path}: ")
     assert message in str(raised.value)
 
@@ -71,17 +71,17 @@ def test_an_unknown_pruner_lists_the_known_ones(tmp_path: Path) -> None:
         match=r"'pruner' must be one of \['hyperband', 'sha', "
         r"'median', 'behind', 'none'\]",
     ):
-        presets.load(write_preset(tmp_path, pruner="random"))
+        presets.load_preset(write_preset(tmp_path, pruner="random"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_preset_stored_on_a_study_is_the_preset(name: str) -> None:
-    preset = presets.load(name)
+    preset = presets.load_preset(name)
     assert presets.from_json(preset.to_json()) == preset
 
 
 def test_the_fingerprint_covers_what_makes_trials_comparable(tmp_path: Path) -> None:
-    tiny = presets.load(write_preset(tmp_path))
+    tiny = presets.load_preset(write_preset(tmp_path))
     # Name, description, trial total, budget and speed may change on a study under way.
     same = dataclasses.replace(
         tiny,
@@ -104,10 +104,10 @@ def test_the_fingerprint_covers_what_makes_trials_comparable(tmp_path: Path) -> 
 def test_recycling_is_read_from_the_preset_and_older_stored_presets_still_match(
     tmp_path: Path,
 ) -> None:
-    tiny = presets.load(write_preset(tmp_path))
+    tiny = presets.load_preset(write_preset(tmp_path))
     assert (tiny.recycle_trials, tiny.recycle_mb) == (None, None)  # the product's defaults
     path = write_preset(tmp_path, **{"patience = 1": "patience = 1\nrecycle_trials = 0"})
-    assert presets.load(path).recycle_trials == 0  # 0: never by count
+    assert presets.load_preset(path).recycle_trials == 0  # 0: never by count
     # A preset stored on a study before these keys existed loads with the defaults, and a
     # study made then still resumes: its fingerprint is unchanged.
     stored = json.loads(tiny.to_json())
@@ -117,7 +117,7 @@ def test_recycling_is_read_from_the_preset_and_older_stored_presets_still_match(
 
 
 def test_the_objective_decides_directions_and_metric_names(tmp_path: Path) -> None:
-    tiny = presets.load(write_preset(tmp_path))
+    tiny = presets.load_preset(write_preset(tmp_path))
     assert (tiny.multi_objective, tiny.directions, tiny.metric_names) == (
         False,
         ["minimize"],
@@ -135,7 +135,7 @@ def test_the_objective_decides_directions_and_metric_names(tmp_path: Path) -> No
 def test_a_preset_stored_before_the_recipe_axes_still_matches_its_file() -> None:
     """Studies made before head, schedule, weight decay, label smoothing and augmentation
     kinds existed resume: their stored preset lacks those keys and says augment [false]."""
-    demo = presets.load("demo")
+    demo = presets.load_preset("demo")
     stored = json.loads(demo.to_json())
     for key in ("head", "schedule", "weight_decay", "label_smoothing"):
         del stored["space"][key]
@@ -150,4 +150,4 @@ def test_digits_are_never_flipped(tmp_path: Path) -> None:
     path = tmp_path / "digits.toml"
     path.write_text('dataset = "mnist"\n[space]\naugment = ["none", "flip"]\n')
     with pytest.raises(presets.PresetError, match="'space.augment' may not flip"):
-        presets.load(path)
+        presets.load_preset(path)

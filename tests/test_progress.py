@@ -9,9 +9,9 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search import progress
-from search.progress import MAX_CONSECUTIVE_FAILURES, MAX_REJECTIONS_IN_A_ROW, Progress
-from search.study import MAX_TOTAL
+from search.run import progress
+from search.run.progress import MAX_CONSECUTIVE_FAILURES, MAX_REJECTIONS_IN_A_ROW, Progress
+from search.store.study import MAX_TOTAL
 from tests.helpers import db_url
 
 

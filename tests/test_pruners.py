@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from search.pruners import Behind
+from search.store.pruners import Behind
 
 
 def curve(study: optuna.Study, values: list[float]) -> optuna.trial.Trial:

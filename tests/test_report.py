@@ -12,8 +12,9 @@ import pytest
 from matplotlib.image import imread
 from optuna.trial import TrialState
 
-from search import figures, report
-from search.study import stored_preset
+from search.report import document as report
+from search.report import figures
+from search.store.study import stored_preset
 from tests.helpers import preset_text, run
 
 RECORDING: list[str] | None = None
@@ -172,7 +173,7 @@ def test_a_small_study_skips_what_it_cannot_draw_and_says_why(tiny: Tiny, tmp_pa
     )
     assert [t.state for t in small.get_trials()].count(TrialState.COMPLETE) == 1
 
-    written = report.write(small, stored_preset(small), tmp_path, log=lambda line: None)
+    written = report.write_report(small, stored_preset(small), tmp_path, log=lambda line: None)
     assert {p.name for p in written.figures} == {
         figures.HISTORY,
         figures.INTERMEDIATE,

@@ -13,9 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search import presets, retrain, storage, study
-from search.space import Config, Conv
-from search.study import StudyError
+from search.define import presets
+from search.define.space import Config, Conv
+from search.final import retrain
+from search.store import storage, study
+from search.store.study import StudyError
 from tests.helpers import db_url, write_preset
 
 SMALL = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -72,7 +74,7 @@ def test_a_failed_save_leaves_no_half_written_file(tmp_path: Path) -> None:
 def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    preset = presets.load(write_preset(tmp_path))  # 1,000 validation and 5,000 training
+    preset = presets.load_preset(write_preset(tmp_path))  # 1,000 validation and 5,000 training
     s, _ = study.create_or_load(storage.open_storage(db_url(private_storage)), "tiny", preset)
     s.add_trial(trained(0.6, best_epoch=1, seed=7))
     number = s.trials[-1].number
@@ -95,7 +97,7 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
 
 
 def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Path) -> None:
-    lab = presets.load(write_preset(tmp_path))  # final_epochs 1, final_schedule "same"
+    lab = presets.load_preset(write_preset(tmp_path))  # final_epochs 1, final_schedule "same"
     trial = trained(0.6, best_epoch=2)
     assert retrain.final_plan(trial, lab) == (SMALL, 2, lab.epochs)  # the lab's protocol
     longer = dataclasses.replace(lab, final_epochs=1.5, final_schedule="cosine")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from search import runtime
+from search.train import runtime
 
 THREADS = """
-from search.runtime import configure
+from search.train.runtime import configure
 configure({threads})
 import tensorflow as tf
 print(tf.config.threading.get_intra_op_parallelism_threads(),
@@ -82,7 +82,7 @@ def test_out_of_memory_is_told_apart_from_other_training_errors_on_every_backend
 
 BACKEND = """
 import os, sys
-from search import runtime
+from search.train import runtime
 runtime.configure({threads})
 print(runtime.devices())
 print(runtime.compile_options(16))

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from search import gpus, loop, presets, sizing
+from search.define import presets
+from search.run import gpus, loop, sizing
 from tests.helpers import db_url, write_preset
 
 
 def test_auto_uses_the_cores_this_process_may_run_on(private_storage: Path) -> None:
     url = f"sqlite:///{private_storage / 'search.db'}"
     code = (
-        "import os; from search import sizing; os.sched_setaffinity(0, {0}); "
-        f"print(sizing.count('auto', {url!r}), sizing.thread_share(1))"
+        "import os; from search.run import sizing; os.sched_setaffinity(0, {0}); "
+        f"print(sizing.worker_count('auto', {url!r}), sizing.thread_share(1))"
     )
     pinned = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -28,26 +29,26 @@ def test_auto_uses_the_cores_this_process_may_run_on(private_storage: Path) -> N
         sizing.SQLITE_WORKERS,
         (sizing.available_memory() or 2**60) // sizing.WORKER_BYTES,
     )
-    assert sizing.count("auto", url) == max(1, expected)
+    assert sizing.worker_count("auto", url) == max(1, expected)
     assert sizing.thread_share(2) == max(1, sizing.cores() // 2)
 
 
 def test_a_number_of_workers_is_taken_as_given_and_threads_never_drop_to_zero(
     private_storage: Path,
 ) -> None:
-    assert sizing.count(3, db_url(private_storage)) == 3
-    assert sizing.count(100, db_url(private_storage)) == 100  # beyond the cores: as asked
+    assert sizing.worker_count(3, db_url(private_storage)) == 3
+    assert sizing.worker_count(100, db_url(private_storage)) == 100  # beyond the cores: as asked
     assert sizing.thread_share(1) == sizing.cores()
     assert sizing.thread_share(sizing.cores() * 4) == 1
     # PostgreSQL has no cap of its own; the URL is only parsed, never connected to.
-    assert sizing.count("auto", "postgresql+psycopg://u@nowhere/db") >= 1
+    assert sizing.worker_count("auto", "postgresql+psycopg://u@nowhere/db") >= 1
     assert not (private_storage / "search.db").exists()
 
 
 def test_recycling_comes_from_the_environment_then_the_preset_then_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     monkeypatch.delenv(sizing.ENV_RECYCLE_TRIALS, raising=False)
     monkeypatch.delenv(sizing.ENV_RECYCLE_MB, raising=False)
     assert sizing.recycling(preset) == loop.Recycle(30, 2 * sizing.WORKER_BYTES)
@@ -69,8 +70,8 @@ def test_auto_on_a_gpu_machine_starts_as_many_workers_as_the_cards_hold(
 ) -> None:
     url = db_url(private_storage)
     small = [gpus.Gpu("0", gpus.WORKER_BYTES)]  # room for one worker
-    assert sizing.count("auto", url, small) == 1
+    assert sizing.worker_count("auto", url, small) == 1
     roomy = [gpus.Gpu("0", 40 * gpus.WORKER_BYTES), gpus.Gpu("1", 40 * gpus.WORKER_BYTES)]
     # 80 fit on the cards; the cores (and the host's memory) still bound them.
-    assert sizing.count("auto", url, roomy) == sizing.count("auto", url)
-    assert sizing.count(5, url, small) == 5  # a number is taken as given
+    assert sizing.worker_count("auto", url, roomy) == sizing.worker_count("auto", url)
+    assert sizing.worker_count(5, url, small) == 5  # a number is taken as given

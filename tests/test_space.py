@@ -5,9 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search import presets
-from search.network import build
-from search.space import (
+from search.define import presets
+from search.define.space import (
     Config,
     Conv,
     Space,
@@ -19,6 +18,7 @@ from search.space import (
     suggest,
     to_params,
 )
+from search.train.network import build
 
 # The lab's runs and the parameter counts its notebook printed for each.
 LAB_COUNTS = {
@@ -37,20 +37,24 @@ LAB_COUNTS = {
 
 
 def test_presets_enqueue_every_lab_run() -> None:
-    found = {(p, b.name) for p in ("mnist", "fashion_mnist") for b in presets.load(p).baselines}
+    found = {
+        (p, b.name) for p in ("mnist", "fashion_mnist") for b in presets.load_preset(p).baselines
+    }
     assert found == set(LAB_COUNTS)
 
 
 @pytest.mark.parametrize(("dataset", "name"), sorted(LAB_COUNTS))
 def test_built_lab_models_have_the_lab_parameter_counts(dataset: str, name: str) -> None:
-    baseline = next(b for b in presets.load(dataset).baselines if b.name == name)
+    baseline = next(b for b in presets.load_preset(dataset).baselines if b.name == name)
     model = build(baseline.config)
     assert model.count_params() == LAB_COUNTS[(dataset, name)]
     assert size(baseline.config).params == LAB_COUNTS[(dataset, name)]
 
 
 def test_architecture_string_reads_like_the_lab_table() -> None:
-    lab7 = next(b for b in presets.load("fashion_mnist").baselines if b.name == "lab test 7.2")
+    lab7 = next(
+        b for b in presets.load_preset("fashion_mnist").baselines if b.name == "lab test 7.2"
+    )
     assert describe(lab7.config) == "C32k3-P-Dr0.3-C64k3-P-Dr0.3-C64k3-F-Dr0.3-D128"
 
 
@@ -72,7 +76,7 @@ SHIPPED = ("fashion_mnist", "mnist", "demo")
 @pytest.mark.parametrize("name", SHIPPED)
 def test_no_suggestion_of_a_shipped_preset_is_an_impossible_network(name: str) -> None:
     """2,000 random draws over each shipped space: every one can be built, and lies in it."""
-    space = presets.load(name).space
+    space = presets.load_preset(name).space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     depths = set()
     for _ in range(2000):
@@ -101,7 +105,7 @@ def test_a_space_that_would_run_out_of_pixels_narrows_its_choices() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_to_params_makes_suggest_return_the_same_configuration(name: str) -> None:
-    space = presets.load(name).space
+    space = presets.load_preset(name).space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
     for _ in range(200):
         config = suggest(study.ask(), space)
@@ -129,7 +133,7 @@ def test_every_suggestion_is_either_rejected_with_a_reason_or_builds_with_the_co
     None
 ):
     """Random draws over the full preset space, extras included: every one builds at its size."""
-    space = presets.load("fashion_mnist").space
+    space = presets.load_preset("fashion_mnist").space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     built = 0
     for _ in range(300):

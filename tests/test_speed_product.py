@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search import datasets, presets
-from search.network import build
-from search.runtime import configure
-from search.space import Config, Conv
-from search.training import fit
+from search.define import datasets, presets
+from search.define.space import Config, Conv
+from search.train.network import build
+from search.train.runtime import configure
+from search.train.training import fit
 
 IMAGES = 1100  # 18 batches of 64: one full execution of 16 steps and a partial one of 2
 
@@ -54,7 +54,7 @@ def test_steps_per_execution_trains_every_batch_and_learns_the_same(
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "demo"])
 def test_shipped_presets_reach_the_compiled_model(name: str) -> None:
-    preset = presets.load(name)
+    preset = presets.load_preset(name)
     configure()
     model = build(preset.baselines[0].config, steps_per_execution=preset.steps_per_execution)
     assert model.steps_per_execution == preset.steps_per_execution

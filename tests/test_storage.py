@@ -14,8 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search import presets, storage, study
-from search.storage import StorageError, masked, scrub
+from search.define import presets
+from search.store import storage, study
+from search.store.storage import StorageError, masked, scrub
 from tests.helpers import db_url, run
 from tests.postgres import Cluster, free_port
 
@@ -63,7 +64,7 @@ def test_the_password_may_come_from_pgpassword(
         storage.open_storage(bare)
     monkeypatch.setenv("PGPASSWORD", postgres.password)
     rdb = storage.open_storage(bare)
-    study.create_or_load(rdb, "from-env", presets.load("demo"))
+    study.create_or_load(rdb, "from-env", presets.load_preset("demo"))
     result = run("status", "--storage", bare)
     assert result.exit_code == 0, result.output
     assert "Study 'from-env'" in result.output and postgres.password not in result.output
@@ -158,7 +159,8 @@ def test_sqlite_waits_out_a_lock_longer_than_its_default_timeout(private_storage
 
 HOLD = """
 import sys, time
-from search import presets, storage, study
+from search.define import presets
+from search.store import storage, study
 with storage.exclusive(sys.argv[1], "trials:x"):
     print("held", flush=True)
     time.sleep(600)

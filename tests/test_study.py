@@ -19,18 +19,19 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState, create_trial
 
-from search import presets, storage, study
-from search.presets import Preset
-from search.pruners import Behind
-from search.space import Config, Conv
-from search.storage import StorageError
-from search.study import StudyError
+from search.define import presets
+from search.define.presets import Preset
+from search.define.space import Config, Conv
+from search.store import storage, study
+from search.store.pruners import Behind
+from search.store.storage import StorageError
+from search.store.study import StudyError
 from tests.helpers import db_url, popen, run, write_preset
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Preset:
-    return presets.load(write_preset(tmp_path))
+    return presets.load_preset(write_preset(tmp_path))
 
 
 def finish(s: optuna.Study, *values: float) -> None:
@@ -58,9 +59,9 @@ def test_a_new_study_starts_from_the_lab_s_runs(tiny: Preset, private_storage: P
 def test_a_known_good_start_is_enqueued_before_the_lab_s_runs(
     tmp_path: Path, private_storage: Path
 ) -> None:
-    started = presets.load(write_preset(tmp_path, "started"))
+    started = presets.load_preset(write_preset(tmp_path, "started"))
     assert [s.name for s in started.starts] == ["known good"]
-    assert started.fingerprint() == presets.load(write_preset(tmp_path)).fingerprint()
+    assert started.fingerprint() == presets.load_preset(write_preset(tmp_path)).fingerprint()
     s = study.prepare(started, url=None).study
     queued = s.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs for t in queued] == [
@@ -105,8 +106,8 @@ def test_a_study_is_never_resumed_with_another_space_or_dataset(
         match=r"different preset or search space \(tiny; differs in "
         r"space.kernel\); pass --study NEW_NAME",
     ):
-        study.prepare(presets.load(wider), url=None)
-    digits = presets.load("mnist")
+        study.prepare(presets.load_preset(wider), url=None)
+    digits = presets.load_preset("mnist")
     with pytest.raises(StudyError, match="searches fashion_mnist, not mnist"):
         study.prepare(digits, url=None, name="tiny")
     after = study.open_existing(None, "tiny").study.get_trials()

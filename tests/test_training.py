@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from search.datasets import Split
-from search.network import build
-from search.runtime import configure
-from search.space import Config, Conv
-from search.training import History, fit
+from search.define.datasets import Split
+from search.define.space import Config, Conv
+from search.train.network import build
+from search.train.runtime import configure
+from search.train.training import History, fit
 
 NAN, INF = math.nan, math.inf
 

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search import study as study_mod
-from search.transfer import RUNNING_REASON
+from search.store import study as study_mod
+from search.store.transfer import RUNNING_REASON
 from tests.helpers import db_url, run, write_preset
 from tests.postgres import Cluster
 

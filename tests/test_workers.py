@@ -20,8 +20,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import interrupt, loop, presets, runtime, sizing, storage, study, workers
-from search.study import StudyError
+from search.define import presets
+from search.run import interrupt, loop, sizing, workers
+from search.store import storage, study
+from search.store.study import StudyError
+from search.train import runtime
 from tests.helpers import (
     check_exact,
     db_url,
@@ -54,7 +57,7 @@ def test_each_worker_s_error_comes_back_with_its_index(tmp_path: Path) -> None:
 def test_a_study_at_its_total_starts_no_process(private_storage: Path, tmp_path: Path) -> None:
     url = db_url(private_storage)
     rdb = storage.open_storage(url)
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     s, _ = study.create_or_load(rdb, "tiny", preset)
     s.add_trial(optuna.create_trial(value=0.5))
     lines: list[str] = []
@@ -76,7 +79,7 @@ def test_a_worker_error_stops_the_study_without_the_password(
     postgres: Cluster, pg_url: str, tmp_path: Path
 ) -> None:
     rdb = storage.open_storage(pg_url)
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     s, _ = study.create_or_load(rdb, "tiny", preset)
     # The workers fail on the data folder, whose name happens to hold the password.
     nowhere = tmp_path / f"data-{postgres.password}"
@@ -230,7 +233,7 @@ def test_a_spawned_worker_enters_its_backend_and_card_before_keras(
 
 def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_path: Path) -> None:
     url = db_url(private_storage)
-    preset = presets.load(write_preset(tmp_path))
+    preset = presets.load_preset(write_preset(tmp_path))
     study.create_or_load(storage.open_storage(url), "tiny", preset)
     # This process runs TensorFlow; the worker must not. Its data folder is missing, so it
     # stops right after its backend has started.

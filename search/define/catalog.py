@@ -15,7 +15,7 @@ from search.errors import first_line
 
 # A wheel carries studies/*.toml as search/studies/ (package-dir in pyproject.toml); a source
 # checkout (an editable install, or PYTHONPATH) has them in studies/ beside the package.
-_CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "studies"
+_CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "studies"
 LOCAL_DIR = Path("studies")  # a user's own presets, under the current directory
 SHIPPED = "shipped"
 

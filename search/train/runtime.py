@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from search.errors import SearchError
+from search.errors import SearchError, debugging
 
-Log = Callable[[str], None]
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"
 ENV_BACKEND = "KERAS_BACKEND"
@@ -75,7 +74,7 @@ def quiet_stderr() -> Iterator[None]:
     TF_CPP_MIN_LOG_LEVEL does not reach the lines logged before absl initialises. Python
     exceptions still propagate and print after the descriptor is restored.
     """
-    if os.environ.get("SEARCH_DEBUG"):
+    if debugging():
         yield
         return
     sys.stderr.flush()

@@ -13,7 +13,7 @@ import optuna
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial
 
-from search.figures import COMPLETED, RIGHT, WRONG, Skip, style
+from search.report.figures import COMPLETED, RIGHT, WRONG, Skip, style
 
 GRID = 15  # test images in the prediction grid, as in the lab's write-up
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.network import ensemble, load
-from search.presets import Preset
-from search.retrain import pick, save_or_explain, seed_of, test, test_set, train_on_all
-from search.runtime import Log
-from search.space import describe, size
-from search.storage import safe_name
-from search.study import StudyError, config_of
+from search.define.presets import Preset
+from search.define.space import describe, size
+from search.errors import Log
+from search.final.retrain import pick, save_or_explain, seed_of, test, test_set, train_on_all
+from search.store.storage import safe_name
+from search.store.study import StudyError, config_of
+from search.train.network import ensemble, load_model
 
 if TYPE_CHECKING:
     import keras
@@ -143,7 +143,7 @@ def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Mode
     if record.get("trial") != trial.number or not path.is_file():
         return None
     try:
-        model = load(path)
+        model = load_model(path)
     except Exception:  # unreadable or from another Keras: train it again instead
         return None
     if model.count_params() != size(config_of(trial)).params:

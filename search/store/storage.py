@@ -49,7 +49,7 @@ def default_url() -> str:
     return f"sqlite:///{home() / DEFAULT_FILE}"
 
 
-def resolve(url: str | None) -> str:
+def resolve_url(url: str | None) -> str:
     """--storage, else $SEARCH_STORAGE, else the SQLite file under storage/."""
     return url or os.environ.get(ENV_URL) or default_url()
 
@@ -95,15 +95,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).resolve()
 
 
-def describe(url: str) -> str:
+def describe_url(url: str) -> str:
     path = sqlite_path(url)
     return f"SQLite file {path}" if path else masked(url)
 
 
-def engine_kwargs(url: URL) -> dict[str, object]:
+def engine_kwargs(url: URL, busy_seconds: int = SQLITE_BUSY_SECONDS) -> dict[str, object]:
     if url.get_backend_name() == "sqlite":
         # Several local workers share one file: wait for the lock instead of failing at once.
-        return {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+        return {"connect_args": {"timeout": busy_seconds}}
     # Trials run for minutes between writes: check connections before use and recycle old ones.
     # An unreachable server fails within seconds instead of hanging the command.
     return {
@@ -199,10 +199,13 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> I
             engine.dispose()
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, must_exist: bool = False, busy_seconds: int = SQLITE_BUSY_SECONDS
+) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats on, so trials of killed workers are failed and retried.
 
     With `must_exist`, a missing SQLite file is an error rather than a new empty database.
+    `busy_seconds` is how long a SQLite connection waits for another's lock before it fails.
     """
     parsed = parse(url)
     path = sqlite_path(url)
@@ -235,7 +238,7 @@ def open_storage(url: str, *, must_exist: bool = False) -> optuna.storages.RDBSt
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 parsed.render_as_string(hide_password=False),
-                engine_kwargs=engine_kwargs(parsed),
+                engine_kwargs=engine_kwargs(parsed, busy_seconds),
                 heartbeat_interval=interval,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(

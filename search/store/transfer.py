@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from search import storage as storage_mod
-from search import study as study_mod
-from search.runtime import Log
-from search.study import StudyError
+from search.errors import Log
+from search.store import storage as storage_mod
+from search.store import study as study_mod
+from search.store.study import StudyError
 
 PRESET = "preset"  # the user attribute that marks a complete study (study.load waits for it)
 PROGRESS_EVERY = 500
@@ -50,7 +50,7 @@ class Copied:
     requeued: tuple[int, ...]
 
 
-def copy(
+def transfer_study(
     source_url: str | None,
     target_url: str,
     name: str | None,
@@ -65,8 +65,8 @@ def copy(
     """
     source, source_url, found = study_mod.resolve(source_url, name)
     assert found is not None  # resolve() names one study or raises
-    log(f"From: {storage_mod.describe(source_url)}")
-    log(f"To: {storage_mod.describe(target_url)}")
+    log(f"From: {storage_mod.describe_url(source_url)}")
+    log(f"To: {storage_mod.describe_url(target_url)}")
     target = storage_mod.open_storage(target_url)
     new_name = new_name or found
     original = optuna.load_study(study_name=found, storage=source)
@@ -76,8 +76,8 @@ def copy(
         if new_name in study_mod.names(target):
             raise StudyError(
                 f"A study named '{new_name}' already exists in "
-                f"{storage_mod.describe(target_url)}; pass --as NEW_NAME to copy under another "
-                "name, or copy to another storage."
+                f"{storage_mod.describe_url(target_url)}; pass --as NEW_NAME to copy under "
+                "another name, or copy to another storage."
             )
         trials = original.get_trials(deepcopy=False)
         log(

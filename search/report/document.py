@@ -4,8 +4,8 @@ The search figures come from the stored trials alone. Only after `retrain-best` 
 read the test set, to draw the saved final model's confusion matrix and a grid of its
 predictions; the search itself never does.
 
-What the trials say is worked out in `search.analysis`, and the figures are drawn in
-`search.figures`; this module writes them and REPORT.md into the report folder.
+What the trials say is worked out in `search.report.analysis`, and the figures are drawn in
+`search.report.figures`; this module writes them and REPORT.md into the report folder.
 """
 
 from __future__ import annotations
@@ -20,11 +20,20 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from search import datasets
-from search import storage as storage_mod
-from search.analysis import TOP, Row, count, duration, pct, savings, table_rows, value_target
-from search.errors import TRAIN_IMAGES, SearchError, first_line
-from search.figures import (
+from search.define import datasets
+from search.define.presets import Preset
+from search.errors import TRAIN_IMAGES, Log, SearchError, first_line
+from search.report.analysis import (
+    TOP,
+    Row,
+    count,
+    duration,
+    pct,
+    savings,
+    table_rows,
+    value_target,
+)
+from search.report.figures import (
     CONFUSION,
     CURVES,
     FINAL_FIGURES,
@@ -43,10 +52,9 @@ from search.figures import (
     fig_size,
     save,
 )
-from search.final_figures import fig_confusion, fig_curves, fig_predictions
-from search.presets import Preset
-from search.runtime import Log
-from search.study import METRIC, best, counts
+from search.report.final_figures import fig_confusion, fig_curves, fig_predictions
+from search.store import storage as storage_mod
+from search.store.study import METRIC, best, counts
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,7 +72,7 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # file name -> why it is not drawn
 
 
-def default_dir(study_name: str) -> Path:
+def report_dir(study_name: str) -> Path:
     """storage/reports/STUDY/, with the study name made safe as a folder name."""
     return storage_mod.home() / "reports" / storage_mod.safe_name(study_name)
 
@@ -105,14 +113,14 @@ def _predict(
     record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The saved final model's predictions on the test set; the only read of it here."""
-    from search.network import load
+    from search.train.network import load_model
 
     path = Path(record["model_path"])
     if not path.is_file():
         raise Skip(f"the final model is not at {path}; rerun 'search retrain-best'")
     log(f"  reading the test set to test {path.name} for the final model's figures")
     try:
-        model = load(path)
+        model = load_model(path)
     except Exception as e:  # Keras reports a damaged file in several exception types
         raise Skip(
             f"the final model at {path} cannot be read "
@@ -169,7 +177,7 @@ def _draw_final(
     return ""
 
 
-def write(
+def write_report(
     study: optuna.Study,
     preset: Preset,
     out_dir: Path,

@@ -9,14 +9,7 @@ from pathlib import Path
 import click
 import optuna
 
-from search import catalog, ensemble, gpus, presets, progress, retrain, sizing, transfer, workers
-from search import report as report_mod
-from search import storage as storage_mod
-from search import study as study_mod
-from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
-from search.datasets import DATASETS
-from search.interrupt import sigterm_as_interrupt
-from search.options import (
+from search.cli.options import (
     Group,
     backend_option,
     data_dir_option,
@@ -24,7 +17,40 @@ from search.options import (
     storage_options,
     worker_options,
 )
-from search.presets import OBJECTIVES
+from search.define import DATASETS, OBJECTIVES, lines, load_preset
+from search.errors import ENV_DEBUG
+from search.final import MEMBERS, retrain, retrain_ensemble
+from search.report import report_dir, write_report
+from search.run import (
+    best_line,
+    cards,
+    of_total,
+    run_study,
+    sigterm_as_interrupt,
+    status_lines,
+    worker_count,
+)
+from search.store import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ENV_URL,
+    MAX_TOTAL,
+    Opened,
+    Prepared,
+    StudyError,
+    counts,
+    describe_url,
+    finished,
+    home,
+    open_dashboard,
+    open_existing,
+    prepare,
+    recover,
+    resolve,
+    stored_total,
+    time_is_up,
+    transfer_study,
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,7 +69,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if debug:
-        os.environ["SEARCH_DEBUG"] = "1"
+        os.environ[ENV_DEBUG] = "1"
     # Progress lines are ours: Optuna's per-trial log would repeat them, and for a failed trial
     # it prints the traceback that the progress line sums up in one reason.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
@@ -115,10 +141,10 @@ def start(
     """
     if dataset is None and preset is None:
         raise click.UsageError("Pass --dataset or --preset.")
-    chosen = presets.load(preset or dataset)  # type: ignore[arg-type]
+    chosen = load_preset(preset or dataset)  # type: ignore[arg-type]
     if dataset and chosen.dataset != dataset:
         raise click.UsageError(f"Preset '{chosen.name}' is for {chosen.dataset}, not {dataset}.")
-    run = study_mod.prepare(
+    run = prepare(
         chosen,
         url=url,
         name=study_name,
@@ -132,14 +158,14 @@ def start(
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
-def _echo_prepared(run: study_mod.Prepared) -> None:
+def _echo_prepared(run: Prepared) -> None:
     """Where the study lives, whether it is new, its total, and how it prunes and ends."""
-    done = study_mod.finished(run.study)
-    click.echo(f"Storage: {storage_mod.describe(run.url)}")
+    done = finished(run.study)
+    click.echo(f"Storage: {describe_url(run.url)}")
     click.echo(
         f"Study '{run.study.study_name}' "
         f"({'new' if run.created else f'resuming, {done} finished'}): "
-        + ("as many trials as fit" if run.total >= study_mod.MAX_TOTAL else f"{run.total} trials")
+        + ("as many trials as fit" if run.total >= MAX_TOTAL else f"{run.total} trials")
         + f", preset {run.preset.name}, "
         + (
             "objectives val_loss and params, no pruning."
@@ -158,7 +184,7 @@ def _echo_prepared(run: study_mod.Prepared) -> None:
         click.echo(f"'{name}' was stopped before it finished; it is queued to run again.")
 
 
-def _deadline(run: study_mod.Prepared) -> str:
+def _deadline(run: Prepared) -> str:
     """When the search stops starting trials: the hours set now, or the running workers'."""
     deadline = run.study.user_attrs.get("deadline")
     if not run.joined:
@@ -181,7 +207,7 @@ def list_presets() -> None:
     Example:
       search presets
     """
-    for line in catalog.lines():
+    for line in lines():
         click.echo(line)
 
 
@@ -207,13 +233,13 @@ def worker(
       search worker --study fashion_mnist --workers auto
       search worker --study fashion_mnist --backend jax --gpus 0,1 --workers auto
     """
-    run = study_mod.open_existing(url, study_name)
-    total = study_mod.stored_total(run.study)
-    lost = study_mod.recover(run.study)
-    running = study_mod.counts(run.study)["RUNNING"]
-    click.echo(f"Storage: {storage_mod.describe(run.url)}")
+    run = open_existing(url, study_name)
+    total = stored_total(run.study)
+    lost = recover(run.study)
+    running = counts(run.study)["RUNNING"]
+    click.echo(f"Storage: {describe_url(run.url)}")
     click.echo(
-        f"Joining study '{run.study.study_name}': {study_mod.finished(run.study)} of "
+        f"Joining study '{run.study.study_name}': {finished(run.study)} of "
         f"{total} trials finished, {running} running."
     )
     _echo_lost(tuple(lost))
@@ -221,7 +247,7 @@ def worker(
 
 
 def _run(
-    run: study_mod.Opened,
+    run: Opened,
     total: int,
     count: str | int,
     threads: int | None,
@@ -234,26 +260,26 @@ def _run(
 
     A worker that gave up (trials failing in a row) is a failure, not a success.
     """
-    cards = gpus.cards(gpu_list)
-    workers.run_study(
+    chosen = cards(gpu_list)
+    run_study(
         run.study,
         run.preset,
         total,
         url=run.url,
-        workers=sizing.count(count, run.url, cards),
+        workers=worker_count(count, run.url, chosen),
         threads=threads,
         fresh=fresh,
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
-        cards=cards,
+        cards=chosen,
     )
-    click.echo(progress.best_line(run.study))
-    done = study_mod.finished(run.study)
-    if done < total and study_mod.time_is_up(run.study):
-        trained = progress.of_total(done, total, sep=" of ")
+    click.echo(best_line(run.study))
+    done = finished(run.study)
+    if done < total and time_is_up(run.study):
+        trained = of_total(done, total, sep=" of ")
         click.echo(f"Time is up with {trained} trials trained; rerun to go on.")
     elif done < total:
-        raise study_mod.StudyError(
+        raise StudyError(
             f"Stopped with {done} of {total} trials finished because "
             "trials kept failing; 'search status' shows their reasons."
         )
@@ -278,12 +304,12 @@ def status(url: str | None, study_name: str | None) -> None:
     Example:
       search status --study fashion_mnist
     """
-    opened = study_mod.open_existing(url, study_name)
+    opened = open_existing(url, study_name)
     click.echo(
         f"Study '{opened.study.study_name}' on {opened.preset.dataset} (preset "
-        f"{opened.preset.name}), {storage_mod.describe(opened.url)}"
+        f"{opened.preset.name}), {describe_url(opened.url)}"
     )
-    for line in progress.status_lines(opened.study):
+    for line in status_lines(opened.study):
         click.echo(line)
 
 
@@ -292,7 +318,7 @@ def status(url: str | None, study_name: str | None) -> None:
     "--from",
     "source",
     metavar="URL",
-    envvar=storage_mod.ENV_URL,
+    envvar=ENV_URL,
     show_envvar=True,
     help="Storage to copy from; it must exist. Defaults to storage/search.db.",
 )
@@ -325,7 +351,7 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
       search copy --to postgresql+psycopg://search@db-host/search --study fashion_mnist
       search copy --from postgresql+psycopg://search@db-host/search --to sqlite:///backup.db
     """
-    transfer.copy(source, target, study, new_name=name, log=click.echo)
+    transfer_study(source, target, study, new_name=name, log=click.echo)
 
 
 @cli.command("retrain-best")
@@ -348,7 +374,7 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
 @click.option(
     "--members",
     "members_of",
-    type=click.Choice(ensemble.MEMBERS),
+    type=click.Choice(MEMBERS),
     help="With --ensemble: 'distinct' (the default) takes the K best distinct trials; 'best' "
     "trains the best trial K times, with its own seed and the next K-1, for a study whose "
     "best network is far ahead of the rest. K copies must fit max_params together.",
@@ -381,16 +407,16 @@ def retrain_best(
     """
     if members_of and not members:
         raise click.UsageError("--members goes with --ensemble K.")
-    opened = study_mod.open_existing(url, study_name)
+    opened = open_existing(url, study_name)
     if members:
         if number is not None:
             raise click.UsageError("Pass --trial or --ensemble, not both.")
         _retrain_ensemble(opened, members, members_of or "distinct", data_dir)
         return
-    result = retrain.retrain(
+    result = retrain(
         opened.study,
         opened.preset,
-        out_dir=storage_mod.home(),
+        out_dir=home(),
         number=number,
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
@@ -403,14 +429,12 @@ def retrain_best(
     click.echo(f"Model saved to {result.model_path}")
 
 
-def _retrain_ensemble(
-    opened: study_mod.Opened, k: int, members_of: str, data_dir: Path | None
-) -> None:
-    result = ensemble.retrain_ensemble(
+def _retrain_ensemble(opened: Opened, k: int, members_of: str, data_dir: Path | None) -> None:
+    result = retrain_ensemble(
         opened.study,
         opened.preset,
         k,
-        out_dir=storage_mod.home(),
+        out_dir=home(),
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
         members_of=members_of,
@@ -451,7 +475,7 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
       search dashboard --study fashion_mnist
       search dashboard --port 8081
     """
-    rdb, url, study_name = study_mod.resolve(url, study_name, required=False)
+    rdb, url, study_name = resolve(url, study_name, required=False)
     board = open_dashboard(rdb, host, port, study_name)
     if board.exposed:
         click.echo(
@@ -459,7 +483,7 @@ def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> 
             "authentication: anyone who can reach this port can read and delete studies.",
             err=True,
         )
-    click.echo(f"Storage: {storage_mod.describe(url)}")
+    click.echo(f"Storage: {describe_url(url)}")
     click.echo(f"optuna-dashboard: {board.url}", nl=False)
     click.echo(" (and this machine's other addresses)" if host in ("0.0.0.0", "::") else "")
     click.echo("Ctrl-C stops it.")
@@ -489,13 +513,12 @@ def report(
       search report --study fashion_mnist
       search report --study demo --out reports/demo
     """
-    opened = study_mod.open_existing(url, study_name)
-    folder = (out_dir or report_mod.default_dir(opened.study.study_name)).resolve()
+    opened = open_existing(url, study_name)
+    folder = (out_dir or report_dir(opened.study.study_name)).resolve()
     click.echo(
-        f"Report on study '{opened.study.study_name}' ({storage_mod.describe(opened.url)})"
-        f" in {folder}"
+        f"Report on study '{opened.study.study_name}' ({describe_url(opened.url)}) in {folder}"
     )
-    written = report_mod.write(
+    written = write_report(
         opened.study,
         opened.preset,
         folder,

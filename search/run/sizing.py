@@ -9,14 +9,14 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from search import gpus as gpus_mod
-from search import loop
-from search import storage as storage_mod
 from search.errors import SearchError
-from search.runtime import available_memory
+from search.run import gpus as gpus_mod
+from search.run import loop
+from search.store import storage as storage_mod
+from search.train.runtime import available_memory
 
 if TYPE_CHECKING:
-    from search.presets import Preset
+    from search.define.presets import Preset
 
 AUTO = "auto"
 # Resident memory of one training process (TensorFlow, the 60,000 uint8 images, a model),
@@ -64,7 +64,7 @@ def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
     return max(1, count)
 
 
-def count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
+def worker_count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
     """The number of worker processes for `--workers N|auto`."""
     if value == AUTO:
         return auto_count(url, cards)

@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.runtime import Log
-from search.study import MAX_TOTAL, best, counts, pareto, trained
+from search.errors import Log
+from search.store.study import MAX_TOTAL, best, counts, pareto, trained
 
 MAX_CONSECUTIVE_FAILURES = 5
 # Rejections cost a sampler call each, not a training run; this many in a row means that

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import datasets, interrupt
-from search import storage as storage_mod
-from search.objective import Objective
-from search.presets import Preset
-from search.progress import Progress
-from search.runtime import Log, configure, devices, resident_memory
-from search.study import StudyError, finished, recover, time_is_up, trained
+from search.define import datasets
+from search.define.presets import Preset
+from search.errors import Log
+from search.run import interrupt
+from search.run.objective import Objective
+from search.run.progress import Progress
+from search.store import storage as storage_mod
+from search.store.study import StudyError, finished, recover, time_is_up, trained
+from search.train.runtime import configure, devices, resident_memory
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]

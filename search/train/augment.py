@@ -7,7 +7,7 @@ eagerly, one at a time, on JAX. :class:`RandomShift` does the same translation w
 all accept. Keras's RandomFlip already compiles.
 
 Importing this module imports Keras: import it only once the backend is chosen
-(search.runtime.configure). It also registers RandomShift for `keras.models.load_model`.
+(search.train.runtime.configure). It also registers RandomShift for `keras.models.load_model`.
 """
 
 from __future__ import annotations

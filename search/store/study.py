@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import presets
-from search import storage as storage_mod
+from search.define import presets
+from search.define.presets import ENQUEUED, Baseline, Preset
+from search.define.space import Config, impossible, to_params
 from search.errors import SearchError
-from search.presets import ENQUEUED, Baseline, Preset
-from search.pruners import Behind
-from search.space import Config, impossible, to_params
+from search.store import storage as storage_mod
+from search.store.pruners import Behind
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimised
@@ -92,7 +92,7 @@ def _no_study(name: str, available: list[str]) -> StudyError:
     )
 
 
-def load(
+def load_study(
     storage: optuna.storages.BaseStorage, name: str, *, worker: int = 0
 ) -> tuple[optuna.Study, Preset]:
     """An existing study and the preset it was made with."""
@@ -170,7 +170,7 @@ def create_or_load(
 def _resume(
     storage: optuna.storages.RDBStorage, name: str, preset: Preset, worker: int
 ) -> optuna.Study:
-    study, old = load(storage, name, worker=worker)
+    study, old = load_study(storage, name, worker=worker)
     if old.dataset != preset.dataset:
         raise StudyError(
             f"Study '{name}' searches {old.dataset}, not {preset.dataset}; pass "
@@ -378,13 +378,13 @@ def prepare(
     fit.
     """
     name = name or preset.name
-    url = storage_mod.resolve(url)
+    url = storage_mod.resolve_url(url)
     rdb = storage_mod.open_storage(url)
     with _creating(rdb, name):
         created = name not in names(rdb)
         stored_total = None
         if not created:
-            old_study, old = load(rdb, name)
+            old_study, old = load_study(rdb, name)
             preset = dataclasses.replace(
                 preset, max_params=old.max_params, objective=old.objective, hours=old.hours
             )
@@ -454,7 +454,7 @@ def resolve(
     holds several or none, that is an error when a study is `required`, else the name is None.
     A name that is given must exist.
     """
-    url = storage_mod.resolve(url)
+    url = storage_mod.resolve_url(url)
     rdb = storage_mod.open_storage(url, must_exist=True)
     available = names(rdb)
     if name is not None:
@@ -479,5 +479,5 @@ def open_existing(url: str | None, name: str | None, *, worker: int = 0) -> Open
     """A study that must already exist, for the commands that read or join it."""
     rdb, url, name = resolve(url, name)
     assert name is not None  # resolve() names one study or raises
-    study, preset = load(rdb, name, worker=worker)
+    study, preset = load_study(rdb, name, worker=worker)
     return Opened(study, preset, rdb, url)

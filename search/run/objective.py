@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
-from search import interrupt
-from search.datasets import Split
-from search.errors import first_line
-from search.network import build, decay_steps
-from search.presets import Preset
-from search.runtime import Log, available_memory, is_oom
-from search.space import Config, Size, describe, impossible, size, suggest
-from search.study import INTERRUPTED
-from search.training import History, fit
+from search.define.datasets import Split
+from search.define.presets import Preset
+from search.define.space import Config, Size, describe, impossible, size, suggest
+from search.errors import Log, first_line
+from search.run import interrupt
+from search.store.study import INTERRUPTED
+from search.train.network import build, decay_steps
+from search.train.runtime import available_memory, is_oom
+from search.train.training import History, fit
 
 if TYPE_CHECKING:
     import keras

@@ -1,7 +1,7 @@
 """What a study's trials say, as plain values: the comparison table, pruning's saving, numbers.
 
-Pure functions over stored trials; nothing here draws or writes. `search.report` puts these
-into REPORT.md and `search.figures` into the figures.
+Pure functions over stored trials; nothing here draws or writes. `document` puts
+these into REPORT.md and `figures` into the figures.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import study as study_mod
-from search.presets import Preset
-from search.space import Config
+from search.define.presets import Preset
+from search.define.space import Config
+from search.store import study as study_mod
 
 TOP = 5  # the search's best trials shown beside the lab's runs
 LAB = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
@@ -39,7 +39,7 @@ def pruned_by_pruner(trial: FrozenTrial) -> bool:
 
 
 def config_of(trial: FrozenTrial) -> Config | None:
-    """The trial's network, or None where `search.study.config_of` cannot rebuild it."""
+    """The trial's network, or None where `search.store.study.config_of` cannot rebuild it."""
     try:
         return study_mod.config_of(trial)
     except study_mod.StudyError:

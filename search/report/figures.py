@@ -1,8 +1,8 @@
 """The report's figures of the search, drawn from its stored trials alone.
 
 Each fig_* function returns a matplotlib Figure, or raises Skip with the reason it cannot be
-drawn for this study; `search.report` saves them and writes REPORT.md beside them. The final
-model's figures are in `search.final_figures`.
+drawn for this study; `document` saves them and writes REPORT.md beside them. The final
+model's figures are in `final_figures`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from search.analysis import complete, count, value_target  # noqa: E402
-from search.study import FINISHED, METRIC, best  # noqa: E402
+from search.report.analysis import complete, count, value_target  # noqa: E402
+from search.store.study import FINISHED, METRIC, best  # noqa: E402
 
 FEW_FOR_IMPORTANCE = 20  # below this, PED-ANOVA's top 10 % is one or two trials
 FAR_BELOW = 20  # percentage points under the best: drawn on the floor of the size plot

@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 
-from search import gpus, runtime, sizing
-from search import storage as storage_mod
 from search.errors import SearchError, first_line
+from search.run import ENV_GPUS, RECYCLE_MB, RECYCLE_TRIALS, GpuError, parse_list
+from search.store import ENV_URL, scrub
+from search.train import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, select
 
 
 class Group(click.Group):
@@ -42,7 +43,7 @@ class Group(click.Group):
             else:
                 first = first_line(e)
                 for url in storage_arguments():
-                    first = storage_mod.scrub(first, url)
+                    first = scrub(first, url)
                 click.echo(
                     f"Error: unexpected {type(e).__name__}: {first} "
                     "(rerun with --debug for the full traceback).",
@@ -54,7 +55,7 @@ class Group(click.Group):
 def storage_arguments() -> list[str | None]:
     """The storage URLs this command was given, to scrub their passwords from stray messages."""
     args = sys.argv[1:]
-    urls: list[str | None] = [os.environ.get(storage_mod.ENV_URL)]
+    urls: list[str | None] = [os.environ.get(ENV_URL)]
     for i, arg in enumerate(args):
         for option in ("--storage", "--from", "--to"):
             if arg.startswith(option + "="):
@@ -89,7 +90,7 @@ def _storage_options(f: Callable[..., Any], study_help: str) -> Callable[..., An
         "--storage",
         "url",
         metavar="URL",
-        envvar=storage_mod.ENV_URL,
+        envvar=ENV_URL,
         show_envvar=True,
         help="Storage URL, sqlite:///FILE or postgresql+psycopg://USER@HOST/DB. "
         "Defaults to storage/search.db.",
@@ -132,7 +133,7 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Worker processes on this machine, or auto: one per core, as memory allows (at "
         "most 64 on SQLite), and as the GPUs' free memory allows. Each is replaced by a fresh "
-        f"process after {sizing.RECYCLE_TRIALS} trials or past {sizing.RECYCLE_MB:,} MB, "
+        f"process after {RECYCLE_TRIALS} trials or past {RECYCLE_MB:,} MB, "
         "between trials, to bound its memory; SEARCH_RECYCLE_TRIALS and SEARCH_RECYCLE_MB (0: "
         "never) change that.",
     )(f)
@@ -141,27 +142,27 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _select_backend(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     # At parse time, before the command's body can import Keras.
-    runtime.select(value)
+    select(value)
 
 
 def backend_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """--backend, for every command that trains; it takes effect in worker processes too."""
     return click.option(
         "--backend",
-        type=click.Choice(runtime.BACKENDS),
-        envvar=runtime.ENV_BACKEND,
+        type=click.Choice(BACKENDS),
+        envvar=ENV_BACKEND,
         show_envvar=True,
         expose_value=False,
         callback=_select_backend,
-        help=f"Keras backend to train with. Defaults to {runtime.DEFAULT_BACKEND}; jax and "
+        help=f"Keras backend to train with. Defaults to {DEFAULT_BACKEND}; jax and "
         "torch need their extra installed (README: GPU and backends).",
     )(f)
 
 
 def _gpu_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     try:
-        return None if value is None else gpus.parse_list(value)
-    except gpus.GpuError as e:
+        return None if value is None else parse_list(value)
+    except GpuError as e:
         raise click.BadParameter(str(e)) from None
 
 
@@ -171,7 +172,7 @@ def gpus_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "--gpus",
         "gpu_list",
         metavar="N[,N...]",
-        envvar=gpus.ENV_GPUS,
+        envvar=ENV_GPUS,
         show_envvar=True,
         callback=_gpu_list,
         help="GPUs for this machine's workers, numbered as nvidia-smi lists them; each "

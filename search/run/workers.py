@@ -29,18 +29,18 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING
 
-from search import gpus as gpus_mod
-from search import interrupt, loop, runtime, sizing
-from search import storage as storage_mod
-from search import study as study_mod
-from search.errors import SearchError, first_line
-from search.runtime import Log
-from search.study import StudyError
+from search.errors import Log, SearchError, debugging, first_line
+from search.run import gpus as gpus_mod
+from search.run import interrupt, loop, sizing
+from search.store import storage as storage_mod
+from search.store import study as study_mod
+from search.store.study import StudyError
+from search.train import runtime
 
 if TYPE_CHECKING:
     import optuna
 
-    from search.presets import Preset
+    from search.define.presets import Preset
 
 STOP_SECONDS = 60  # how long workers get to record their interrupted trials
 # How often the parent, waiting on its workers, looks whether a stop was asked for: a SIGTERM
@@ -368,7 +368,7 @@ def _main(job: Job, conn: Connection) -> None:
     def log(line: str) -> None:
         send("line", line)
 
-    debug = bool(os.environ.get("SEARCH_DEBUG"))
+    debug = debugging()
     enter(job)
     import optuna
 
@@ -402,7 +402,7 @@ def _main(job: Job, conn: Connection) -> None:
 def _work(job: Job, log: Log) -> str | None:
     """A worker process's trials: to the total, or until it retires (then why)."""
     rdb = storage_mod.open_storage(job.url, must_exist=True)
-    study, preset = study_mod.load(rdb, job.study, worker=job.seed)
+    study, preset = study_mod.load_study(rdb, job.study, worker=job.seed)
     return loop.run_worker(
         study,
         preset,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.space import NUM_CLASSES, SIDE, Config, describe, impossible
+from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible
 
 if TYPE_CHECKING:
     import keras
@@ -38,7 +38,7 @@ def build(
     """
     import keras
 
-    from search.runtime import compile_options
+    from search.train.runtime import compile_options
 
     reason = impossible(config)
     if reason:
@@ -65,7 +65,7 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
     """The network's layers from raw images to the softmax, applied to `inputs`."""
     from keras import layers
 
-    from search.augment import augmentation
+    from search.train.augment import augmentation
 
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Reshape((SIDE, SIDE, 1))(x)
@@ -152,14 +152,14 @@ def for_inference(model: keras.Model) -> keras.Model:
     return model
 
 
-def load(path: Path) -> keras.Model:
+def load_model(path: Path) -> keras.Model:
     """A model that retrain-best saved, with the search's own layers registered for it."""
-    from search.runtime import configure
+    from search.train.runtime import configure
 
     configure()
     import keras
 
-    import search.augment  # noqa: F401  (registers RandomShift, which load_model must know)
+    import search.train.augment  # noqa: F401  (registers RandomShift, which load_model must know)
 
     return keras.models.load_model(path)
 

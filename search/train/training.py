@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from search import network
-from search.space import Config
+from search.define.space import Config
+from search.train import network
 
 if TYPE_CHECKING:
     import keras

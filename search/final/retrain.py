@@ -14,15 +14,15 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import datasets
-from search.errors import first_line
-from search.network import build, decay_steps, for_inference
-from search.presets import Preset
-from search.runtime import Log, configure, devices
-from search.space import Config, describe, size
-from search.storage import safe_name
-from search.study import StudyError, best, config_of
-from search.training import History, fit
+from search.define import datasets
+from search.define.presets import Preset
+from search.define.space import Config, describe, size
+from search.errors import Log, first_line
+from search.store.storage import safe_name
+from search.store.study import StudyError, best, config_of
+from search.train.network import build, decay_steps, for_inference
+from search.train.runtime import configure, devices
+from search.train.training import History, fit
 
 if TYPE_CHECKING:
     import keras

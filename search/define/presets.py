@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from search import catalog, datasets
-from search.errors import TRAIN_IMAGES, SearchError
-from search.space import (
+from search.define import catalog, datasets
+from search.define.space import (
     AUGMENTATIONS,
     DROPOUT_PLACEMENTS,
     HEADS,
@@ -32,6 +31,7 @@ from search.space import (
     outside,
     size,
 )
+from search.errors import TRAIN_IMAGES, SearchError
 
 PRUNERS = ("hyperband", "sha", "median", "behind", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
@@ -416,7 +416,7 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
     )
 
 
-def load(name_or_path: str | Path) -> Preset:
+def load_preset(name_or_path: str | Path) -> Preset:
     """A preset by path (a .toml file), or by name: ./studies/NAME.toml, else a shipped one."""
     path = Path(name_or_path)
     if path.suffix != ".toml":

@@ -19,7 +19,7 @@ QUERY = ["--query-gpu=index,memory.free,memory.total", "--format=csv,noheader,no
 # Device memory one trial process is planned to take on a card: the CUDA context (about
 # 0.5 GiB) and a network of at most a few million parameters with its batches, held with a
 # margin. An estimate: no GPU was at hand to measure it. JAX must not preallocate (75 % of the
-# card) for this to hold; search.runtime.configure sees to that.
+# card) for this to hold; search.train.runtime.configure sees to that.
 WORKER_BYTES = 2 * 2**30
 MIB = 2**20
 

@@ -1,0 +1,60 @@
+"""What a search is: the search space, presets, where presets are found, the datasets.
+
+The lowest layer: it imports neither Optuna nor Keras, so a preset can be read and checked,
+and a network's size counted, without loading either (tests/test_layers.py holds it to that).
+"""
+
+from search.define.catalog import find, lines
+from search.define.datasets import DATASETS, DataError, Split, info, load_test, load_train, split
+from search.define.presets import (
+    ENQUEUED,
+    OBJECTIVES,
+    PRUNERS,
+    Baseline,
+    Preset,
+    PresetError,
+    from_json,
+    load_preset,
+)
+from search.define.space import (
+    NUM_CLASSES,
+    SIDE,
+    Config,
+    Conv,
+    Size,
+    describe,
+    impossible,
+    size,
+    suggest,
+    to_params,
+)
+
+__all__ = [
+    "DATASETS",
+    "ENQUEUED",
+    "NUM_CLASSES",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SIDE",
+    "Baseline",
+    "Config",
+    "Conv",
+    "DataError",
+    "Preset",
+    "PresetError",
+    "Size",
+    "Split",
+    "describe",
+    "find",
+    "from_json",
+    "impossible",
+    "info",
+    "lines",
+    "load_preset",
+    "load_test",
+    "load_train",
+    "size",
+    "split",
+    "suggest",
+    "to_params",
+]

@@ -1,0 +1,7 @@
+"""The final model: the best trial retrained on every training image and tested once, or an
+ensemble of the best."""
+
+from search.final.ensemble import MEMBERS, retrain_ensemble
+from search.final.retrain import retrain
+
+__all__ = ["MEMBERS", "retrain", "retrain_ensemble"]
