@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import common
 
@@ -40,6 +41,15 @@ class Arm:
         return f"{self.backend}, jit_compile={self.jit}, steps_per_execution={self.steps}"
 
 
+class ArmRun(TypedDict):
+    """What one run of an arm reports, from its own process."""
+
+    seconds: list[float]  # per epoch; the first includes compilation
+    val_accuracy: float
+    jit_after_fit: bool
+    devices: str
+
+
 ARMS = [
     Arm(*BASELINE),
     Arm("tensorflow", True, 16),
@@ -50,14 +60,16 @@ ARMS = [
 ]
 
 
-def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> dict[str, object]:
+def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> ArmRun:
     """One arm in this process (KERAS_BACKEND was set by the parent)."""
     from search import define, train
-    from search.train import fit
+    from search.train import fit, runtime
 
     train.configure()
-    # The product's path with only the two settings under test replaced.
-    train.compile_options = lambda steps: {
+    # The product's path with only the two settings under test replaced. build() reads
+    # compile_options from search.train.runtime as it compiles, so it is replaced there (the one
+    # module inside a layer a benchmark touches): replaced in search.train, it would go unread.
+    runtime.compile_options = lambda steps_per_execution: {
         "jit_compile": arm.jit,
         "steps_per_execution": arm.steps,
     }
@@ -85,7 +97,7 @@ def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> dict[str
     }
 
 
-def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, object]:
+def run_arm(arm: Arm, args: argparse.Namespace) -> ArmRun:
     command = [
         sys.executable,
         __file__,
@@ -102,42 +114,40 @@ def run_arm(arm: Arm, args: argparse.Namespace) -> dict[str, object]:
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if result.returncode != 0:
         raise SystemExit(f"{arm.name} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    run: ArmRun = json.loads(result.stdout.strip().splitlines()[-1])
+    return run
 
 
-def measure(arms: list[Arm], args: argparse.Namespace) -> dict[Arm, list[dict[str, object]]]:
-    runs: dict[Arm, list[dict[str, object]]] = {arm: [] for arm in arms}
+def measure(arms: list[Arm], args: argparse.Namespace) -> dict[Arm, list[ArmRun]]:
+    runs: dict[Arm, list[ArmRun]] = {arm: [] for arm in arms}
     for r in range(args.rounds):
         order = arms[r % len(arms) :] + arms[: r % len(arms)]
         for arm in order:
             out = run_arm(arm, args)
             runs[arm].append(out)
-            per_epoch = common.median(out["seconds"][1:])  # type: ignore[index]
+            per_epoch = common.median(out["seconds"][1:])
             print(
                 f"round {r + 1}: {arm.name}: {per_epoch:.2f} s/epoch after a first of "
                 f"{out['seconds'][0]:.1f} s; jit after fit {out['jit_after_fit']}",
                 flush=True,
-            )  # type: ignore[index]
+            )
     return runs
 
 
-def report(runs: dict[Arm, list[dict[str, object]]], args: argparse.Namespace) -> str:
+def report(runs: dict[Arm, list[ArmRun]], args: argparse.Namespace) -> str:
     base = runs[Arm(*BASELINE)]
     rows = []
     for arm, outs in runs.items():
-        later = [common.median(o["seconds"][1:]) for o in outs]  # type: ignore[index]
-        ratios = [
-            s / common.median(b["seconds"][1:])  # type: ignore[index]
-            for s, b in zip(later, base, strict=True)
-        ]
+        later = [common.median(o["seconds"][1:]) for o in outs]
+        ratios = [s / common.median(b["seconds"][1:]) for s, b in zip(later, base, strict=True)]
         rows.append(
             [
                 arm.name,
                 common.spread(ratios, ".2f"),
                 common.spread(later, ".2f"),
-                common.spread([o["seconds"][0] for o in outs], ".1f"),  # type: ignore[index]
+                common.spread([o["seconds"][0] for o in outs], ".1f"),
                 "yes" if all(o["jit_after_fit"] for o in outs) else "no",
-                f"{common.median([o['val_accuracy'] for o in outs]):.3f}",  # type: ignore[misc]
+                f"{common.median([o['val_accuracy'] for o in outs]):.3f}",
             ]
         )
     header = [

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: the machine's description, medians, and RESULTS.md sections.
+"""Shared by the benchmarks: the machine's description, medians, RESULTS.md sections, and the
+product's way to create a study and run it.
 
 Every benchmark prints its figures and replaces its own section of benchmarks/RESULTS.md, so
 the file always holds the latest run of each, with the command, date and machine beside it.
@@ -15,8 +16,17 @@ import re
 import shlex
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from optuna.trial import FrozenTrial
+
+    from search import define, store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -123,6 +133,72 @@ def write_section(name: str, text: str) -> None:
     print(f"Wrote the '{name}' section of {RESULTS}")
 
 
+def budget(
+    preset: define.Preset,
+    args: argparse.Namespace,
+    *,
+    name: str,
+    narrow: dict[str, Any] | None = None,
+    **changes: Any,
+) -> define.Preset:
+    """`preset` cut to the benchmark's size: its --trials trials of at most --epochs epochs on
+    --images training images, one step per execution, no description, the axes of the search
+    space in `narrow` narrowed to those values; then the preset's fields in `changes`."""
+    return replace(
+        preset,
+        name=name,
+        description="",
+        trials=args.trials,
+        train_size=args.images,
+        epochs=args.epochs,
+        steps_per_execution=1,
+        space=replace(preset.space, **(narrow or {})),
+        **changes,
+    )
+
+
+def run_quietly(
+    prepared: store.Prepared,
+    data_dir: Path | None,
+    *,
+    threads: int | None = None,
+    on_data: Callable[[define.Split], None] | None = None,
+) -> None:
+    """Run a study that store.prepare made, as `search start` does, to its total or its
+    deadline: the product's worker loop in this process, its progress lines unprinted."""
+    from search import run
+
+    run.run_worker(
+        prepared.study,
+        prepared.preset,
+        prepared.total,
+        storage=prepared.storage,
+        data_dir=str(data_dir) if data_dir else None,
+        log=lambda line: None,
+        threads=threads,
+        on_data=on_data,
+    )
+
+
+def timed(run: Callable[[], object]) -> float:
+    """The seconds one call of `run` takes."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def started(trial: FrozenTrial) -> dt.datetime:
+    """When a trial started (the benchmarks read only trials that did)."""
+    assert trial.datetime_start is not None, f"trial #{trial.number} never started"
+    return trial.datetime_start
+
+
+def ended(trial: FrozenTrial) -> dt.datetime:
+    """When a trial ended (the benchmarks read only trials that did)."""
+    assert trial.datetime_complete is not None, f"trial #{trial.number} has not ended"
+    return trial.datetime_complete
+
+
 def lab_model(config: object) -> object:
     """The lab's plain Keras code for one of its configurations: a Sequential model on float32
     (N, 28, 28, 1) input, one-hot labels, categorical cross-entropy and Keras' compile defaults
@@ -147,7 +223,7 @@ def lab_model(config: object) -> object:
     return model
 
 
-def lab_arrays(x: object, y: object) -> tuple[object, object]:
+def lab_arrays(x: object, y: object) -> tuple[np.ndarray, np.ndarray]:
     """The lab's inputs: float32 images scaled in NumPy, one-hot labels."""
     import keras
     import numpy as np

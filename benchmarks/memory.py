@@ -34,31 +34,24 @@ from search import define, run, store, train
 TYPICAL_TRIAL = 183.0  # s: the median trained trial of the full search (service_overhead)
 
 
-def memory_preset(trials: int, images: int, epochs: int) -> define.Preset:
+def memory_preset(args: argparse.Namespace) -> define.Preset:
     """A small search over a wide space (the Fashion-MNIST preset's axes, narrowed), so the
     architectures vary from trial to trial; no pruner and no lab runs enqueued."""
-    base = define.load_preset("fashion_mnist")
-    space = replace(
-        base.space,
-        conv_layers=(1, 3),
-        filters=(8, 16, 32, 64),
-        dense_units=(32, 64, 128),
-        learning_rate=(0.0003, 0.003),
-    )
-    return replace(
-        base,
+    return common.budget(
+        define.load_preset("fashion_mnist"),
+        args,
         name="memory",
-        description="",
-        trials=trials,
+        narrow={
+            "conv_layers": (1, 3),
+            "filters": (8, 16, 32, 64),
+            "dense_units": (32, 64, 128),
+            "learning_rate": (0.0003, 0.003),
+        },
         val_size=500,
-        train_size=images,
-        epochs=epochs,
         patience=1,
         seed=5,
         pruner="none",
         max_params=400_000,
-        steps_per_execution=1,
-        space=space,
         baselines=(),
     )
 
@@ -112,7 +105,7 @@ def measure(
     seconds. `recycle` 0 turns recycling off (by count and by memory)."""
     preset = replace(preset, recycle_trials=recycle, recycle_mb=None if recycle else 0)
     url = f"sqlite:///{folder / (label + '.db')}"
-    study, _ = store.create_or_load(store.open_storage(url), "memory", preset)
+    study = store.prepare(preset, url=url, name="memory").study
 
     def log(line: str) -> None:
         if line.startswith(("trial ", "Worker process")):
@@ -124,8 +117,7 @@ def measure(
         preset,
         preset.trials,
         url=url,
-        workers=1,
-        threads=None,
+        request=run.WorkerRequest(workers=1),
         fresh=True,
         data_dir=str(data_dir) if data_dir else None,
         log=log,
@@ -139,7 +131,8 @@ def rss_curve(trials: list[FrozenTrial]) -> np.ndarray:
 
 def gaps(trials: list[FrozenTrial]) -> tuple[list[float], list[float]]:
     """Seconds from one trial's end to the next one's start: in one process, across two."""
-    same, new = [], []
+    same: list[float] = []
+    new: list[float] = []
     for a, b in zip(trials, trials[1:], strict=False):
         assert a.datetime_complete is not None and b.datetime_start is not None
         gap = (b.datetime_start - a.datetime_complete).total_seconds()
@@ -217,7 +210,7 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="memory-bench-"))
-    preset = memory_preset(args.trials, args.images, args.epochs)
+    preset = memory_preset(args)
     modes = [(0, "no recycling"), (args.recycle, "recycling")]
     with ThreadPoolExecutor(max_workers=2 if args.together else 1) as pool:
         runs = [

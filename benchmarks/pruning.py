@@ -28,48 +28,39 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TypedDict
 
 import common
 
-from search import define, run, store
+from search import define, store
 
 
 def pruning_preset(pruner: str, seed: int, args: argparse.Namespace) -> define.Preset:
     """The demo preset (its space with a wider learning-rate range) at this benchmark's budget,
     with no lab runs enqueued: the sampler picks every trial."""
-    base = define.load_preset("demo")
-    return replace(
-        base,
+    return common.budget(
+        define.load_preset("demo"),
+        args,
         name=f"p-{pruner}-{seed}",
-        description="",
-        trials=args.trials,
         val_size=1000,
-        train_size=args.images,
-        epochs=args.epochs,
         patience=3,
         seed=seed,
         pruner=pruner,
-        steps_per_execution=1,
+        narrow={"learning_rate": (0.0001, 0.01)},
         baselines=(),
-        space=replace(base.space, learning_rate=(0.0001, 0.01)),
     )
 
 
 def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     preset = pruning_preset(pruner, seed, args)
-    rdb = store.open_storage(f"sqlite:///{folder / f'{pruner}-{seed}.db'}")
-    study, _ = store.create_or_load(rdb, "pruning", preset)
+    url = f"sqlite:///{folder / f'{pruner}-{seed}.db'}"
+    prepared = store.prepare(preset, url=url, name="pruning")
     started: list[float] = []  # the clock starts once the data is loaded, before the trials
-    run.run_worker(
-        study,
-        preset,
-        args.trials,
-        storage=rdb,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        log=lambda line: None,
-        on_data=lambda data: started.append(time.perf_counter()),
+    common.run_quietly(
+        prepared, args.data_dir, on_data=lambda data: started.append(time.perf_counter())
     )
     wall = time.perf_counter() - started[0]
+    study = prepared.study
     trials = study.get_trials(deepcopy=False)
     best = store.best(study)
     assert best is not None, f"no trial completed with pruner {pruner}, seed {seed}"
@@ -90,6 +81,35 @@ def run_one(folder: Path, pruner: str, seed: int, args: argparse.Namespace) -> d
 
 
 def main() -> None:
+    args = common.add_common(options()).parse_args()
+    if args.replay:
+        main_replay(args)
+        return
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runs = run_all(args)
+    body = summary(runs, args)
+    detail = every_run(runs)
+    print(body)
+    if args.no_write:
+        return
+    study_text = (
+        f"- Study: {args.trials} trials per run, {args.images:,} training and 1,000 "
+        f"validation images, at most {args.epochs} epochs a trial, early stopping "
+        f"patience 3, seeds {', '.join(map(str, args.seeds))}; every run in one "
+        "process, in turn."
+    )
+    common.write_section(
+        "pruning",
+        common.section(
+            "3. Pruning efficiency", body + "\n\nEvery run:\n\n" + detail, extra=study_text
+        ),
+    )
+
+
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--trials", type=int, default=16)
@@ -109,16 +129,16 @@ def main() -> None:
         help="judge a grid of pruners on these SQLite studies, searched without pruning "
         "(benchmarks/samplers.py keeps such studies), instead of running new searches",
     )
-    args = common.add_common(parser).parse_args()
-    if args.replay:
-        main_replay(args)
-        return
+    return parser
 
-    import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+Runs = dict[tuple[str, int], dict[str, float]]  # by (pruner, seed): run_one's figures
+
+
+def run_all(args: argparse.Namespace) -> Runs:
+    """Every pruner (and none) on every seed, one after another in this process."""
     folder = Path(tempfile.mkdtemp(prefix="pruning-bench-"))
-    runs: dict[tuple[str, int], dict[str, float]] = {}
+    runs: Runs = {}
     order = ["none", *args.pruners]
     for i, seed in enumerate(args.seeds):
         # Rotate the order per seed, so a slow spell of the machine does not hit one pruner.
@@ -131,8 +151,12 @@ def main() -> None:
                 f"val_accuracy {r['best_val_accuracy']:.4f}",
                 flush=True,
             )
+    return runs
 
-    rows, verdicts = [], []
+
+def summary(runs: Runs, args: argparse.Namespace) -> str:
+    """Each pruner against none, seed by seed, and whether it met the target."""
+    rows = []
     for pruner in args.pruners:
         e = [runs[pruner, s]["epochs"] / runs["none", s]["epochs"] for s in args.seeds]
         t = [runs[pruner, s]["seconds"] / runs["none", s]["seconds"] for s in args.seeds]
@@ -140,7 +164,6 @@ def main() -> None:
             runs[pruner, s]["best_val_loss"] / runs["none", s]["best_val_loss"] for s in args.seeds
         ]
         met = common.median(e) <= 1 / 3 and common.median(v) <= 1.01
-        verdicts.append((pruner, common.median(e), common.median(v), met))
         rows.append(
             [
                 pruner,
@@ -159,7 +182,7 @@ def main() -> None:
                 "met" if met else "not met",
             ]
         )
-    body = common.table(
+    return common.table(
         [
             "pruner",
             "epochs per seed (pruner vs none)",
@@ -171,7 +194,11 @@ def main() -> None:
         ],
         rows,
     )
-    detail = common.table(
+
+
+def every_run(runs: Runs) -> str:
+    """Every run's own figures, by seed."""
+    return common.table(
         [
             "seed",
             "pruner",
@@ -198,35 +225,29 @@ def main() -> None:
             for (p, s), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         ],
     )
-    print(body)
-    if args.no_write:
-        return
-    study_text = (
-        f"- Study: {args.trials} trials per run, {args.images:,} training and 1,000 "
-        f"validation images, at most {args.epochs} epochs a trial, early stopping "
-        f"patience 3, seeds {', '.join(map(str, args.seeds))}; every run in one "
-        "process, in turn."
-    )
-    common.write_section(
-        "pruning",
-        common.section(
-            "3. Pruning efficiency", body + "\n\nEvery run:\n\n" + detail, extra=study_text
-        ),
-    )
 
 
 # --- Replay: pruners judged on the learning curves of searches that ran without pruning ---
 
-REPLAY_GRID: list[tuple[str, dict[str, float]]] = [
-    ("median", {}),
+
+class Settings(TypedDict, total=False):
+    """The preset's pruner settings a point of the grid sets; the rest stay the preset's."""
+
+    pruner_min_epochs: int
+    pruner_reduction: int
+    pruner_ratio: float
+
+
+REPLAY_GRID: list[tuple[str, Settings]] = [
+    ("median", Settings()),
     *[
-        (kind, {"pruner_min_epochs": m, "pruner_reduction": r})
+        (kind, Settings(pruner_min_epochs=m, pruner_reduction=r))
         for kind in ("hyperband", "sha")
         for m in (1, 2, 3)
         for r in (2, 3, 4)
     ],
     *[
-        ("behind", {"pruner_min_epochs": m, "pruner_ratio": q})
+        ("behind", Settings(pruner_min_epochs=m, pruner_ratio=q))
         for m in (1, 2, 3, 4)
         for q in (1.05, 1.1, 1.2, 1.3, 1.5)
     ],
@@ -260,13 +281,13 @@ def replay(
     preset: define.Preset,
     curves: list[Curve],
     pruner: str,
-    settings: dict[str, float],
+    settings: Settings,
 ) -> tuple[int, float]:
     """Run `curves` through the product's pruner, one trial after another as a single worker
     runs them: the epochs they would have trained, and the best value of those not pruned."""
     import optuna
 
-    judged = store.pruner(replace(preset, pruner=pruner, **settings))  # type: ignore[arg-type]
+    judged = store.pruner(replace(preset, pruner=pruner, **settings))
     study = optuna.create_study(study_name="replay", pruner=judged)
     epochs, best = 0, math.inf
     for values, value, state in curves:
@@ -286,7 +307,7 @@ def replay(
     return epochs, best
 
 
-def label(pruner: str, settings: dict[str, float]) -> str:
+def label(pruner: str, settings: Settings) -> str:
     short = {"pruner_min_epochs": "from", "pruner_reduction": "keep 1/", "pruner_ratio": "x"}
     return " ".join([pruner, *(f"{short[k]}{v:g}" for k, v in settings.items())]).replace(
         "/ ", "/"

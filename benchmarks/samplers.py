@@ -34,7 +34,7 @@ from pathlib import Path
 
 import common
 
-from search import define, run, store
+from search import define, store
 
 SAMPLERS = ("tpe-grouped", "tpe", "random")
 
@@ -69,20 +69,12 @@ def child(args: argparse.Namespace) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, seed = args.child[0], int(args.child[1])
     preset = preset_for(sampler, seed, args)
-    rdb = store.open_storage(f"sqlite:///{db_path(args.folder, sampler, seed)}")
-    study, _ = store.create_or_load(rdb, "samplers", preset)
+    # Created as `search start` creates it, which starts its clock: preset.hours from now.
+    url = f"sqlite:///{db_path(args.folder, sampler, seed)}"
+    prepared = store.prepare(preset, url=url, name="samplers")
     if sampler == "random":
-        study.sampler = optuna.samplers.RandomSampler(seed=seed)
-    store.set_deadline(study, preset.hours)
-    run.run_worker(
-        study,
-        preset,
-        preset.trials,
-        storage=rdb,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        log=lambda line: None,
-        threads=1,
-    )
+        prepared.study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    common.run_quietly(prepared, args.data_dir, threads=1)
 
 
 def read_run(path: Path, marks: list[int]) -> dict[str, object]:
@@ -117,6 +109,25 @@ def read_run(path: Path, marks: list[int]) -> dict[str, object]:
 
 
 def main() -> None:
+    args = common.add_common(options()).parse_args()
+    if args.child:
+        child(args)
+        return
+    runs = [(s, seed) for seed in args.seeds for s in args.samplers]
+    if args.read:
+        if args.folder is None:
+            sys.exit("--read needs --folder.")
+        missing = [str(db_path(args.folder, s, seed)) for s, seed in runs]
+        missing = [p for p in missing if not Path(p).exists()]
+        if missing:
+            sys.exit(f"no such studies: {', '.join(missing)}")
+        report(args, runs, load=None)
+        return
+    new_folder(args, runs)
+    report(args, runs, run_all(args, runs))
+
+
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -132,21 +143,11 @@ def main() -> None:
         "--read", action="store_true", help="report on the searches in --folder; run none"
     )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = common.add_common(parser).parse_args()
-    if args.child:
-        child(args)
-        return
-    runs = [(s, seed) for seed in args.seeds for s in args.samplers]
-    if args.read:
-        if args.folder is None:
-            sys.exit("--read needs --folder.")
-        missing = [str(db_path(args.folder, s, seed)) for s, seed in runs]
-        missing = [p for p in missing if not Path(p).exists()]
-        if missing:
-            sys.exit(f"no such studies: {', '.join(missing)}")
-        report(args, runs, load=None)
-        return
+    return parser
 
+
+def new_folder(args: argparse.Namespace, runs: list[tuple[str, int]]) -> None:
+    """--folder, or a new one, made ready for the searches: none of their studies is there."""
     if args.folder is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
         args.folder = Path(f"samplers-{stamp}").resolve()
@@ -158,6 +159,11 @@ def main() -> None:
         f"{len(runs)} searches at once, {args.minutes:g} minutes each, studies in {args.folder}",
         flush=True,
     )
+
+
+def run_all(args: argparse.Namespace, runs: list[tuple[str, int]]) -> float:
+    """Every search at once, each in its own process, until all have ended; the load average
+    before they started."""
     shared = [
         "--minutes", str(args.minutes), "--images", str(args.images),
         "--epochs", str(args.epochs), "--patience", str(args.patience),
@@ -194,7 +200,7 @@ def main() -> None:
     failed = [f"{s}-{seed}" for (s, seed), p in zip(runs, procs, strict=True) if p.returncode]
     if failed:
         sys.exit(f"these searches failed (their logs are in {args.folder}): {', '.join(failed)}")
-    report(args, runs, load)
+    return load
 
 
 def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | None) -> None:
@@ -202,6 +208,31 @@ def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | 
     (args.folder / "results.json").write_text(
         json.dumps({f"{s}-{seed}": r for (s, seed), r in results.items()}, indent=1)
     )
+    body, totals = tables(args, results)
+    print(body + "\n\n" + totals)
+    if args.no_write:
+        return
+    preset = store.load_study(
+        store.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
+    )[1]
+    started = f" (load average {load:.1f} before they started)" if load is not None else ""
+    extra = (
+        f"- Study: the fashion_mnist preset's space without its enqueued networks, "
+        f"{preset.train_size:,} training and {preset.val_size:,} validation images, at most "
+        f"{preset.epochs} epochs a trial, early stopping patience {preset.patience}, no "
+        f"pruning; {len(runs)} searches at once, one TensorFlow thread each{started}\n"
+        f"- Studies kept in {args.folder}"
+    )
+    common.write_section(
+        "samplers",
+        common.section("8. Samplers", body + "\n\nIn all:\n\n" + totals, extra=extra),
+    )
+
+
+def tables(
+    args: argparse.Namespace, results: dict[tuple[str, int], dict[str, object]]
+) -> tuple[str, str]:
+    """Each sampler's best by each mark, and what each spent in all."""
 
     def cell(s: str, mark: int, key: str, fmt: str) -> str:
         values = [results[s, seed]["marks"][mark][key] for seed in args.seeds]  # type: ignore[index]
@@ -244,24 +275,7 @@ def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | 
             for s in args.samplers
         ],
     )
-    print(body + "\n\n" + totals)
-    if args.no_write:
-        return
-    preset = store.load_study(
-        store.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
-    )[1]
-    started = f" (load average {load:.1f} before they started)" if load is not None else ""
-    extra = (
-        f"- Study: the fashion_mnist preset's space without its enqueued networks, "
-        f"{preset.train_size:,} training and {preset.val_size:,} validation images, at most "
-        f"{preset.epochs} epochs a trial, early stopping patience {preset.patience}, no "
-        f"pruning; {len(runs)} searches at once, one TensorFlow thread each{started}\n"
-        f"- Studies kept in {args.folder}"
-    )
-    common.write_section(
-        "samplers",
-        common.section("8. Samplers", body + "\n\nIn all:\n\n" + totals, extra=extra),
-    )
+    return body, totals
 
 
 if __name__ == "__main__":

@@ -97,8 +97,8 @@ def realistic_trials(preset: define.Preset, count: int) -> list[Any]:
                 "val_accuracy": [0.9] * epochs,
             },
         }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        for key, attr in attrs.items():
+            trial.set_user_attr(key, attr)
         state = (
             optuna.trial.TrialState.COMPLETE
             if epochs == EPOCHS
@@ -202,17 +202,7 @@ def typical_seconds(url: str | None, fallback: float) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--trials", type=int, nargs="+", default=[10, 1000], help="trials already in the study"
-    )
-    parser.add_argument("--samples", type=int, default=10, help="trials timed per case")
-    parser.add_argument("--typical-from", metavar="URL", help="a real search's storage")
-    parser.add_argument("--typical-seconds", type=float, default=120.0)
-    parser.add_argument(
-        "--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"]
-    )
-    args = common.add_common(parser, data=False).parse_args()
+    args = common.add_common(options(), data=False).parse_args()
 
     import optuna
 
@@ -220,35 +210,7 @@ def main() -> None:
     configure()
     preset = define.load_preset("fashion_mnist")
     typical, typical_text = typical_seconds(args.typical_from, args.typical_seconds)
-    made = {n: realistic_trials(preset, n) for n in args.trials}
-    rows, raw = [], {}
-    folder = Path(tempfile.mkdtemp(prefix="overhead-"))
-    for backend in args.backends:
-        with (
-            postgres()
-            if backend == "postgresql"
-            else contextlib.nullcontext(f"sqlite:///{folder / 'bench.db'}")
-        ) as url:
-            # Each study size gets its own study (and so its own rows) in the same database.
-            for n in args.trials:
-                times = measure(url, preset, made[n], args.samples)
-                raw[backend, n] = times
-                total = sum(common.median(v) for v in times.values())
-                share = total / typical
-                rows.append(
-                    [
-                        backend,
-                        f"{n:,}",
-                        *(
-                            f"{common.median(times[k]) * 1000:.0f}"
-                            for k in ("sampler", "storage", "build")
-                        ),
-                        f"{total * 1000:.0f}",
-                        f"{share:.2%}",
-                        "met" if share < 0.01 else "not met",
-                    ]
-                )
-                print(" | ".join(rows[-1]), flush=True)
+    rows, raw = measure_all(args, preset, typical)
     body = (
         f"Median of {args.samples} trials per case, milliseconds; storage = the writes of a "
         f"trial that trains {EPOCHS} epochs. A typical trial: {typical_text}.\n\n"
@@ -277,6 +239,58 @@ def main() -> None:
     )
     if not args.no_write:
         common.write_section("service_overhead", common.section("5. Service overhead", body))
+
+
+def options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trials", type=int, nargs="+", default=[10, 1000], help="trials already in the study"
+    )
+    parser.add_argument("--samples", type=int, default=10, help="trials timed per case")
+    parser.add_argument("--typical-from", metavar="URL", help="a real search's storage")
+    parser.add_argument("--typical-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"]
+    )
+    return parser
+
+
+def measure_all(
+    args: argparse.Namespace, preset: define.Preset, typical: float
+) -> tuple[list[list[str]], dict[tuple[str, int], dict[str, list[float]]]]:
+    """Every backend at every study size: the rows of the table, and the times themselves
+    (seconds a trial, by what they went to)."""
+    made = {n: realistic_trials(preset, n) for n in args.trials}
+    rows: list[list[str]] = []
+    raw: dict[tuple[str, int], dict[str, list[float]]] = {}
+    folder = Path(tempfile.mkdtemp(prefix="overhead-"))
+    for backend in args.backends:
+        with (
+            postgres()
+            if backend == "postgresql"
+            else contextlib.nullcontext(f"sqlite:///{folder / 'bench.db'}")
+        ) as url:
+            # Each study size gets its own study (and so its own rows) in the same database.
+            for n in args.trials:
+                times = measure(url, preset, made[n], args.samples)
+                raw[backend, n] = times
+                total = sum(common.median(v) for v in times.values())
+                share = total / typical
+                rows.append(
+                    [
+                        backend,
+                        f"{n:,}",
+                        *(
+                            f"{common.median(times[k]) * 1000:.0f}"
+                            for k in ("sampler", "storage", "build")
+                        ),
+                        f"{total * 1000:.0f}",
+                        f"{share:.2%}",
+                        "met" if share < 0.01 else "not met",
+                    ]
+                )
+                print(" | ".join(rows[-1]), flush=True)
+    return rows, raw
 
 
 if __name__ == "__main__":

@@ -37,10 +37,10 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
     if not trials:
         raise SystemExit(f"Study '{name}' has no started trial yet.")
-    start = min(t.datetime_start for t in trials)
+    start = min(common.started(t) for t in trials)
     done = sorted(
         (t for t in trials if t.datetime_complete and t.state.is_finished()),
-        key=lambda t: t.datetime_complete,
+        key=common.ended,
     )
     best, reached, rows = 0.0, None, []
     for t in done:
@@ -48,7 +48,7 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
         if acc is None or acc <= best:
             continue
         best = acc
-        at = (t.datetime_complete - start).total_seconds()
+        at = (common.ended(t) - start).total_seconds()
         rows.append(
             [
                 t.number,
@@ -60,7 +60,7 @@ def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, An
         )
         if reached is None and acc >= goal:
             reached = (t.number, at)
-    last = max((t.datetime_complete or t.datetime_start) for t in trials)
+    last = max((t.datetime_complete or common.started(t)) for t in trials)
     elapsed = (last - start).total_seconds()
     running = sum(t.state.name == "RUNNING" for t in trials)
     body = (
@@ -125,6 +125,35 @@ def lab_epochs(data_dir: Path | None, train_size: int | None = None) -> tuple[st
 
 
 def main() -> None:
+    args = common.add_common(options()).parse_args()
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = store.resolve_url(args.storage)
+    search_body, found = search_progress(url, args.study, args.goal)
+    print(search_body, flush=True)
+    parts = [search_body]
+    if not args.skip_lab:
+        configure()
+        lab_body, lab_total = lab_epochs(args.data_dir, args.images)
+        print(lab_body)
+        parts.append(lab_body)
+        summary = verdict(found, lab_total, args.goal)
+        print(summary)
+        parts.append(summary)
+    if not args.no_write:
+        common.write_section(
+            "time_to_lab_best",
+            common.section(
+                "4. Time to the lab's best",
+                "\n\n".join(parts),
+                extra=f"- Storage read: {store.masked(url)}, study '{args.study}'",
+            ),
+        )
+
+
+def options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", help="the search's storage URL (default: as 'search')")
     parser.add_argument("--study", default="fashion_mnist")
@@ -137,48 +166,26 @@ def main() -> None:
     parser.add_argument(
         "--images", type=int, help="time the lab's epochs on fewer training images (a quick check)"
     )
-    args = common.add_common(parser).parse_args()
+    return parser
 
-    import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = store.resolve_url(args.storage)
-    search_body, found = search_progress(url, args.study, args.goal)
-    print(search_body, flush=True)
-    parts = [search_body]
-    summary = ""
-    if not args.skip_lab:
-        configure()
-        lab_body, lab_total = lab_epochs(args.data_dir, args.images)
-        print(lab_body)
-        parts.append(lab_body)
-        if found["reached"]:
-            number, at = found["reached"]
-            ratio = at / lab_total
-            summary = (
-                f"The search first reached val_accuracy >= {args.goal:.1%} with trial "
-                f"#{number}, {at / 60:.1f} minutes after its start: "
-                f"{ratio:.2f} of the lab's {lab_total / 60:.1f} minutes; target <= 0.5, "
-                f"{'met' if ratio <= 0.5 else 'not met'}."
-            )
-        else:
-            summary = (
-                f"The search has not reached {args.goal:.1%} yet: its best is "
-                f"{found['best']:.2%} after {found['elapsed'] / 60:.1f} minutes, "
-                f"{found['elapsed'] / lab_total:.2f} of the lab's "
-                f"{lab_total / 60:.1f} minutes. Target <= 0.5: not met so far."
-            )
-        print(summary)
-        parts.append(summary)
-    if not args.no_write:
-        common.write_section(
-            "time_to_lab_best",
-            common.section(
-                "4. Time to the lab's best",
-                "\n\n".join(parts),
-                extra=f"- Storage read: {store.masked(url)}, study '{args.study}'",
-            ),
+def verdict(found: dict[str, Any], lab_total: float, goal: float) -> str:
+    """The search's time to `goal` against the lab's time for its runs, and the target's fate."""
+    if found["reached"]:
+        number, at = found["reached"]
+        ratio = at / lab_total
+        return (
+            f"The search first reached val_accuracy >= {goal:.1%} with trial "
+            f"#{number}, {at / 60:.1f} minutes after its start: "
+            f"{ratio:.2f} of the lab's {lab_total / 60:.1f} minutes; target <= 0.5, "
+            f"{'met' if ratio <= 0.5 else 'not met'}."
         )
+    return (
+        f"The search has not reached {goal:.1%} yet: its best is "
+        f"{found['best']:.2%} after {found['elapsed'] / 60:.1f} minutes, "
+        f"{found['elapsed'] / lab_total:.2f} of the lab's "
+        f"{lab_total / 60:.1f} minutes. Target <= 0.5: not met so far."
+    )
 
 
 if __name__ == "__main__":

@@ -26,19 +26,17 @@ Debian's dataset-fashion-mnist). It runs unchanged on a GPU machine and names th
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
+import functools
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import common
+import kernels
 import numpy as np
 
 from search import define
@@ -63,69 +61,25 @@ def device_name() -> str:
     return f"CPU: {common.cpu_model()} ({common.nproc()} cores), no GPU visible to TensorFlow"
 
 
-def timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
-
-
 # ---------------------------------------------------------------------------------------------
 # The headline: one full epoch each way.
 # ---------------------------------------------------------------------------------------------
 def headline(data: define.Split, reps: int, batch_sizes: list[int]) -> tuple[str, list[str]]:
-    import keras
-
     preset = define.load_preset("fashion_mnist")
-    base = lab_config()
     n = len(data.x_train)
-    xf, yf = common.lab_arrays(data.x_train, data.y_train)
-    xvf, yvf = common.lab_arrays(data.x_val, data.y_val)
-
-    runners: dict[str, Callable[[], object]] = {}
-    keras.utils.set_random_seed(0)
-    lab: Any = common.lab_model(base)
-    runners["lab"] = lambda: lab.fit(
-        xf, yf, batch_size=64, epochs=1, validation_data=(xvf, yvf), verbose=0
-    )
-    for batch in batch_sizes:
-        config = replace(base, batch_size=batch)
-        model = build(config, steps_per_execution=preset.steps_per_execution)
-
-        def ours(model: Any = model, config: Config = config) -> object:
-            return fit(
-                model,
-                config,
-                data.x_train,
-                data.y_train,
-                epochs=1,
-                validation=(data.x_val, data.y_val),
-            )
-
-        runners[f"ours, batch {batch}"] = ours
-    assert size(base).params == lab.count_params() == 130_890
+    runners = headline_runners(data, batch_sizes, preset.steps_per_execution)
     for name, run in runners.items():  # warm-up epoch: tracing, allocator, caches
-        print(f"warm-up: {name} {timed(run):.1f} s", flush=True)
+        print(f"warm-up: {name} {common.timed(run):.1f} s", flush=True)
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for rep in range(reps):
         for name in names if rep % 2 == 0 else names[::-1]:
-            seconds[name].append(timed(runners[name]))
+            seconds[name].append(common.timed(runners[name]))
         print(
             f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()),
             flush=True,
         )
-    rows, verdicts = [], []
-    for name in names:
-        rate = [n / s for s in seconds[name]]
-        ratio = [lab_s / s for lab_s, s in zip(seconds["lab"], seconds[name], strict=True)]
-        row = [name, common.spread(seconds[name], ".1f"), common.spread(rate)]
-        if name == "lab":
-            row += ["1.00", "-"]
-        else:
-            met = common.median(ratio) >= 1.5
-            row += [common.spread(ratio, ".2f"), "met" if met else "not met"]
-            verdicts.append(f"{name}: {common.median(ratio):.2f}x the lab's samples/s")
-        rows.append(row)
+    rows, verdicts = headline_rows(seconds, n)
     body = (
         f"One epoch of the lab's test 7 network on {n:,} images plus validation on "
         f"{len(data.x_val):,}, {reps} interleaved repetitions after a warm-up epoch each; "
@@ -143,6 +97,58 @@ def headline(data: define.Split, reps: int, batch_sizes: list[int]) -> tuple[str
         )
     )
     return body, verdicts
+
+
+def headline_runners(
+    data: define.Split, batch_sizes: list[int], steps: int
+) -> dict[str, Callable[[], object]]:
+    """One epoch with validation, each: the lab's code, and ours at each batch size."""
+    import keras
+
+    base = lab_config()
+    xf, yf = common.lab_arrays(data.x_train, data.y_train)
+    xvf, yvf = common.lab_arrays(data.x_val, data.y_val)
+
+    runners: dict[str, Callable[[], object]] = {}
+    keras.utils.set_random_seed(0)
+    lab: Any = common.lab_model(base)
+    runners["lab"] = lambda: lab.fit(
+        xf, yf, batch_size=64, epochs=1, validation_data=(xvf, yvf), verbose=0
+    )
+    for batch in batch_sizes:
+        config = replace(base, batch_size=batch)
+        model = build(config, steps_per_execution=steps)
+
+        def ours(model: Any = model, config: Config = config) -> object:
+            return fit(
+                model,
+                config,
+                data.x_train,
+                data.y_train,
+                epochs=1,
+                validation=(data.x_val, data.y_val),
+            )
+
+        runners[f"ours, batch {batch}"] = ours
+    assert size(base).params == lab.count_params() == 130_890
+    return runners
+
+
+def headline_rows(seconds: dict[str, list[float]], n: int) -> tuple[list[list[str]], list[str]]:
+    """A row for each code timed on `n` images, and for ours, the verdict on the target."""
+    rows, verdicts = [], []
+    for name in seconds:
+        rate = [n / s for s in seconds[name]]
+        ratio = [lab_s / s for lab_s, s in zip(seconds["lab"], seconds[name], strict=True)]
+        row = [name, common.spread(seconds[name], ".1f"), common.spread(rate)]
+        if name == "lab":
+            row += ["1.00", "-"]
+        else:
+            met = common.median(ratio) >= 1.5
+            row += [common.spread(ratio, ".2f"), "met" if met else "not met"]
+            verdicts.append(f"{name}: {common.median(ratio):.2f}x the lab's samples/s")
+        rows.append(row)
+    return rows, verdicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,43 +191,8 @@ def levers(data: define.Split, reps: int, images: int) -> str:
 
     base = lab_config()
     x, y = data.x_train[:images], data.y_train[:images]
-    xf, yf = common.lab_arrays(x, y)
-
-    def with_batch(batch: int) -> Config:
-        return replace(base, batch_size=batch)
-
-    def numpy_fit(model: Any, batch: int) -> Callable[[], object]:
-        return lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-
-    def lab_run() -> Callable[[], object]:
-        model: Any = common.lab_model(base)
-        return lambda: model.fit(xf, yf, batch_size=64, epochs=1, verbose=0)
-
-    def tf_data_run() -> Callable[[], object]:
-        model = lever_model(base)
-        return lambda: model.fit(tf_dataset(x, y, 64), epochs=1, verbose=0)
-
-    variants: dict[str, Callable[[], Callable[[], object]]] = {
-        "lab: float32 NumPy, one-hot, batch 64": lab_run,
-        "uint8 in memory, scaled in the graph (NumPy into fit)": lambda: numpy_fit(
-            lever_model(base), 64
-        ),
-        "uint8 through tf.data, shuffle + prefetch": tf_data_run,
-        **{
-            f"steps_per_execution {spe}": (
-                lambda spe=spe: numpy_fit(lever_model(base, spe=spe), 64)
-            )
-            for spe in (4, 16, 64)
-        },
-        **{
-            f"batch {b}": (lambda b=b: numpy_fit(lever_model(with_batch(b)), b))
-            for b in (128, 256)
-        },
-        "mixed_bfloat16 policy": lambda: numpy_fit(lever_model(base, policy="mixed_bfloat16"), 64),
-        "XLA (jit_compile=True)": lambda: numpy_fit(lever_model(base, jit=True), 64),
-    }
     runs = {}
-    for name, make in variants.items():
+    for name, make in lever_variants(base, x, y).items():
         keras.utils.set_random_seed(0)
         runs[name] = make()
         runs[name]()  # warm-up: tracing
@@ -234,16 +205,64 @@ def levers(data: define.Split, reps: int, images: int) -> str:
     names = list(runs)
     for rep in range(reps):
         for name in names if rep % 2 == 0 else names[::-1]:
-            seconds[name].append(timed(runs[name]))
+            seconds[name].append(common.timed(runs[name]))
         for batch in val:
-            val[batch].append(
-                timed(
-                    lambda b=batch: val_model.evaluate(
-                        data.x_val, data.y_val, batch_size=b, verbose=0
-                    )
-                )
+            evaluate = functools.partial(
+                val_model.evaluate, data.x_val, data.y_val, batch_size=batch, verbose=0
             )
+            val[batch].append(common.timed(evaluate))
         print(f"levers rep {rep + 1}/{reps} done", flush=True)
+    return lever_report(data, images, reps, seconds, val)
+
+
+def lever_variants(
+    base: Config, x: np.ndarray, y: np.ndarray
+) -> dict[str, Callable[[], Callable[[], object]]]:
+    """Each variant's maker: it builds the model and returns one epoch of its fit on (x, y)."""
+    xf, yf = common.lab_arrays(x, y)
+
+    def with_batch(batch: int) -> Config:
+        return replace(base, batch_size=batch)
+
+    def numpy_fit(model: Any, batch: int) -> Callable[[], object]:
+        return lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+
+    def numpy_run(config: Config = base, batch: int = 64, **lever: Any) -> Callable[[], object]:
+        """Our path, with lever_model's `lever` moved, fitted on the uint8 NumPy arrays."""
+        return numpy_fit(lever_model(config, **lever), batch)
+
+    def lab_run() -> Callable[[], object]:
+        model: Any = common.lab_model(base)
+        return lambda: model.fit(xf, yf, batch_size=64, epochs=1, verbose=0)
+
+    def tf_data_run() -> Callable[[], object]:
+        model = lever_model(base)
+        return lambda: model.fit(tf_dataset(x, y, 64), epochs=1, verbose=0)
+
+    variants: dict[str, Callable[[], Callable[[], object]]] = {
+        "lab: float32 NumPy, one-hot, batch 64": lab_run,
+        "uint8 in memory, scaled in the graph (NumPy into fit)": numpy_run,
+        "uint8 through tf.data, shuffle + prefetch": tf_data_run,
+        **{
+            f"steps_per_execution {spe}": functools.partial(numpy_run, spe=spe)
+            for spe in (4, 16, 64)
+        },
+        **{f"batch {b}": functools.partial(numpy_run, with_batch(b), b) for b in (128, 256)},
+        "mixed_bfloat16 policy": functools.partial(numpy_run, policy="mixed_bfloat16"),
+        "XLA (jit_compile=True)": functools.partial(numpy_run, jit=True),
+    }
+    return variants
+
+
+def lever_report(
+    data: define.Split,
+    images: int,
+    reps: int,
+    seconds: dict[str, list[float]],
+    val: dict[int, list[float]],
+) -> str:
+    """Each lever's samples/s against the lab's code, and what validation costs an epoch."""
+    names = list(seconds)
     lab_name = names[0]
     rows = []
     for name in names:
@@ -285,7 +304,7 @@ def thread_child(intra: int, inter: int, images: int, data_dir: str | None) -> N
     config = lab_config()
     model = build(config)
     model.fit(x[:1280], y[:1280], batch_size=64, epochs=1, verbose=0)
-    seconds = timed(lambda: fit(model, config, x, y, epochs=1))
+    seconds = common.timed(lambda: fit(model, config, x, y, epochs=1))
     print(json.dumps({"intra": intra, "inter": inter, "seconds": seconds, "pid": os.getpid()}))
 
 
@@ -328,84 +347,12 @@ def threads(reps: int, images: int, data_dir: Path | None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Profile: where a step's time goes.
 # ---------------------------------------------------------------------------------------------
-def profile(data: define.Split, steps: int) -> str:
-    import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    preset = define.load_preset("fashion_mnist")
-    out = []
-    for batch in (64, 128):
-        config = replace(lab_config(), batch_size=batch)
-        model = build(config, steps_per_execution=preset.steps_per_execution)
-        x, y = data.x_train[: batch * steps], data.y_train[: batch * steps]
-        fit(model, config, x[: batch * 10], y[: batch * 10], epochs=1)
-        logdir = tempfile.mkdtemp(prefix="tf-profile-")
-        tf.profiler.experimental.start(logdir)
-        wall = timed(lambda m=model, c=config, a=x, b=y: fit(m, c, a, b, epochs=1))
-        tf.profiler.experimental.stop()
-        space = xplane_pb2.XSpace()
-        path = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
-        space.ParseFromString(Path(path).read_bytes())
-        by_kind: collections.Counter[str] = collections.Counter()
-        for plane in space.planes:
-            if plane.name != "/host:CPU":
-                continue
-            for line in plane.lines:
-                if not line.name.startswith("tf_Compute"):
-                    continue
-                for event in line.events:
-                    name = plane.event_metadata[event.metadata_id].name
-                    if ":" not in name or "::" in name:
-                        continue  # the executor's own events enclose the kernels: not counted
-                    scope, kind = name.rsplit(":", 1)
-                    layer = next(
-                        (
-                            p
-                            for p in scope.split("/")
-                            if p.startswith(
-                                ("conv2d", "dense", "max_pooling", "rescaling", "flatten")
-                            )
-                        ),
-                        "other",
-                    )
-                    if "gradient_tape" in scope:
-                        layer += " backward"
-                    by_kind[f"{kind} ({layer})"] += event.duration_ps / 1e12
-        total = sum(by_kind.values())
-        rows = [[k, f"{v:.2f}", f"{v / total:.0%}"] for k, v in by_kind.most_common(10)]
-        out.append(
-            f"Batch {batch}: {steps} steps in {wall:.2f} s ({wall / steps * 1000:.1f} ms a "
-            f"step, {batch * steps / wall:.0f} samples/s); kernel time summed over "
-            f"TensorFlow's compute threads {total:.2f} s "
-            f"({total / steps * 1000:.1f} ms a step); the ten largest:\n\n"
-            + common.table(["kernel (layer)", "seconds", "share"], rows)
-        )
-    return (
-        "TensorFlow's profiler (tf.profiler.experimental) over the trial path:\n\n"
-        + "\n\n".join(out)
-    )
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5, help="repetitions of each epoch")
-    parser.add_argument(
-        "--batch",
-        type=int,
-        nargs="+",
-        default=[64, 128],
-        help="batch sizes of our path (the lab's is 64)",
-    )
-    parser.add_argument("--levers", action="store_true", help="also measure each lever")
-    parser.add_argument("--lever-reps", type=int, default=5)
-    parser.add_argument("--lever-images", type=int, default=12_800)
-    parser.add_argument("--profile", action="store_true", help="also profile the trial path")
-    parser.add_argument("--images", type=int, help="train on fewer images (a quick check)")
-    parser.add_argument("--thread-child", type=int, nargs=2, help=argparse.SUPPRESS)
-    args = common.add_common(parser).parse_args()
+    args = common.add_common(options()).parse_args()
     if args.thread_child:
+        intra, inter = args.thread_child
         thread_child(
-            *args.thread_child, args.lever_images, str(args.data_dir) if args.data_dir else None
+            intra, inter, args.lever_images, str(args.data_dir) if args.data_dir else None
         )
         return
 
@@ -423,7 +370,7 @@ def main() -> None:
         parts.append(levers(data, args.lever_reps, args.lever_images))
         parts.append(threads(args.lever_reps, args.lever_images, args.data_dir))
     if args.profile:
-        parts.append(profile(data, steps=200))
+        parts.append(kernels.profile(data, lab_config(), steps=200))
     text = "\n\n".join(parts)
     print(text)
     print("\n".join(verdicts))
@@ -441,6 +388,25 @@ def main() -> None:
                 f"Keras {keras.__version__}",
             ),
         )
+
+
+def options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5, help="repetitions of each epoch")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[64, 128],
+        help="batch sizes of our path (the lab's is 64)",
+    )
+    parser.add_argument("--levers", action="store_true", help="also measure each lever")
+    parser.add_argument("--lever-reps", type=int, default=5)
+    parser.add_argument("--lever-images", type=int, default=12_800)
+    parser.add_argument("--profile", action="store_true", help="also profile the trial path")
+    parser.add_argument("--images", type=int, help="train on fewer images (a quick check)")
+    parser.add_argument("--thread-child", type=int, nargs=2, help=argparse.SUPPRESS)
+    return parser
 
 
 if __name__ == "__main__":

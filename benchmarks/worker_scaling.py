@@ -5,7 +5,7 @@
 
 `scaling` runs the same small Fashion-MNIST search, in turn: one worker process with two
 TensorFlow threads, then `--workers auto` (one process per core). Each run's study is created
-here as `search start` creates it (search.store.study.prepare) and run by `search worker`, the same
+here as `search start` creates it (search.store.prepare) and run by `search worker`, the same
 worker code as `search start`'s. Every trial trains the lab's test-7 network for a fixed
 number of epochs (no pruning, no early stop), and the rate is the epochs trained per minute
 between the first trial's start and the last one's end, read from the study. It prints the
@@ -35,42 +35,36 @@ import optuna
 from search import define, run, store
 
 
-def scaling_preset(trials: int, images: int, epochs: int) -> define.Preset:
+def scaling_preset(args: argparse.Namespace) -> define.Preset:
     """One fixed network, the lab's test 7 (130,890 parameters), so both arms do the same work:
     every trial is an enqueued copy of it, so no sampler choice differs."""
     base = define.load_preset("demo")
     lab_test_7 = next(b for b in base.baselines if b.name == "lab test 7")
-    space = replace(
-        base.space,
-        conv_layers=(3, 3),
-        filters=(32, 64),
-        kernel=(3,),
-        dropout=("none",),
-        dense_units=(128,),
-        learning_rate=(0.001, 0.001),
-    )
-    return replace(
+    return common.budget(
         base,
+        args,
         name="scaling",
-        description="",
-        trials=trials,
+        narrow={
+            "conv_layers": (3, 3),
+            "filters": (32, 64),
+            "kernel": (3,),
+            "dropout": ("none",),
+            "dense_units": (128,),
+            "learning_rate": (0.001, 0.001),
+        },
         val_size=1000,
-        train_size=images,
-        epochs=epochs,
-        patience=epochs,
+        patience=args.epochs,
         seed=1,
         pruner="none",
         max_params=None,
-        steps_per_execution=1,
-        space=space,
-        baselines=tuple(replace(lab_test_7, name=f"lab test 7 ({i})") for i in range(trials)),
+        baselines=tuple(replace(lab_test_7, name=f"lab test 7 ({i})") for i in range(args.trials)),
     )
 
 
 def scaling(args: argparse.Namespace) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="worker-scaling-"))
-    preset = scaling_preset(args.trials, args.images, args.epochs)
+    preset = scaling_preset(args)
     data_dir = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     arms = {
         "1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
@@ -82,46 +76,9 @@ def scaling(args: argparse.Namespace) -> None:
         # A B, then B A: a slow spell of the shared machine hits both arms alike.
         for label in list(arms) if rep % 2 == 0 else list(arms)[::-1]:
             url = f"sqlite:///{folder / f'arm{list(arms).index(label)}-{rep}.db'}"
-            # Created here as `search start` creates it; `search worker` runs it to its total.
-            store.prepare(preset, url=url)
-            command = [
-                str(common.ROOT / ".venv/bin/search"),
-                "worker",
-                "--storage",
-                url,
-                "--study",
-                preset.name,
-                *data_dir,
-                *arms[label],
-            ]
-            print(f"{label}: {' '.join(command)}", flush=True)
-            started = time.perf_counter()
-            before = os.times()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            after = os.times()
-            wall = time.perf_counter() - started
-            # CPU seconds of the command and every process it waited for: how many cores the
-            # arm actually got, and what an epoch cost in CPU time.
-            cpu = (
-                after.children_user
-                - before.children_user
-                + after.children_system
-                - before.children_system
-            )
-            cores[label].append(cpu / wall)
-            trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
-            assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
-            epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
-            first = min(t.datetime_start for t in trials)
-            last = max(t.datetime_complete for t in trials)
-            minutes = (last - first).total_seconds() / 60
-            rates[label].append(epochs / minutes)
-            print(
-                f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
-                f"({wall:.0f} s with start-up): {rates[label][-1]:.2f} epochs/min, "
-                f"{cpu:.0f} CPU s ({cores[label][-1]:.2f} cores busy on average)",
-                flush=True,
-            )
+            rate, busy = run_arm(label, url, preset, [*data_dir, *arms[label]])
+            rates[label].append(rate)
+            cores[label].append(busy)
     one, auto = rates.values()
     ratios = [b / a for a, b in zip(one, auto, strict=True)]
     summary = (
@@ -151,6 +108,47 @@ def scaling(args: argparse.Namespace) -> None:
     )
     if not args.no_write:
         common.write_section("worker_scaling", common.section("2. Worker scaling", body))
+
+
+def run_arm(
+    label: str, url: str, preset: define.Preset, options: list[str]
+) -> tuple[float, float]:
+    """One run of an arm: the epochs per minute of training, and the cores it kept busy."""
+    # Created here as `search start` creates it; `search worker` runs it to its total.
+    store.prepare(preset, url=url)
+    command = [
+        str(common.ROOT / ".venv/bin/search"),
+        "worker",
+        "--storage",
+        url,
+        "--study",
+        preset.name,
+        *options,
+    ]
+    print(f"{label}: {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    before = os.times()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    after = os.times()
+    wall = time.perf_counter() - started
+    # CPU seconds of the command and every process it waited for: how many cores the
+    # arm actually got, and what an epoch cost in CPU time.
+    cpu = (
+        after.children_user - before.children_user + after.children_system - before.children_system
+    )
+    trials = optuna.load_study(study_name="scaling", storage=url).get_trials()
+    assert all(t.state.name == "COMPLETE" for t in trials), [t.state for t in trials]
+    epochs = sum(t.user_attrs["epochs_trained"] for t in trials)
+    first = min(common.started(t) for t in trials)
+    last = max(common.ended(t) for t in trials)
+    minutes = (last - first).total_seconds() / 60
+    print(
+        f"  {len(trials)} trials, {epochs} epochs in {minutes * 60:.0f} s of training "
+        f"({wall:.0f} s with start-up): {epochs / minutes:.2f} epochs/min, "
+        f"{cpu:.0f} CPU s ({cpu / wall:.2f} cores busy on average)",
+        flush=True,
+    )
+    return epochs / minutes, cpu / wall
 
 
 class Writes:
@@ -188,8 +186,9 @@ def stress_worker(
     errors = []
     try:
         rdb = store.open_storage(url, busy_seconds=busy or store.SQLITE_BUSY_SECONDS)
-        s, _ = store.create_or_load(rdb, "stress", define.load_preset("demo"))
-        run.run_trials(s, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
+        # Created or joined as `search start --trials TOTAL` does it, by every process at once.
+        s = store.prepare(define.load_preset("demo"), storage=rdb, name="stress", trials=total)
+        run.run_trials(s.study, Writes(epochs, pause), total, storage=rdb, log=lambda line: None)
     except Exception as e:  # every storage error counts against this many workers
         errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
     results.put(errors)

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from search.cli import cli
 from search.store import storage
-from search.store.study import trained
+from search.store.trials import trained
 
 # Heartbeats every second and a grace of 4 s: a dead worker's trial fails in 4 s, not minutes.
 HEARTBEAT = {storage.ENV_HEARTBEAT: "1", storage.ENV_GRACE: "4"}

@@ -73,7 +73,7 @@ class Cluster:
             dbname="postgres",
             autocommit=True,
         ) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def create_database(self) -> str:
         name = f"t_{secrets.token_hex(6)}"

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.define.presets import Preset
 from search.define.space import Config, Conv, Space, describe
 from search.report import analysis
-from search.store.study import best
+from search.store.trials import best
 
 LAB_9 = Config(convs=(Conv(32, 3, True),), dense=(64,))
 STARVED = Config(convs=(Conv(8, 5, True),), dense=(32,), learning_rate=1e-4)
@@ -216,7 +216,7 @@ def test_numbers_are_written_as_the_report_writes_them() -> None:
     assert analysis.count(1, "epoch") == "1 epoch" and analysis.count(1200, "trial") == (
         "1,200 trials"
     )
-    assert [analysis.duration(s) for s in (89, 90, 5399, 5400)] == [
+    assert [analysis.span(s) for s in (89, 90, 5399, 5400)] == [
         "89 s",
         "2 min",
         "90 min",

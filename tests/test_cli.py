@@ -12,7 +12,7 @@ import pytest
 
 from search.cli import cli
 from search.run import sizing
-from search.store.study import trained
+from search.store.trials import trained
 from tests.helpers import load_study, run, write_preset
 
 OPENED: list[str] = []

@@ -23,7 +23,7 @@ import pytest
 from matplotlib.image import imread
 
 from search.define import presets
-from search.store import storage, study
+from search.store import study
 from tests.helpers import db_url, popen, run, write_preset
 
 CHROMIUM = "/usr/bin/chromium"
@@ -230,9 +230,7 @@ def test_ctrl_c_stops_the_dashboard_when_the_tests_themselves_ignore_sigint(
 ) -> None:
     """As under `pytest &` in a script, which starts pytest with SIGINT ignored."""
     url = db_url(private_storage)
-    study.create_or_load(
-        storage.open_storage(url), "tiny", presets.load_preset(write_preset(tmp_path))
-    )
+    study.prepare(presets.load_preset(write_preset(tmp_path)), url=url, name="tiny")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         # What the tests work around: an ignored SIGINT is inherited by a child as it is...

@@ -14,8 +14,8 @@ from search.define import datasets, presets
 from search.define.space import Config, Conv, size
 from search.final import ensemble
 from search.report import document as report
-from search.store import storage, study
-from search.store.study import StudyError
+from search.store import study
+from search.store.trials import StudyError
 from tests.helpers import db_url, run, write_preset
 
 ONE = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -36,7 +36,7 @@ def trained(value: float, config: Config) -> optuna.trial.FrozenTrial:
 @pytest.fixture
 def tiny_study(tmp_path: Path, private_storage: Path) -> optuna.Study:
     preset = presets.load_preset(write_preset(tmp_path))
-    s, _ = study.create_or_load(storage.open_storage(db_url(private_storage)), "tiny", preset)
+    s = study.prepare(preset, url=db_url(private_storage), name="tiny").study
     for value, config in ((0.5, ONE), (0.4, ONE), (0.6, TWO), (0.9, TWO)):
         s.add_trial(trained(value, config))
     return s

@@ -20,7 +20,7 @@ from click.testing import Result
 from search.cli import cli
 from search.errors import SearchError, first_line
 from search.store import storage
-from search.store.study import INTERRUPTED, trained
+from search.store.trials import INTERRUPTED, trained
 from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
 
 

@@ -64,7 +64,7 @@ def test_the_password_may_come_from_pgpassword(
         storage.open_storage(bare)
     monkeypatch.setenv("PGPASSWORD", postgres.password)
     rdb = storage.open_storage(bare)
-    study.create_or_load(rdb, "from-env", presets.load_preset("demo"))
+    study.prepare(presets.load_preset("demo"), storage=rdb, name="from-env")
     result = run("status", "--storage", bare)
     assert result.exit_code == 0, result.output
     assert "Study 'from-env'" in result.output and postgres.password not in result.output

@@ -25,7 +25,16 @@ from search.define.space import Config, Conv
 from search.store import storage, study
 from search.store.pruners import Behind
 from search.store.storage import StorageError
-from search.store.study import StudyError
+from search.store.trials import (
+    INTERRUPTED,
+    StudyError,
+    best,
+    config_of,
+    counts,
+    finished,
+    pareto,
+    stored_total,
+)
 from tests.helpers import db_url, popen, run, write_preset
 
 
@@ -91,7 +100,7 @@ def test_resuming_keeps_the_study_s_own_settings_for_what_is_left_out(
     assert bigger.total == 9 and bigger.preset.max_params == 80_000
     # Recorded, so workers that join later use this run's budget and total.
     stored = study.open_existing(None, "tiny")
-    assert stored.preset.max_params == 80_000 and study.stored_total(stored.study) == 9
+    assert stored.preset.max_params == 80_000 and stored_total(stored.study) == 9
 
 
 def test_a_study_is_never_resumed_with_another_space_or_dataset(
@@ -143,8 +152,8 @@ def test_resolve_wants_a_name_where_there_are_several_studies_or_none(
     rdb = storage.open_storage(url)  # a database with Optuna's tables and no study
     with pytest.raises(StudyError, match=r"Pass --study NAME; this storage holds no studies\."):
         study.resolve(url, None)
-    study.create_or_load(rdb, "a", tiny)
-    study.create_or_load(rdb, "b", tiny)
+    study.prepare(tiny, storage=rdb, name="a")
+    study.prepare(tiny, storage=rdb, name="b")
     with pytest.raises(StudyError, match=r"holds 2 studies: a, b\."):
         study.resolve(url, None)
     assert study.resolve(url, None, required=False)[2] is None  # the dashboard shows them all
@@ -169,23 +178,23 @@ def test_a_study_search_did_not_make_or_an_older_version_made_is_refused(
     with pytest.raises(StudyError, match="made by an incompatible version of search"):
         study.open_existing(url, "foreign")
     with pytest.raises(StudyError, match="has no trial total yet; run 'search start --trials N'"):
-        study.stored_total(foreign)
+        stored_total(foreign)
 
 
 def test_a_trial_s_network_is_rebuilt_from_its_record_or_the_reason_is_given() -> None:
     config = Config(convs=(Conv(16, 3, True),), dense=(32,), learning_rate=0.002)
     trial = create_trial(value=0.4, user_attrs={"config": config.to_json()})
-    assert study.config_of(trial) == config
+    assert config_of(trial) == config
     for attrs, reason in (({}, "KeyError"), ({"config": "{not json"}, "JSONDecodeError")):
         with pytest.raises(
             StudyError,
             match=f"cannot be rebuilt: its stored configuration is "
             f"missing or from an older version \\({reason}",
         ):
-            study.config_of(create_trial(value=0.4, user_attrs=attrs))
+            config_of(create_trial(value=0.4, user_attrs=attrs))
     deep = Config(convs=tuple(Conv(8, 5, True) for _ in range(3)))
     with pytest.raises(StudyError, match="cannot be rebuilt: conv 3 has a 5x5 kernel"):
-        study.config_of(create_trial(value=0.4, user_attrs={"config": deep.to_json()}))
+        config_of(create_trial(value=0.4, user_attrs={"config": deep.to_json()}))
 
 
 def test_counts_best_and_the_pareto_front(tiny: Preset, private_storage: Path) -> None:
@@ -196,26 +205,26 @@ def test_counts_best_and_the_pareto_front(tiny: Preset, private_storage: Path) -
     sized.add_trial(create_trial(**pruned, intermediate_values={0: 0.9}))  # after an epoch
     sized.add_trial(create_trial(**pruned, user_attrs={"reason": "over budget"}))  # untrained
     sized.add_trial(create_trial(state=TrialState.FAIL, params={}, distributions={}))
-    counts = study.counts(sized)
-    assert (counts["WAITING"], counts["COMPLETE"], counts["PRUNED"], counts["FAIL"]) == (
+    states = counts(sized)
+    assert (states["WAITING"], states["COMPLETE"], states["PRUNED"], states["FAIL"]) == (
         2,
         4,
         2,
         1,
     )
     # Complete, and pruned after training; neither a rejection nor a failure counts.
-    assert study.finished(sized) == 5
-    best = study.best(sized)
-    assert best is not None and best.values == [0.40, 9000]  # the lowest val_loss
-    front = study.pareto(sized)
+    assert finished(sized) == 5
+    lowest = best(sized)
+    assert lowest is not None and lowest.values == [0.40, 9000]  # the lowest val_loss
+    front = pareto(sized)
     assert [t.values for t in front] == [[0.40, 9000], [0.50, 1000], [0.60, 800]]
-    assert best in front
+    assert lowest in front
 
     plain = study.prepare(tiny, url=None, name="plain").study
-    assert study.best(plain) is None and study.pareto(plain) == []
+    assert best(plain) is None and pareto(plain) == []
     finish(plain, 0.7, 0.3)
-    assert study.best(plain).value == 0.3  # type: ignore[union-attr]
-    assert study.pareto(plain) == []  # one objective: no front
+    assert best(plain).value == 0.3  # type: ignore[union-attr]
+    assert pareto(plain) == []  # one objective: no front
 
 
 def test_the_sampler_is_seeded_apart_per_worker_and_the_pruner_follows_the_preset(
@@ -387,7 +396,7 @@ def test_a_resume_queues_again_an_enqueued_run_that_an_interrupt_cut_short(
             state=TrialState.FAIL,
             params={},
             distributions={},
-            user_attrs={"baseline": "lab test 9", "reason": study.INTERRUPTED},
+            user_attrs={"baseline": "lab test 9", "reason": INTERRUPTED},
         )
     )
     end(starved, "training failed: ValueError: a configuration that fails")
@@ -398,7 +407,7 @@ def test_a_resume_queues_again_an_enqueued_run_that_an_interrupt_cut_short(
     assert queued.user_attrs == {"baseline": "lab test 9"} and queued.params == lab.params
     assert study.prepare(tiny, url=None).requeued == ()  # queued already: not twice
 
-    end(queued, study.INTERRUPTED)
+    end(queued, INTERRUPTED)
     finish(s, 0.5, 0.4, 0.3, 0.2)
     assert study.prepare(tiny, url=None).requeued == ()  # at its total: nothing would run it
     assert study.prepare(tiny, url=None, trials=6).requeued == ("lab test 9",)

@@ -13,8 +13,9 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from search.store import study as study_mod
+from search.store.study import names
 from search.store.transfer import RUNNING_REASON
+from search.store.trials import set_total, trained
 from tests.helpers import db_url, run, write_preset
 from tests.postgres import Cluster
 
@@ -71,7 +72,7 @@ def source(tmp_path: Path, private_storage: Path, fashion_dir: Path) -> str:
             user_attrs={"worker": "elsewhere:1", "epochs_trained": 1},
         )
     )
-    study_mod.set_total(study, 5)
+    set_total(study, 5)
     # What retrain-best records on the study, and a multi-line text.
     study.set_user_attr("retrain", {"trial": 0, "test_accuracy": 0.81, "history": [0.5, 0.4]})
     study.set_user_attr("note", "line one\nline two")
@@ -121,8 +122,8 @@ def test_a_copy_to_postgresql_and_back_keeps_everything_and_resumes_to_the_total
     assert resumed.exit_code == 0, resumed.output
     trials = optuna.load_study(study_name="tiny", storage=pg_url).trials
     assert [t.state for t in trials].count(TrialState.FAIL) == 2  # none new
-    assert study_mod.trained(trials[5]) and trials[5].params == before[4]["params"]
-    assert sum(study_mod.trained(t) for t in trials) == 5  # the total, rejections aside
+    assert trained(trials[5]) and trials[5].params == before[4]["params"]
+    assert sum(trained(t) for t in trials) == 5  # the total, rejections aside
     assert [record(t) for t in optuna.load_study(study_name="tiny", storage=source).trials] == (
         before
     )  # the source is untouched
@@ -144,7 +145,7 @@ def test_a_copy_never_replaces_a_study_and_never_makes_an_empty_source(
 
     renamed = run("copy", "--from", source, "--to", pg_url, "--as", "tiny-2")
     assert renamed.exit_code == 0, renamed.output
-    assert study_mod.names(optuna.storages.RDBStorage(pg_url)) == ["tiny", "tiny-2"]
+    assert names(optuna.storages.RDBStorage(pg_url)) == ["tiny", "tiny-2"]
     assert study_record(pg_url, "tiny-2") == study_record(pg_url, "tiny")
 
     missing = tmp_path / "typo.db"

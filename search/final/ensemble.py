@@ -24,7 +24,7 @@ from search.define.space import describe, size
 from search.errors import Log
 from search.final.retrain import pick, save_or_explain, seed_of, test, test_set, train_on_all
 from search.store.storage import safe_name
-from search.store.study import StudyError, config_of
+from search.store.trials import StudyError, config_of
 from search.train.network import ensemble, load_model
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import store
 from search.define.presets import Preset
 from search.define.space import Config
-from search.store import study as study_mod
 
 TOP = 5  # the search's best trials shown beside the lab's runs
 LAB = {"rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW"}
@@ -39,10 +39,10 @@ def pruned_by_pruner(trial: FrozenTrial) -> bool:
 
 
 def config_of(trial: FrozenTrial) -> Config | None:
-    """The trial's network, or None where `search.store.study.config_of` cannot rebuild it."""
+    """The trial's network, or None where `search.store.config_of` cannot rebuild it."""
     try:
-        return study_mod.config_of(trial)
-    except study_mod.StudyError:
+        return store.config_of(trial)
+    except store.StudyError:
         return None
 
 
@@ -61,7 +61,11 @@ def count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def duration(seconds: float) -> str:
+def span(seconds: float) -> str:
+    """A length of time as REPORT.md gives it: '45 s', '12 min', '1.5 h'.
+
+    (The progress lines plan with `progress.duration`, '3h 05m', rounded down.)
+    """
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

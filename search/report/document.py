@@ -27,9 +27,9 @@ from search.report.analysis import (
     TOP,
     Row,
     count,
-    duration,
     pct,
     savings,
+    span,
     table_rows,
     value_target,
 )
@@ -54,7 +54,7 @@ from search.report.figures import (
 )
 from search.report.final_figures import fig_confusion, fig_curves, fig_predictions
 from search.store import storage as storage_mod
-from search.store.study import METRIC, best, counts
+from search.store.trials import METRIC, best, counts
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -337,15 +337,15 @@ def _pruning_section(study: optuna.Study, preset: Preset) -> list[str]:
             tail = (
                 f"Here both bounds agree: pruning saved **{count(s.at_most, 'epoch')}**, "
                 f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
-                f"trained (about {duration(s.seconds_at_most)}"
+                f"trained (about {span(s.seconds_at_most)}"
             )
         else:
             tail = (
                 f"Pruning saved at least **{count(s.at_least, 'epoch')}** and at most "
                 f"**{count(s.at_most, 'epoch')}**, {s.share(s.at_least):.0%} to "
                 f"{s.share(s.at_most):.0%} of the epochs the study would otherwise have "
-                f"trained (about {duration(s.seconds_at_least)} to "
-                f"{duration(s.seconds_at_most)}"
+                f"trained (about {span(s.seconds_at_least)} to "
+                f"{span(s.seconds_at_most)}"
             )
         body = [f"{head} {tail} at those trials' own measured seconds per epoch)."]
     if s.rejected:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from search.report.analysis import complete, count, value_target  # noqa: E402
-from search.store.study import FINISHED, METRIC, best  # noqa: E402
+from search.store.trials import FINISHED, METRIC, best  # noqa: E402
 
 FEW_FOR_IMPORTANCE = 20  # below this, PED-ANOVA's top 10 % is one or two trials
 FAR_BELOW = 20  # percentage points under the best: drawn on the floor of the size plot

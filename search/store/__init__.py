@@ -1,4 +1,5 @@
-"""Optuna: storages and their URLs, studies made from presets, pruners, copies, the dashboard.
+"""Optuna: storages and their URLs, studies made from presets, their trials, pruners, copies,
+the dashboard.
 
 Uses Optuna, never Keras.
 """
@@ -24,33 +25,34 @@ from search.store.storage import (
     sqlite_path,
 )
 from search.store.study import (
+    Opened,
+    Prepared,
+    load_study,
+    names,
+    open_existing,
+    prepare,
+    pruner,
+    resolve,
+    sampler,
+)
+from search.store.transfer import transfer_study
+from search.store.trials import (
     FINISHED,
     INTERRUPTED,
     MAX_TOTAL,
     METRIC,
-    Opened,
-    Prepared,
     StudyError,
     best,
     config_of,
     counts,
-    create_or_load,
     finished,
-    load_study,
-    names,
-    open_existing,
     pareto,
-    prepare,
-    pruner,
     recover,
-    resolve,
-    sampler,
     set_deadline,
     stored_total,
     time_is_up,
     trained,
 )
-from search.store.transfer import transfer_study
 
 __all__ = [
     "DEFAULT_HOST",
@@ -72,7 +74,6 @@ __all__ = [
     "best",
     "config_of",
     "counts",
-    "create_or_load",
     "describe_url",
     "exclusive",
     "finished",

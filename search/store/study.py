@@ -1,4 +1,7 @@
-"""Studies: create or load one from a preset with the lab's runs enqueued, and query it."""
+"""Studies: create or resume one from a preset, with the lab's runs enqueued, or open one.
+
+What a study's trials hold, and its trial total and deadline, is trials.py's.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +13,23 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from search.define import presets
 from search.define.presets import ENQUEUED, Baseline, Preset
-from search.define.space import Config, impossible, to_params
-from search.errors import SearchError
+from search.define.space import to_params
 from search.store import storage as storage_mod
 from search.store.pruners import Behind
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimised
-
-
-class StudyError(SearchError):
-    """The study does not exist, or does not match what the user asked for."""
-
-
-MAX_TOTAL = 100_000  # the trial total of a search bounded by --hours alone
+from search.store.trials import (
+    INTERRUPTED,
+    MAX_TOTAL,
+    StudyError,
+    finished,
+    recover,
+    set_deadline,
+    set_total,
+    time_is_up,
+)
 
 
 def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -148,29 +150,9 @@ def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
         yield
 
 
-def create_or_load(
-    storage: optuna.storages.RDBStorage,
-    name: str,
-    preset: Preset,
-    *,
-    worker: int = 0,
-    total: int | None = None,
-) -> tuple[optuna.Study, bool]:
-    """The study `name`, created from `preset` with the lab's runs enqueued if it is new.
-
-    An existing study must have been made with the same dataset and search space: trials of
-    different spaces are never mixed in one study. A new study records `total`, if given.
-    """
-    with _creating(storage, name):
-        if name in names(storage):
-            return _resume(storage, name, preset, worker), False
-        return _create(storage, name, preset, worker, total), True
-
-
-def _resume(
-    storage: optuna.storages.RDBStorage, name: str, preset: Preset, worker: int
-) -> optuna.Study:
-    study, old = load_study(storage, name, worker=worker)
+def _resume(storage: optuna.storages.RDBStorage, name: str, preset: Preset) -> optuna.Study:
+    """The existing study `name`, which must search what `preset` searches."""
+    study, old = load_study(storage, name)
     if old.dataset != preset.dataset:
         raise StudyError(
             f"Study '{name}' searches {old.dataset}, not {preset.dataset}; pass "
@@ -192,25 +174,21 @@ def _resume(
 
 
 def _create(
-    storage: optuna.storages.RDBStorage,
-    name: str,
-    preset: Preset,
-    worker: int,
-    total: int | None,
+    storage: optuna.storages.RDBStorage, name: str, preset: Preset, total: int
 ) -> optuna.Study:
+    """The new study `name`, with its total and the preset's own networks enqueued."""
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         directions=preset.directions,
-        sampler=sampler(preset, worker),
+        sampler=sampler(preset),
         pruner=pruner(preset),
     )
     name_metric(study, preset)
     study.set_user_attr("dataset", preset.dataset)
     study.set_user_attr("objective", "minimize " + " and ".join(preset.metric_names))
     study.set_user_attr("preset_name", preset.name)
-    if total is not None:
-        set_total(study, total)
+    set_total(study, total)
     for kind, run in preset.enqueued():
         _enqueue(study, preset, kind, run)
     study.set_user_attr("preset", preset.to_json())  # last: the creation is complete
@@ -222,10 +200,6 @@ def _enqueue(study: optuna.Study, preset: Preset, kind: str, run: Baseline) -> N
     study.enqueue_trial(to_params(run.config, preset.space), user_attrs={kind: run.name})
 
 
-# A trial's recorded reason when Ctrl-C or SIGTERM stopped it (objective.py).
-INTERRUPTED = "stopped by Ctrl-C or SIGTERM before it finished"
-
-
 def name_metric(study: optuna.Study, preset: Preset) -> None:
     """Name the objectives, so optuna-dashboard and plots say val_loss, not "Objective 0"."""
     if study.metric_names is None:
@@ -233,104 +207,6 @@ def name_metric(study: optuna.Study, preset: Preset) -> None:
             # Metric names have been stable since Optuna 3.2 but are still flagged experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(preset.metric_names)
-
-
-def set_total(study: optuna.Study, total: int) -> None:
-    """Record the study's trial total, so workers that join it know when to stop."""
-    if study.user_attrs.get("trials") != total:
-        study.set_user_attr("trials", total)
-
-
-def stored_total(study: optuna.Study) -> int:
-    total = study.user_attrs.get("trials")
-    if not isinstance(total, int):
-        raise StudyError(
-            f"Study '{study.study_name}' has no trial total yet; run 'search start "
-            "--trials N' for it once."
-        )
-    return total
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    result = {state.name: 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        result[trial.state.name] += 1
-    return result
-
-
-def trained(trial: FrozenTrial) -> bool:
-    """Whether a trial counts toward the total: it ended after at least one epoch.
-
-    A configuration rejected before training (impossible, over a budget) is recorded, as
-    pruned with its reason, but does not count.
-    """
-    if trial.state == TrialState.COMPLETE:
-        return True
-    epochs = trial.user_attrs.get("epochs_trained") or 0
-    return trial.state == TrialState.PRUNED and (epochs > 0 or bool(trial.intermediate_values))
-
-
-def finished(study: optuna.Study) -> int:
-    """The trials that count toward the study's total (see trained())."""
-    return sum(trained(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def set_deadline(study: optuna.Study, hours: float | None) -> None:
-    """No new trial starts `hours` from now, in any worker of the study; None: no limit."""
-    deadline = time.time() + hours * 3600 if hours else None
-    study.set_user_attr("deadline", deadline)
-
-
-def time_is_up(study: optuna.Study) -> bool:
-    deadline = study.user_attrs.get("deadline")
-    return deadline is not None and time.time() >= deadline
-
-
-def best(study: optuna.Study) -> FrozenTrial | None:
-    """The completed trial of lowest val_loss (the first objective).
-
-    In a multi-objective study this trial is always on the Pareto front: nothing beats its
-    val_loss.
-    """
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(done, key=lambda t: t.values[0]) if done else None
-
-
-def pareto(study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto front of val_loss against parameters, by val_loss; empty for one objective."""
-    if len(study.directions) < 2:
-        return []
-    return sorted(study.best_trials, key=lambda t: t.values[0])
-
-
-def recover(study: optuna.Study) -> list[int]:
-    """Fail the trials of dead workers (silent for the grace period); return their numbers.
-
-    The storage's RetryHeartbeatStaleTrialCallback queues a retry of each (storage.py).
-    """
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if not running:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    return sorted(running & failed)
-
-
-def config_of(trial: FrozenTrial) -> Config:
-    """The network a trial trained, rebuilt from its stored configuration."""
-    try:
-        config = Config.from_json(trial.user_attrs["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise StudyError(
-            f"Trial #{trial.number}'s architecture cannot be rebuilt: its stored configuration "
-            f"is missing or from an older version ({type(e).__name__}: {e})."
-        ) from None
-    reason = impossible(config)
-    if reason:
-        raise StudyError(f"Trial #{trial.number}'s architecture cannot be rebuilt: {reason}.")
-    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,14 +238,17 @@ class Prepared(Opened):
 def prepare(
     preset: Preset,
     *,
-    url: str | None,
+    url: str | None = None,
+    storage: optuna.storages.RDBStorage | None = None,
     name: str | None = None,
     trials: int | None = None,
     max_params: int | None = None,
     objective: str | None = None,
     hours: float | None = None,
 ) -> Prepared:
-    """Create the study `name` from `preset`, or resume it, with the total it will run to.
+    """Create the study `name` (the preset's name) from `preset`, or resume it, with the total
+    it will run to: what `search start` does, in the storage at `url` or in `storage`, one
+    already open.
 
     Resuming keeps the study's own settings for what the caller leaves out (None), not the
     preset file's defaults: its budget, its objective, its hours and its trial total. Hours
@@ -378,35 +257,15 @@ def prepare(
     fit.
     """
     name = name or preset.name
-    url = storage_mod.resolve_url(url)
-    rdb = storage_mod.open_storage(url)
+    rdb, url = _storage(url, storage)
     with _creating(rdb, name):
         created = name not in names(rdb)
-        stored_total = None
-        if not created:
-            old_study, old = load_study(rdb, name)
-            preset = dataclasses.replace(
-                preset, max_params=old.max_params, objective=old.objective, hours=old.hours
-            )
-            stored_total = old_study.user_attrs.get("trials")
-        preset = dataclasses.replace(
-            preset,
-            max_params=max_params or preset.max_params,
-            objective=objective or preset.objective,
-            hours=hours or preset.hours,
-        )
+        old, stored_total = (None, None) if created else _stored(rdb, name)
+        preset = _settings(preset, old, max_params=max_params, objective=objective, hours=hours)
         total = trials or stored_total or (MAX_TOTAL if hours else preset.trials)
-        changed = [] if created else old.changes(preset)
-        study = _create(rdb, name, preset, 0, total) if created else _resume(rdb, name, preset, 0)
-        set_total(study, total)
-        lost = recover(study)
-        # A start that joins workers already running (a second machine, a restarted replica)
-        # keeps their deadline; only a start of a stopped search sets the clock again.
-        joined = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if not joined:
-            set_deadline(study, preset.hours)
-        runs = not created and finished(study) < total and not time_is_up(study)
-        requeued = requeue_interrupted(study, preset) if runs else []
+        changed = () if old is None else tuple(old.changes(preset))
+        study = _create(rdb, name, preset, total) if created else _resume(rdb, name, preset)
+        lost, joined, requeued = _start(study, preset, total, created=created)
     return Prepared(
         study,
         preset,
@@ -414,11 +273,68 @@ def prepare(
         url,
         total=total,
         created=created,
-        lost=tuple(lost),
-        requeued=tuple(requeued),
+        lost=lost,
+        requeued=requeued,
         joined=joined,
-        changed=tuple(changed),
+        changed=changed,
     )
+
+
+def _stored(rdb: optuna.storages.RDBStorage, name: str) -> tuple[Preset, int | None]:
+    """The preset an existing study runs, and its trial total (None where it has none)."""
+    study, preset = load_study(rdb, name)
+    return preset, study.user_attrs.get("trials")
+
+
+def _settings(
+    preset: Preset,
+    old: Preset | None,
+    *,
+    max_params: int | None,
+    objective: str | None,
+    hours: float | None,
+) -> Preset:
+    """The preset a start runs: `preset` with the settings the caller gives, and where it gives
+    none, a resumed study's own (its `old` preset's) budget, objective and hours."""
+    if old is not None:
+        preset = dataclasses.replace(
+            preset, max_params=old.max_params, objective=old.objective, hours=old.hours
+        )
+    return dataclasses.replace(
+        preset,
+        max_params=max_params or preset.max_params,
+        objective=objective or preset.objective,
+        hours=hours or preset.hours,
+    )
+
+
+def _storage(
+    url: str | None, storage: optuna.storages.RDBStorage | None
+) -> tuple[optuna.storages.RDBStorage, str]:
+    """The storage prepare() works in, and its URL: `storage` itself, or the one at `url`."""
+    if storage is not None:
+        if url is not None:
+            raise ValueError("Pass prepare() a url or a storage, not both.")
+        return storage, storage.url
+    url = storage_mod.resolve_url(url)
+    return storage_mod.open_storage(url), url
+
+
+def _start(
+    study: optuna.Study, preset: Preset, total: int, *, created: bool
+) -> tuple[tuple[int, ...], bool, tuple[str, ...]]:
+    """Make the study ready to run to `total`: the trials of dead workers recovered, whether
+    it joins workers already running, and the enqueued runs queued again."""
+    set_total(study, total)
+    lost = recover(study)
+    # A start that joins workers already running (a second machine, a restarted replica)
+    # keeps their deadline; only a start of a stopped search sets the clock again.
+    joined = bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if not joined:
+        set_deadline(study, preset.hours)
+    runs = not created and finished(study) < total and not time_is_up(study)
+    requeued = requeue_interrupted(study, preset) if runs else []
+    return tuple(lost), joined, tuple(requeued)
 
 
 def requeue_interrupted(study: optuna.Study, preset: Preset) -> list[str]:

@@ -12,8 +12,8 @@ out is filled in here:
   heartbeat callback does for a lost worker.
 - The copy is made under the lock `search start` creates studies with, and the preset is
   written last: a `search start` on the destination waits for the copy, and a worker that
-  joins it waits for the preset (study.load), so neither starts on a study whose trials are
-  still arriving.
+  joins it waits for the preset (study.load_study), so neither starts on a study whose
+  trials are still arriving.
 - A copy that fails halfway (Ctrl-C, a lost connection) is deleted, so the same command can
   be run again; nothing but what this command wrote is removed. (A copy killed outright, by
   SIGKILL, leaves a study without its preset; `optuna delete-study` removes it.)
@@ -31,10 +31,10 @@ from optuna.trial import TrialState
 
 from search.errors import Log
 from search.store import storage as storage_mod
-from search.store import study as study_mod
-from search.store.study import StudyError
+from search.store.study import creation_lock, names, resolve
+from search.store.trials import StudyError
 
-PRESET = "preset"  # the user attribute that marks a complete study (study.load waits for it)
+PRESET = "preset"  # the user attribute that marks a complete study (load_study waits)
 PROGRESS_EVERY = 500
 RUNNING_REASON = "running in the source storage when the study was copied"
 
@@ -63,7 +63,7 @@ def transfer_study(
     The source must exist; without a name, its only study is meant. A study of the same name
     in the destination is never overwritten. What it does goes to `log`, passwords masked.
     """
-    source, source_url, found = study_mod.resolve(source_url, name)
+    source, source_url, found = resolve(source_url, name)
     assert found is not None  # resolve() names one study or raises
     log(f"From: {storage_mod.describe_url(source_url)}")
     log(f"To: {storage_mod.describe_url(target_url)}")
@@ -72,8 +72,8 @@ def transfer_study(
     original = optuna.load_study(study_name=found, storage=source)
     # Under the lock `search start` creates studies with: one started on the destination
     # meanwhile waits, then finds the copy whole (it never sees a study without its preset).
-    with study_mod.creation_lock(target, new_name):
-        if new_name in study_mod.names(target):
+    with creation_lock(target, new_name):
+        if new_name in names(target):
             raise StudyError(
                 f"A study named '{new_name}' already exists in "
                 f"{storage_mod.describe_url(target_url)}; pass --as NEW_NAME to copy under "

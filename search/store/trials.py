@@ -1,0 +1,124 @@
+"""A study's trials and its run records: counts, the trained, the best, the trial total and
+the deadline, and the network a trial trained.
+
+Reads and writes a study that exists; creating, resuming and opening one is study.py's.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.define.space import Config, impossible
+from search.errors import SearchError
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimised
+MAX_TOTAL = 100_000  # the trial total of a search bounded by --hours alone
+# A trial's recorded reason when Ctrl-C or SIGTERM stopped it (objective.py).
+INTERRUPTED = "stopped by Ctrl-C or SIGTERM before it finished"
+
+
+class StudyError(SearchError):
+    """The study does not exist, or does not match what the user asked for."""
+
+
+def set_total(study: optuna.Study, total: int) -> None:
+    """Record the study's trial total, so workers that join it know when to stop."""
+    if study.user_attrs.get("trials") != total:
+        study.set_user_attr("trials", total)
+
+
+def stored_total(study: optuna.Study) -> int:
+    total = study.user_attrs.get("trials")
+    if not isinstance(total, int):
+        raise StudyError(
+            f"Study '{study.study_name}' has no trial total yet; run 'search start "
+            "--trials N' for it once."
+        )
+    return total
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    result = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state.name] += 1
+    return result
+
+
+def trained(trial: FrozenTrial) -> bool:
+    """Whether a trial counts toward the total: it ended after at least one epoch.
+
+    A configuration rejected before training (impossible, over a budget) is recorded, as
+    pruned with its reason, but does not count.
+    """
+    if trial.state == TrialState.COMPLETE:
+        return True
+    epochs = trial.user_attrs.get("epochs_trained") or 0
+    return trial.state == TrialState.PRUNED and (epochs > 0 or bool(trial.intermediate_values))
+
+
+def finished(study: optuna.Study) -> int:
+    """The trials that count toward the study's total (see trained())."""
+    return sum(trained(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def set_deadline(study: optuna.Study, hours: float | None) -> None:
+    """No new trial starts `hours` from now, in any worker of the study; None: no limit."""
+    deadline = time.time() + hours * 3600 if hours else None
+    study.set_user_attr("deadline", deadline)
+
+
+def time_is_up(study: optuna.Study) -> bool:
+    deadline = study.user_attrs.get("deadline")
+    return deadline is not None and time.time() >= deadline
+
+
+def best(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial of lowest val_loss (the first objective).
+
+    In a multi-objective study this trial is always on the Pareto front: nothing beats its
+    val_loss.
+    """
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda t: t.values[0]) if done else None
+
+
+def pareto(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of val_loss against parameters, by val_loss; empty for one objective."""
+    if len(study.directions) < 2:
+        return []
+    return sorted(study.best_trials, key=lambda t: t.values[0])
+
+
+def recover(study: optuna.Study) -> list[int]:
+    """Fail the trials of dead workers (silent for the grace period); return their numbers.
+
+    The storage's RetryHeartbeatStaleTrialCallback queues a retry of each (storage.py).
+    """
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sorted(running & failed)
+
+
+def config_of(trial: FrozenTrial) -> Config:
+    """The network a trial trained, rebuilt from its stored configuration."""
+    try:
+        config = Config.from_json(trial.user_attrs["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StudyError(
+            f"Trial #{trial.number}'s architecture cannot be rebuilt: its stored configuration "
+            f"is missing or from an older version ({type(e).__name__}: {e})."
+        ) from None
+    reason = impossible(config)
+    if reason:
+        raise StudyError(f"Trial #{trial.number}'s architecture cannot be rebuilt: {reason}.")
+    return config
