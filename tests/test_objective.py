@@ -44,7 +44,7 @@ def stored(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
 
 
 def objective(preset: Preset, data: Split, lines: list[str] | None = None) -> Objective:
-    return Objective(preset, data, flip=True, log=(lines if lines is not None else []).append)
+    return Objective(preset, data, log=(lines if lines is not None else []).append)
 
 
 def test_an_impossible_network_is_pruned_with_its_reason_before_it_is_counted(

@@ -15,9 +15,9 @@ from optuna.trial import TrialState, create_trial
 
 from search.define import presets
 from search.define.space import Config, Conv
-from search.final import retrain
-from search.store import storage, study
-from search.store.study import StudyError
+from search.final.retrain import _save, final_plan, pick, retrain
+from search.store import study
+from search.store.trials import StudyError
 from tests.helpers import db_url, write_preset
 
 SMALL = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -47,27 +47,27 @@ def test_pick_takes_the_best_or_a_trial_that_trained(sqlite: str) -> None:
     with pytest.raises(
         StudyError, match="Study 'picky' has no completed trial yet; run 'search start'"
     ):
-        retrain.pick(s, None)
+        pick(s, None)
     s.add_trial(trained(0.5, best_epoch=3))
     s.add_trial(trained(0.3, best_epoch=2))
     s.add_trial(trained(None, TrialState.PRUNED, best_epoch=1))  # stopped after an epoch
     s.add_trial(trained(None, TrialState.FAIL))  # failed before its first epoch
-    assert retrain.pick(s, None).number == 1  # the lowest val_loss
-    assert retrain.pick(s, 0).number == 0
-    assert retrain.pick(s, 2).number == 2  # pruned, but it has a best epoch to retrain for
+    assert pick(s, None).number == 1  # the lowest val_loss
+    assert pick(s, 0).number == 0
+    assert pick(s, 2).number == 2  # pruned, but it has a best epoch to retrain for
     with pytest.raises(
         StudyError, match="Trial #3 is FAIL and never finished an epoch; pick a completed trial"
     ):
-        retrain.pick(s, 3)
+        pick(s, 3)
     for number in (4, -1):
         with pytest.raises(StudyError, match=f"Study 'picky' has no trial #{number}\\."):
-            retrain.pick(s, number)
+            pick(s, number)
 
 
 def test_a_failed_save_leaves_no_half_written_file(tmp_path: Path) -> None:
     path = tmp_path / "models" / "x.keras"
     with pytest.raises(OSError, match="has no attribute 'save'"):  # not a model at all
-        retrain._save(object(), path)
+        _save(object(), path)
     assert list(path.parent.iterdir()) == []
 
 
@@ -75,11 +75,11 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
     preset = presets.load_preset(write_preset(tmp_path))  # 1,000 validation and 5,000 training
-    s, _ = study.create_or_load(storage.open_storage(db_url(private_storage)), "tiny", preset)
+    s = study.prepare(preset, url=db_url(private_storage), name="tiny").study
     s.add_trial(trained(0.6, best_epoch=1, seed=7))
     number = s.trials[-1].number
     lines: list[str] = []
-    result = retrain.retrain(s, preset, out_dir=private_storage, log=lines.append)
+    result = retrain(s, preset, out_dir=private_storage, log=lines.append)
     assert (result.trial, result.epochs, result.seed) == (number, 1, 7)
     assert result.train_images == 6000 and result.architecture == "C16k3-P-F-D32"
     assert result.test_accuracy > 0.5  # chance is 0.1; one epoch on 6,000 images
@@ -99,8 +99,8 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
 def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Path) -> None:
     lab = presets.load_preset(write_preset(tmp_path))  # final_epochs 1, final_schedule "same"
     trial = trained(0.6, best_epoch=2)
-    assert retrain.final_plan(trial, lab) == (SMALL, 2, lab.epochs)  # the lab's protocol
+    assert final_plan(trial, lab) == (SMALL, 2, lab.epochs)  # the lab's protocol
     longer = dataclasses.replace(lab, final_epochs=1.5, final_schedule="cosine")
-    config, epochs, planned = retrain.final_plan(trial, longer)
+    config, epochs, planned = final_plan(trial, longer)
     assert (config.schedule, epochs, planned) == ("cosine", 3, 3)  # decays to zero at the end
     assert dataclasses.replace(config, schedule=SMALL.schedule) == SMALL

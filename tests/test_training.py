@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 
+from search.define import presets
 from search.define.datasets import Split
 from search.define.space import Config, Conv
 from search.train.network import build
 from search.train.runtime import configure
-from search.train.training import History, fit
+from search.train.training import History, build_and_fit, fit
+from tests.helpers import write_preset
 
 NAN, INF = math.nan, math.inf
 
@@ -104,3 +108,39 @@ def test_a_batch_norm_network_validates_on_its_own_statistics_within_a_few_dozen
     history, _ = train(config, small_split, epochs=2)
     assert history.val_accuracy[-1] > 0.6  # chance is 0.1
     assert history.val_loss[-1] < 1.5 * history.loss[-1]
+
+
+def test_one_routine_seeds_builds_for_the_preset_and_fits(
+    tmp_path: Path, small_split: Split
+) -> None:
+    """What a trial and a final model share: flips for the preset's dataset, the history
+    handed to the per-epoch hook, a cosine schedule over `schedule_epochs`, the seed."""
+    configure()
+    import keras
+
+    fashion = presets.load_preset(write_preset(tmp_path))
+    digits = dataclasses.replace(fashion, dataset="mnist")
+    assert fashion.flip_ok and not digits.flip_ok  # a mirrored digit is another class
+    config = Config(convs=(Conv(8, 3, True),), dense=(16,), augment="flip", schedule="cosine")
+    data = (small_split.x_train[:512], small_split.y_train[:512])
+    seen: list[tuple[int, int]] = []
+    runs = []
+    for preset in (fashion, digits, fashion):
+        model, history = build_and_fit(
+            preset,
+            config,
+            *data,
+            seed=5,
+            epochs=1,
+            schedule_epochs=4,
+            validation=(small_split.x_val[:256], small_split.y_val[:256]),
+            on_epoch=lambda history, epoch: seen.append((epoch, len(history.val_loss))),
+        )
+        flips = [layer for layer in model.layers if isinstance(layer, keras.layers.RandomFlip)]
+        runs.append((len(flips), history.val_loss))
+        # One epoch of four: the cosine schedule is a quarter down, at (1 + cos(pi/4)) / 2.
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        assert rate == pytest.approx(config.learning_rate * 0.853553, rel=1e-3)
+    assert seen == [(0, 1)] * 3  # the hook sees the epoch's metrics already recorded
+    assert [flips for flips, _ in runs] == [1, 0, 1]
+    assert runs[2] == runs[0]  # the same seed trains the same model again

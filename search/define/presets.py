@@ -133,6 +133,11 @@ class Preset:
         return json.dumps(asdict(self), sort_keys=True)
 
     @property
+    def flip_ok(self) -> bool:
+        """Whether augmentation may mirror images: clothes keep their class, digits do not."""
+        return datasets.info(self.dataset).flip_ok
+
+    @property
     def multi_objective(self) -> bool:
         return self.objective == "val_loss+params"
 

@@ -19,10 +19,10 @@ from search.define.presets import Preset
 from search.define.space import Config, describe, size
 from search.errors import Log, first_line
 from search.store.storage import safe_name
-from search.store.study import StudyError, best, config_of
-from search.train.network import build, decay_steps, for_inference
+from search.store.trials import StudyError, best, config_of
+from search.train.network import for_inference
 from search.train.runtime import configure, devices
-from search.train.training import History, fit
+from search.train.training import History, build_and_fit
 
 if TYPE_CHECKING:
     import keras
@@ -99,12 +99,15 @@ def final_plan(trial: FrozenTrial, preset: Preset) -> tuple[Config, int, int]:
 
 
 def final_images(preset: Preset, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Every training image the preset uses: its validation and training images together."""
+    """Every training image the preset uses: its validation and training images together.
+
+    datasets.split decides which they are, for the search and here alike: a prefix of the
+    training set, validation first.
+    """
     images, labels = datasets.load_train(preset.dataset, data_dir)
-    if preset.train_size:
-        used = preset.val_size + preset.train_size
-        return images[:used], labels[:used]
-    return images, labels
+    data = datasets.split(images, labels, preset.val_size, preset.train_size)
+    used = len(data.x_val) + len(data.x_train)
+    return images[:used], labels[:used]
 
 
 def seed_of(trial: FrozenTrial, preset: Preset) -> int:
@@ -130,40 +133,29 @@ def train_on_all(
     config, epochs, planned = final_plan(trial, preset)
     seed = seed_of(trial, preset) if seed is None else seed
     configure()
-    import keras
-
     images, labels = final_images(preset, data_dir)
     log(
         f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
         f"on {len(images):,} images for {epochs} epochs, seed {seed}."
     )
     log(f"Backend: {devices()}")
-    if fresh:
-        keras.backend.clear_session(free_memory=True)
-    keras.utils.set_random_seed(seed)
-    model = build(
-        config,
-        flip=datasets.info(preset.dataset).flip_ok,
-        steps_per_execution=preset.steps_per_execution,
-        decay_steps=decay_steps(config, len(images), planned),
-    )
-    history = History()
 
-    def on_epoch(epoch: int) -> None:
+    def on_epoch(history: History, epoch: int) -> None:
         log(
             f"  epoch {epoch + 1}/{epochs}: loss {history.loss[-1]:.4f} accuracy "
             f"{history.accuracy[-1]:.4f} ({history.seconds[-1]:.1f} s)"
         )
 
-    fit(
-        model,
+    model, history = build_and_fit(
+        preset,
         config,
         images,
         labels,
+        seed=seed,
         epochs=epochs,
+        schedule_epochs=planned,
         on_epoch=on_epoch,
-        history=history,
-        patience=preset.patience,
+        fresh=fresh,
     )
     if not np.isfinite(history.loss[-1]):
         raise StudyError(f"Retraining trial #{trial.number} diverged (loss {history.loss[-1]}).")

@@ -15,10 +15,9 @@ from search.define.presets import Preset
 from search.define.space import Config, Size, describe, impossible, size, suggest
 from search.errors import Log, first_line
 from search.run import interrupt
-from search.store.study import INTERRUPTED
-from search.train.network import build, decay_steps
+from search.store.trials import INTERRUPTED
 from search.train.runtime import available_memory, is_oom
-from search.train.training import History, fit
+from search.train.training import History, build_and_fit
 
 if TYPE_CHECKING:
     import keras
@@ -69,7 +68,6 @@ class Objective:
 
     preset: Preset
     data: Split
-    flip: bool
     log: Log = print
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -139,19 +137,8 @@ class Objective:
 
     def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
         """Fit with early stopping and pruning on val_loss; a failure is recorded, then raised."""
-        import keras
 
-        keras.backend.clear_session(free_memory=True)
-        keras.utils.set_random_seed(seed)
-        model = build(
-            config,
-            flip=self.flip,
-            steps_per_execution=self.preset.steps_per_execution,
-            decay_steps=decay_steps(config, len(self.data.x_train), self.preset.epochs),
-        )
-        history = History()
-
-        def on_epoch(epoch: int) -> None:
+        def on_epoch(history: History, epoch: int) -> None:
             record_epoch(trial, history, epoch)
             self.log(
                 f"  trial {trial.number} epoch {epoch + 1}/{self.preset.epochs}: "
@@ -160,17 +147,16 @@ class Objective:
             )
 
         try:
-            fit(
-                model,
+            _, history = build_and_fit(
+                self.preset,
                 config,
                 self.data.x_train,
                 self.data.y_train,
+                seed=seed,
                 epochs=self.preset.epochs,
                 validation=(self.data.x_val, self.data.y_val),
                 callbacks=self.callbacks(trial),
                 on_epoch=on_epoch,
-                patience=self.preset.patience,
-                history=history,
             )
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
@@ -179,6 +165,4 @@ class Objective:
             kind = "out of memory" if is_oom(e) else type(e).__name__
             trial.set_user_attr("reason", f"training failed: {kind}: {first_line(e)}"[:500])
             raise
-        finally:
-            del model
         return history

@@ -20,7 +20,7 @@ from search.train.runtime import (
     resident_memory,
     select,
 )
-from search.train.training import VAL_BATCH, History, fit
+from search.train.training import VAL_BATCH, History, build_and_fit, fit
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +32,7 @@ __all__ = [
     "available_memory",
     "backend",
     "build",
+    "build_and_fit",
     "compile_options",
     "configure",
     "decay_steps",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from search.define.presets import Preset
 from search.define.space import Config
 from search.train import network
 
@@ -97,3 +98,55 @@ def fit(
         verbose=0,
     )
     return history
+
+
+def build_and_fit(
+    preset: Preset,
+    config: Config,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    epochs: int,
+    schedule_epochs: int | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    on_epoch: Callable[[History, int], None] = lambda history, epoch: None,
+    fresh: bool = True,
+) -> tuple[keras.Model, History]:
+    """A new, seeded model of `config` for `preset`'s dataset, fitted: a trial's training and
+    a final model's alike, so that a final model is the network its trial measured.
+
+    `schedule_epochs` (`epochs` by default) is what a cosine schedule decays over. `on_epoch`
+    sees the history as each epoch ends. `fresh` clears Keras's session first; an ensemble
+    keeps its earlier members alive. Keras must be configured (runtime.configure) already.
+    """
+    import keras
+
+    if fresh:
+        keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
+    model = network.build(
+        config,
+        flip=preset.flip_ok,
+        steps_per_execution=preset.steps_per_execution,
+        decay_steps=network.decay_steps(config, len(x), schedule_epochs or epochs),
+    )
+    history = History()
+    try:
+        fit(
+            model,
+            config,
+            x,
+            y,
+            epochs=epochs,
+            validation=validation,
+            callbacks=callbacks,
+            on_epoch=lambda epoch: on_epoch(history, epoch),
+            history=history,
+            patience=preset.patience,
+        )
+    except BaseException:
+        del model  # the traceback keeps this frame; it need not keep the model too
+        raise
+    return model, history
