@@ -11,6 +11,7 @@ import dataclasses
 import multiprocessing
 import os
 import random
+import re
 import socket
 import time
 import warnings
@@ -22,8 +23,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search.define import datasets, presets
-from search.run import interrupt, loop, progress
+from search.run import interrupt, loop
+from search.run.ending import MAX_REJECTIONS_IN_A_ROW, Ending, Outcome
 from search.store import storage, study
+from search.store.trials import finished, trained
 from tests.helpers import check_exact, db_url, swallow_an_interrupt, write_preset
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
@@ -55,7 +58,7 @@ def join_and_run(
     try:
         ready.wait()  # type: ignore[attr-defined]  # all processes hit the fresh database at once
         rdb = storage.open_storage(url)
-        s, _ = study.create_or_load(rdb, "race", presets.load_preset(preset))
+        s = study.prepare(presets.load_preset(preset), storage=rdb, name="race").study
         loop.run_trials(s, quick_trial, total, storage=rdb, log=lambda line: None)
         results.put("ok")
     except BaseException as e:  # reported to the test, whatever it is
@@ -145,18 +148,22 @@ def test_one_worker_runs_to_the_total_and_failures_and_rejections_do_not_count(
         TrialState.PRUNED,
         TrialState.COMPLETE,
     ]
-    assert [study.trained(t) for t in s.trials] == [True, False, True, False, True]
+    assert [trained(t) for t in s.trials] == [True, False, True, False, True]
     assert seen == [0, 1, 2, 3, 4]  # every trial reached the callbacks, the failure too
     assert {t.user_attrs["worker"] for t in s.trials} == {f"{socket.gethostname()}:{os.getpid()}"}
-    loop.run_trials(s, objective, 3, storage=rdb)  # at its total: nothing more
+    assert loop.run_trials(s, objective, 3, storage=rdb) == Outcome(Ending.REACHED)  # at its total
     assert len(s.trials) == 5
     loop.run_trials(s, objective, 5, storage=rdb)  # a larger total: only the remainder
-    assert study.finished(s) == 5 and len(s.trials) == 7
+    assert finished(s) == 5 and len(s.trials) == 7
 
 
 def test_stop_ends_the_loop_between_trials(rdb: optuna.storages.RDBStorage) -> None:
     s = optuna.create_study(storage=rdb, study_name="stopped")
-    loop.run_trials(s, scripted({}), 10, storage=rdb, stop=lambda: len(s.trials) >= 2)
+    stopped = Outcome(Ending.TIME_UP)
+    ended = loop.run_trials(
+        s, scripted({}), 10, storage=rdb, stop=lambda: stopped if len(s.trials) >= 2 else None
+    )
+    assert ended is stopped
     assert len(s.trials) == 2
 
 
@@ -228,7 +235,7 @@ def test_a_worker_at_the_total_does_not_load_the_data(
     rdb: optuna.storages.RDBStorage, tmp_path: Path
 ) -> None:
     preset = presets.load_preset(write_preset(tmp_path))
-    s, _ = study.create_or_load(rdb, "tiny", preset)
+    s = study.prepare(preset, storage=rdb, name="tiny").study
     for value in (0.5, 0.4):
         s.add_trial(optuna.create_trial(value=value))
     lines: list[str] = []
@@ -242,7 +249,7 @@ def test_a_worker_loads_its_data_once_and_runs_real_trials(
     rdb: optuna.storages.RDBStorage, tmp_path: Path, fashion_dir: Path
 ) -> None:
     preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path, "small")), epochs=1)
-    s, _ = study.create_or_load(rdb, "tiny", preset)  # lab test 9 first
+    s = study.prepare(preset, storage=rdb, name="tiny").study  # lab test 9 first
     lines: list[str] = []
     loaded: list[datasets.Split] = []
     loop.run_worker(s, preset, 1, storage=rdb, log=lines.append, threads=1, on_data=loaded.append)
@@ -261,15 +268,15 @@ def test_rejected_networks_are_recorded_but_the_total_counts_trained_trials(
     preset = dataclasses.replace(
         presets.load_preset(write_preset(tmp_path, "small", "over_budget")), epochs=1
     )
-    s, _ = study.create_or_load(rdb, "tiny", preset)
+    s = study.prepare(preset, storage=rdb, name="tiny").study
     lines: list[str] = []
     loop.run_worker(s, preset, 3, storage=rdb, log=lines.append, threads=1)
-    trained = [t for t in s.trials if study.trained(t)]
-    rejected = [t for t in s.trials if t.state == TrialState.PRUNED and not study.trained(t)]
-    assert len(trained) == 3 == study.finished(s)
+    ran = [t for t in s.trials if trained(t)]
+    rejected = [t for t in s.trials if t.state == TrialState.PRUNED and not trained(t)]
+    assert len(ran) == 3 == finished(s)
     assert len(rejected) >= 2  # at least the two lab runs, each with its reason
     assert all("exceed the budget of 100,000" in t.user_attrs["reason"] for t in rejected)
-    assert all(t.user_attrs["epochs_trained"] >= 1 for t in trained)
+    assert all(t.user_attrs["epochs_trained"] >= 1 for t in ran)
     assert any(" REJECTED: " in line for line in lines)
     assert sum(line.startswith("trial 3/3 ") for line in lines) == 1
 
@@ -280,11 +287,12 @@ def test_a_budget_that_nothing_fits_stops_after_a_bounded_run_of_rejections(
     preset = dataclasses.replace(
         presets.load_preset(write_preset(tmp_path, "small")), max_params=1000
     )
-    s, _ = study.create_or_load(rdb, "tiny", preset)
-    with pytest.raises(study.StudyError, match=r"The last 50 configurations .* budget of 1,000"):
-        loop.run_worker(s, preset, 3, storage=rdb, log=lambda line: None, threads=1)
-    assert len(s.trials) == progress.MAX_REJECTIONS_IN_A_ROW  # no trial trained, no endless loop
-    assert study.finished(s) == 0
+    s = study.prepare(preset, storage=rdb, name="tiny").study
+    outcome = loop.run_worker(s, preset, 3, storage=rdb, log=lambda line: None, threads=1)
+    assert outcome.ending is Ending.REJECTIONS and not outcome.ok
+    assert re.search(r"The last 50 configurations .* budget of 1,000", outcome.message)
+    assert len(s.trials) == MAX_REJECTIONS_IN_A_ROW  # no trial trained, no endless loop
+    assert finished(s) == 0
 
 
 def test_an_error_after_the_trial_is_recorded_is_not_taken_for_a_lost_trial(

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from search.cli import cli
 from search.define import presets
 from search.store import storage, study
+from search.store.trials import FINISHED, set_total
 from tests.helpers import HEARTBEAT, check_exact, db_url, popen, run, write_preset
 from tests.postgres import Cluster
 
@@ -83,7 +84,7 @@ def test_start_and_a_joining_worker_share_a_postgresql_study_and_never_print_the
     assert "Joining study 'tiny'" in joined.stdout and "search:***@127.0.0.1" in joined.stdout
     trials = optuna.load_study(study_name="tiny", storage=pg_url).get_trials()
     check_exact(trials, 8)
-    by_worker = {t.user_attrs["worker"] for t in trials if t.state in study.FINISHED}
+    by_worker = {t.user_attrs["worker"] for t in trials if t.state in FINISHED}
     assert len(by_worker) == 2  # the start process and the joined worker both ran trials
 
     status = run("status", "--storage", pg_url, "--study", "tiny")
@@ -94,19 +95,24 @@ def test_start_and_a_joining_worker_share_a_postgresql_study_and_never_print_the
         assert postgres.password not in output
 
 
+def two_long_workers(url: str, tmp_path: Path, trials: int) -> subprocess.Popen[str]:
+    """`search start` of unpruned six-epoch trials in two workers, its output piped."""
+    preset = write_preset(tmp_path, "small", "long", pruner="none")
+    return popen(
+        [SEARCH, "start", "--preset", str(preset), "--trials", str(trials), "--workers", "2"],
+        env=env(SEARCH_STORAGE=url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def test_a_worker_killed_mid_trial_loses_nothing(
     private_storage: Path, tmp_path: Path, fashion_dir: Path
 ) -> None:
     url = db_url(private_storage)
     # Every trial trains six epochs: on a quiet machine, three-epoch trials of two workers
     # overlap too briefly for a poll to find one in its second epoch beside the other's.
-    preset = write_preset(tmp_path, "small", "long", pruner="none")
-    start = popen(
-        [SEARCH, "start", "--preset", str(preset), "--trials", "4", "--workers", "2"],
-        env=env(SEARCH_STORAGE=url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    start = two_long_workers(url, tmp_path, trials=4)
 
     def victim() -> optuna.trial.FrozenTrial | None:
         # A trial in its second epoch while the other worker has a trial running too.
@@ -159,14 +165,8 @@ def test_ctrl_c_stops_every_worker_process_and_leaves_no_trial_running(
     private_storage: Path, tmp_path: Path, fashion_dir: Path
 ) -> None:
     url = db_url(private_storage)
-    preset = write_preset(tmp_path, "small", "long", pruner="none")
     # popen: the Ctrl-C below reaches it even where pytest runs with SIGINT ignored.
-    start = popen(
-        [SEARCH, "start", "--preset", str(preset), "--trials", "3", "--workers", "2"],
-        env=env(SEARCH_STORAGE=url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    start = two_long_workers(url, tmp_path, trials=3)
     assert start.stdout is not None
     lines, training = [], set()
     deadline = time.monotonic() + 180
@@ -195,7 +195,9 @@ def test_worker_errors_are_one_sentence(tmp_path: Path, private_storage: Path) -
     assert result.exit_code == 1 and "No study database" in result.output
     rdb = storage.open_storage(db_url(private_storage))
     preset = presets.load_preset(write_preset(tmp_path))
-    s, _ = study.create_or_load(rdb, "tiny", preset)
+    # A study an older search made, before every study recorded its trial total.
+    s = optuna.create_study(storage=rdb, study_name="tiny")
+    s.set_user_attr("preset", preset.to_json())
     result = run("worker", "--study", "tiny")
     assert result.exit_code == 1 and "no trial total yet" in result.output
     result = run("worker", "--study", "other")
@@ -204,7 +206,7 @@ def test_worker_errors_are_one_sentence(tmp_path: Path, private_storage: Path) -
         result = run("worker", "--study", "tiny", "--workers", bad)
         assert result.exit_code == 2 and "neither a positive number nor 'auto'" in result.output
     # A study at its total: the worker has nothing to do and says so, without loading data.
-    study.set_total(s, 2)
+    set_total(s, 2)
     for value in (0.5, 0.4):
         s.add_trial(optuna.create_trial(value=value, params={}, distributions={}))
     result = run("worker", "--study", "tiny", "--workers", "2")

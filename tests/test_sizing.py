@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from search.define import presets
-from search.run import gpus, loop, sizing
+from search.run import gpus, sizing
 from tests.helpers import db_url, write_preset
 
 
@@ -51,12 +51,12 @@ def test_recycling_comes_from_the_environment_then_the_preset_then_the_defaults(
     preset = presets.load_preset(write_preset(tmp_path))
     monkeypatch.delenv(sizing.ENV_RECYCLE_TRIALS, raising=False)
     monkeypatch.delenv(sizing.ENV_RECYCLE_MB, raising=False)
-    assert sizing.recycling(preset) == loop.Recycle(30, 2 * sizing.WORKER_BYTES)
+    assert sizing.recycling(preset) == sizing.Recycle(30, 2 * sizing.WORKER_BYTES)
     own = dataclasses.replace(preset, recycle_trials=0, recycle_mb=900)
-    assert sizing.recycling(own) == loop.Recycle(0, 900 * 2**20)
+    assert sizing.recycling(own) == sizing.Recycle(0, 900 * 2**20)
     monkeypatch.setenv(sizing.ENV_RECYCLE_TRIALS, "7")
     monkeypatch.setenv(sizing.ENV_RECYCLE_MB, " 0 ")
-    assert sizing.recycling(own) == loop.Recycle(7, 0)
+    assert sizing.recycling(own) == sizing.Recycle(7, 0)
     monkeypatch.setenv(sizing.ENV_RECYCLE_MB, "2GB")
     with pytest.raises(sizing.WorkerError) as raised:
         sizing.recycling(own)

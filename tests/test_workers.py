@@ -21,9 +21,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search.define import presets
-from search.run import interrupt, loop, sizing, workers
+from search.run import interrupt, sizing, workers
+from search.run.ending import Ending, Outcome
 from search.store import storage, study
-from search.store.study import StudyError
+from search.store.trials import FINISHED, finished, trained
 from search.train import runtime
 from tests.helpers import (
     check_exact,
@@ -54,25 +55,40 @@ def test_each_worker_s_error_comes_back_with_its_index(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+def two_workers(
+    s: optuna.Study,
+    preset: presets.Preset,
+    total: int,
+    url: str,
+    data_dir: Path,
+    lines: list[str],
+    *,
+    fresh: bool,
+) -> Outcome:
+    """run_study as `search start --workers 2` calls it, its lines kept in `lines`."""
+    request = sizing.WorkerRequest(workers=2)
+    return workers.run_study(
+        s,
+        preset,
+        total,
+        url=url,
+        request=request,
+        fresh=fresh,
+        data_dir=str(data_dir),
+        log=lines.append,
+    )
+
+
 def test_a_study_at_its_total_starts_no_process(private_storage: Path, tmp_path: Path) -> None:
     url = db_url(private_storage)
     rdb = storage.open_storage(url)
     preset = presets.load_preset(write_preset(tmp_path))
-    s, _ = study.create_or_load(rdb, "tiny", preset)
+    s = study.prepare(preset, storage=rdb, name="tiny").study
     s.add_trial(optuna.create_trial(value=0.5))
     lines: list[str] = []
-    workers.run_study(
-        s,
-        preset,
-        1,
-        url=url,
-        workers=2,
-        threads=None,
-        fresh=False,
-        data_dir=str(tmp_path / "nowhere"),
-        log=lines.append,
-    )
+    outcome = two_workers(s, preset, 1, url, tmp_path / "nowhere", lines, fresh=False)
     assert lines == ["Study 'tiny' already has 1 finished trials (of 1); nothing to do."]
+    assert outcome == Outcome(Ending.REACHED)
 
 
 def test_a_worker_error_stops_the_study_without_the_password(
@@ -80,23 +96,13 @@ def test_a_worker_error_stops_the_study_without_the_password(
 ) -> None:
     rdb = storage.open_storage(pg_url)
     preset = presets.load_preset(write_preset(tmp_path))
-    s, _ = study.create_or_load(rdb, "tiny", preset)
+    s = study.prepare(preset, storage=rdb, name="tiny").study
     # The workers fail on the data folder, whose name happens to hold the password.
     nowhere = tmp_path / f"data-{postgres.password}"
     lines: list[str] = []
-    with pytest.raises(StudyError) as raised:
-        workers.run_study(
-            s,
-            preset,
-            2,
-            url=pg_url,
-            workers=2,
-            threads=None,
-            fresh=True,
-            data_dir=str(nowhere),
-            log=lines.append,
-        )
-    message = str(raised.value)
+    outcome = two_workers(s, preset, 2, pg_url, nowhere, lines, fresh=True)
+    assert outcome.ending is Ending.WORKER_ERROR and outcome.exit_code == 1
+    message = outcome.message
     assert message.startswith(("Worker 0 stopped: --data-dir ", "Worker 1 stopped: --data-dir "))
     assert message.endswith("data-*** is not a folder.")
     assert (
@@ -106,21 +112,21 @@ def test_a_worker_error_stops_the_study_without_the_password(
     assert sum("Error: --data-dir" in line for line in lines) == 2
     for text in (message, *lines):
         assert postgres.password not in text
-    assert study.finished(s) == 0  # no trial ran
+    assert finished(s) == 0  # no trial ran
 
 
 # Recycling: a worker process makes way for a fresh one ----------------------------------------
 def test_a_process_retires_between_trials_after_at_least_one() -> None:
     rss = runtime.resident_memory()
     assert rss is not None and rss > 10 * 2**20  # this Python process, read from /proc
-    by_count = loop.Recycle(trials=2)
+    by_count = sizing.Recycle(trials=2)
     assert by_count.due(0) is None and by_count.due(1) is None
     assert (by_count.due(2) or "").startswith("after 2 trials (its limit), at ")
-    by_memory = loop.Recycle(rss_bytes=2**20)  # 1 MB: any process is past it
+    by_memory = sizing.Recycle(rss_bytes=2**20)  # 1 MB: any process is past it
     assert by_memory.due(0) is None  # a fresh process always runs one trial
     assert (by_memory.due(1) or "").endswith("MB resident (its limit: 1 MB)")
-    assert loop.Recycle().due(10_000) is None  # 0 and 0: never
-    assert loop.Recycle(rss_bytes=2**50).due(3) is None
+    assert sizing.Recycle().due(10_000) is None  # 0 and 0: never
+    assert sizing.Recycle(rss_bytes=2**50).due(3) is None
 
 
 def test_a_successor_never_takes_a_seed_another_process_of_the_run_holds() -> None:
@@ -146,7 +152,7 @@ def test_a_recycled_worker_s_processes_run_exactly_the_total(
     assert TrialState.FAIL not in [t.state for t in trials]
     # Two trained trials a process (a rejection builds no model and is not counted), in
     # order: three processes, none of them this one.
-    holders = [t.user_attrs["worker"] for t in trials if study.trained(t)]
+    holders = [t.user_attrs["worker"] for t in trials if trained(t)]
     assert holders[0] == holders[1] != holders[2] == holders[3] != holders[4]
     pids = {int(holder.rsplit(":", 1)[1]) for holder in holders}
     assert len(pids) == 3 and os.getpid() not in pids
@@ -193,8 +199,8 @@ def test_a_lone_worker_killed_mid_trial_is_one_sentence_and_the_rerun_retries_it
     result = run("start", "--preset", str(preset), "--trials", "2")
     assert result.exit_code == 0, result.output
     lost, second, retry = load_study(private_storage).trials
-    assert lost.state == TrialState.FAIL and second.state in study.FINISHED
-    assert retry.state in study.FINISHED and retry.params == lost.params
+    assert lost.state == TrialState.FAIL and second.state in FINISHED
+    assert retry.state in FINISHED and retry.params == lost.params
     assert retry.system_attrs["failed_trial"] == 0
 
 
@@ -234,7 +240,7 @@ def test_a_spawned_worker_enters_its_backend_and_card_before_keras(
 def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_path: Path) -> None:
     url = db_url(private_storage)
     preset = presets.load_preset(write_preset(tmp_path))
-    study.create_or_load(storage.open_storage(url), "tiny", preset)
+    study.prepare(preset, url=url, name="tiny")
     # This process runs TensorFlow; the worker must not. Its data folder is missing, so it
     # stops right after its backend has started.
     job = workers.Job(0, url, "tiny", 1, 0, 1, str(tmp_path / "nowhere"), backend="theano")

@@ -1,8 +1,12 @@
-"""The `search` command: each subcommand parses, calls the library, and prints."""
+"""The `search` group and the commands that run a search: start, worker, status, presets, copy.
+
+Each parses its options, calls the library, and prints.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +15,6 @@ import optuna
 
 from search.cli.options import (
     Group,
-    backend_option,
     data_dir_option,
     new_study_options,
     storage_options,
@@ -19,36 +22,25 @@ from search.cli.options import (
 )
 from search.define import DATASETS, OBJECTIVES, lines, load_preset
 from search.errors import ENV_DEBUG
-from search.final import MEMBERS, retrain, retrain_ensemble
-from search.report import report_dir, write_report
 from search.run import (
+    Ending,
+    WorkerRequest,
     best_line,
-    cards,
-    of_total,
     run_study,
-    sigterm_as_interrupt,
     status_lines,
-    worker_count,
 )
 from search.store import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
     ENV_URL,
     MAX_TOTAL,
     Opened,
     Prepared,
-    StudyError,
     counts,
     describe_url,
     finished,
-    home,
-    open_dashboard,
     open_existing,
     prepare,
     recover,
-    resolve,
     stored_total,
-    time_is_up,
     transfer_study,
 )
 
@@ -121,9 +113,7 @@ def start(
     max_params: int | None,
     objective: str | None,
     hours: float | None,
-    workers: str | int,
-    threads: int | None,
-    gpu_list: list[str] | None,
+    request: WorkerRequest,
     url: str | None,
     study_name: str | None,
 ) -> None:
@@ -154,7 +144,7 @@ def start(
         hours=hours,
     )
     _echo_prepared(run)
-    _run(run, run.total, workers, threads, gpu_list, fresh=run.created, data_dir=data_dir)
+    _run(run, run.total, request, fresh=run.created, data_dir=data_dir)
     click.echo("Next: 'search status' for the table, 'search retrain-best' to test the winner.")
 
 
@@ -217,9 +207,7 @@ def list_presets() -> None:
 @storage_options
 def worker(
     data_dir: Path | None,
-    workers: str | int,
-    threads: int | None,
-    gpu_list: list[str] | None,
+    request: WorkerRequest,
     url: str | None,
     study_name: str | None,
 ) -> None:
@@ -243,46 +231,37 @@ def worker(
         f"{total} trials finished, {running} running."
     )
     _echo_lost(tuple(lost))
-    _run(run, total, workers, threads, gpu_list, fresh=False, data_dir=data_dir)
+    _run(run, total, request, fresh=False, data_dir=data_dir)
 
 
 def _run(
     run: Opened,
     total: int,
-    count: str | int,
-    threads: int | None,
-    gpu_list: list[str] | None,
+    request: WorkerRequest,
     *,
     fresh: bool,
     data_dir: Path | None,
 ) -> None:
-    """Run the study's trials here, print the best, and fail if the total was not reached.
-
-    A worker that gave up (trials failing in a row) is a failure, not a success.
-    """
-    chosen = cards(gpu_list)
-    run_study(
+    """Run the study's trials here and print how the run ended (run.ending decides)."""
+    outcome = run_study(
         run.study,
         run.preset,
         total,
         url=run.url,
-        workers=worker_count(count, run.url, chosen),
-        threads=threads,
+        request=request,
         fresh=fresh,
         data_dir=str(data_dir) if data_dir else None,
         log=click.echo,
-        cards=chosen,
     )
-    click.echo(best_line(run.study))
-    done = finished(run.study)
-    if done < total and time_is_up(run.study):
-        trained = of_total(done, total, sep=" of ")
-        click.echo(f"Time is up with {trained} trials trained; rerun to go on.")
-    elif done < total:
-        raise StudyError(
-            f"Stopped with {done} of {total} trials finished because "
-            "trials kept failing; 'search status' shows their reasons."
-        )
+    if outcome.ending is Ending.INTERRUPTED:
+        click.echo(f"\n{outcome.message}", err=True)
+        sys.exit(outcome.exit_code)
+    if outcome.ending in (Ending.REACHED, Ending.TIME_UP, Ending.FAILURES):
+        click.echo(best_line(run.study))
+    if not outcome.ok:
+        raise click.ClickException(outcome.message)
+    if outcome.message:
+        click.echo(outcome.message)
 
 
 def _echo_lost(numbers: tuple[int, ...]) -> None:
@@ -352,180 +331,3 @@ def copy_study(source: str | None, target: str, study: str | None, name: str | N
       search copy --from postgresql+psycopg://search@db-host/search --to sqlite:///backup.db
     """
     transfer_study(source, target, study, new_name=name, log=click.echo)
-
-
-@cli.command("retrain-best")
-@click.option(
-    "--trial",
-    "number",
-    type=click.IntRange(min=0),
-    help="Retrain this trial instead of the best one.",
-)
-@click.option(
-    "--ensemble",
-    "members",
-    type=click.IntRange(min=2, max=20),
-    help="Retrain the K best distinct trials (or, with --members best, the best trial K times) "
-    "and save one model that averages their softmax outputs; each member's test accuracy and "
-    "the ensemble's are recorded. The members' parameters fit the preset's max_params "
-    "together: a trial that would take the total over it is passed over for the next best. "
-    "A member that retrain-best already saved is loaded, not trained again.",
-)
-@click.option(
-    "--members",
-    "members_of",
-    type=click.Choice(MEMBERS),
-    help="With --ensemble: 'distinct' (the default) takes the K best distinct trials; 'best' "
-    "trains the best trial K times, with its own seed and the next K-1, for a study whose "
-    "best network is far ahead of the rest. K copies must fit max_params together.",
-)
-@data_dir_option()
-@backend_option
-@storage_options
-def retrain_best(
-    number: int | None,
-    members: int | None,
-    members_of: str | None,
-    data_dir: Path | None,
-    url: str | None,
-    study_name: str | None,
-) -> None:
-    """Retrain the best trial on all training images, test it once, and save the model.
-
-    The best trial has the lowest val_loss; in a size-aware (val_loss+params) study that
-    trial is on the Pareto front, and --trial N picks any other.
-
-    The final model trains for the preset's multiple (final_epochs) of the trial's best epoch
-    count, on the preset's schedule (final_schedule). By default that is the lab's protocol
-    (1 times, the trial's schedule); the fashion_mnist preset trains 1.5 times, on a cosine.
-
-    \b
-    Example:
-      search retrain-best --study fashion_mnist
-      search retrain-best --study fashion_mnist --ensemble 3
-      search retrain-best --study fashion_mnist --ensemble 2 --members best
-    """
-    if members_of and not members:
-        raise click.UsageError("--members goes with --ensemble K.")
-    opened = open_existing(url, study_name)
-    if members:
-        if number is not None:
-            raise click.UsageError("Pass --trial or --ensemble, not both.")
-        _retrain_ensemble(opened, members, members_of or "distinct", data_dir)
-        return
-    result = retrain(
-        opened.study,
-        opened.preset,
-        out_dir=home(),
-        number=number,
-        data_dir=str(data_dir) if data_dir else None,
-        log=click.echo,
-    )
-    delta = (result.test_accuracy - result.lab_test_accuracy) * 100
-    click.echo(
-        f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
-        f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
-    )
-    click.echo(f"Model saved to {result.model_path}")
-
-
-def _retrain_ensemble(opened: Opened, k: int, members_of: str, data_dir: Path | None) -> None:
-    result = retrain_ensemble(
-        opened.study,
-        opened.preset,
-        k,
-        out_dir=home(),
-        data_dir=str(data_dir) if data_dir else None,
-        log=click.echo,
-        members_of=members_of,
-    )
-    for m in result.members:
-        click.echo(
-            f"  member #{m.trial} {m.architecture}, seed {m.seed}: test accuracy "
-            f"{m.test_accuracy:.2%}"
-        )
-    click.echo(
-        f"Ensemble of {k} ({result.params:,} params): test accuracy {result.test_accuracy:.2%} "
-        f"(loss {result.test_loss:.4f})."
-    )
-    click.echo(f"Model saved to {result.model_path}")
-
-
-@cli.command()
-@click.option(
-    "--host",
-    default=DEFAULT_HOST,
-    show_default=True,
-    help="Address to listen on. The dashboard has no authentication: any other "
-    "address lets whoever reaches it read and delete studies.",
-)
-@click.option(
-    "--port",
-    default=DEFAULT_PORT,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (0: any free port).",
-)
-@storage_options
-def dashboard(host: str, port: int, url: str | None, study_name: str | None) -> None:
-    """Browse the studies in optuna-dashboard, served on the search's storage.
-
-    \b
-    Example:
-      search dashboard --study fashion_mnist
-      search dashboard --port 8081
-    """
-    rdb, url, study_name = resolve(url, study_name, required=False)
-    board = open_dashboard(rdb, host, port, study_name)
-    if board.exposed:
-        click.echo(
-            f"Warning: listening on {host}, beyond this machine. optuna-dashboard has no "
-            "authentication: anyone who can reach this port can read and delete studies.",
-            err=True,
-        )
-    click.echo(f"Storage: {describe_url(url)}")
-    click.echo(f"optuna-dashboard: {board.url}", nl=False)
-    click.echo(" (and this machine's other addresses)" if host in ("0.0.0.0", "::") else "")
-    click.echo("Ctrl-C stops it.")
-    try:
-        with sigterm_as_interrupt():
-            board.serve()
-    except KeyboardInterrupt:
-        click.echo("Dashboard stopped.")
-
-
-@cli.command()
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Folder for REPORT.md and the figures. Defaults to storage/reports/STUDY/.",
-)
-@data_dir_option(" (for the test figures)")
-@storage_options
-def report(
-    out_dir: Path | None, data_dir: Path | None, url: str | None, study_name: str | None
-) -> None:
-    """Write figures and REPORT.md: the search against the lab's runs, and the final model.
-
-    \b
-    Example:
-      search report --study fashion_mnist
-      search report --study demo --out reports/demo
-    """
-    opened = open_existing(url, study_name)
-    folder = (out_dir or report_dir(opened.study.study_name)).resolve()
-    click.echo(
-        f"Report on study '{opened.study.study_name}' ({describe_url(opened.url)}) in {folder}"
-    )
-    written = write_report(
-        opened.study,
-        opened.preset,
-        folder,
-        data_dir=str(data_dir) if data_dir else None,
-        log=click.echo,
-    )
-    click.echo(
-        f"Wrote {written.markdown} and {len(written.figures)} figures"
-        + (f"; {len(written.skipped)} not drawn (see REPORT.md)." if written.skipped else ".")
-    )

@@ -4,6 +4,7 @@ commands share: data, storage, workers, backend and GPUs.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -14,7 +15,15 @@ from typing import Any
 import click
 
 from search.errors import SearchError, first_line
-from search.run import ENV_GPUS, RECYCLE_MB, RECYCLE_TRIALS, GpuError, parse_list
+from search.run import (
+    ENV_GPUS,
+    INTERRUPTED,
+    RECYCLE_MB,
+    RECYCLE_TRIALS,
+    GpuError,
+    WorkerRequest,
+    parse_list,
+)
 from search.store import ENV_URL, scrub
 from search.train import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, select
 
@@ -30,10 +39,7 @@ class Group(click.Group):
                 traceback.print_exc()
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo(
-                "\nInterrupted. The study is consistent; rerun the same command to resume.",
-                err=True,
-            )
+            click.echo(f"\n{INTERRUPTED}", err=True)
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -113,7 +119,15 @@ class WorkerCount(click.ParamType):
         self.fail(f"'{value}' is neither a positive number nor 'auto'.", param, ctx)
 
 
-def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def worker_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --threads, --gpus and --backend; the command receives the first three as
+    one `request` (run.WorkerRequest)."""
+
+    @functools.wraps(command)
+    def f(*args: Any, workers: str | int, threads: int | None, gpu_list: Any, **kw: Any) -> Any:
+        gpus = None if gpu_list is None else tuple(gpu_list)
+        return command(*args, request=WorkerRequest(workers, threads, gpus), **kw)
+
     f = click.option(
         "--threads",
         type=click.IntRange(min=1),

@@ -4,6 +4,7 @@ Ctrl-C and SIGTERM, and the lines a person reads while it runs.
 Joins the layers below: the store's studies and the train layer's networks.
 """
 
+from search.run.ending import INTERRUPTED, Ending, Outcome
 from search.run.gpus import ENV_GPUS, GpuError, cards, parse_list
 from search.run.interrupt import sigterm_as_interrupt
 from search.run.loop import run_trials, run_worker
@@ -15,6 +16,7 @@ from search.run.sizing import (
     RECYCLE_MB,
     RECYCLE_TRIALS,
     WorkerError,
+    WorkerRequest,
     worker_count,
 )
 from search.run.workers import run_study
@@ -23,10 +25,14 @@ __all__ = [
     "ENV_GPUS",
     "ENV_RECYCLE_MB",
     "ENV_RECYCLE_TRIALS",
+    "INTERRUPTED",
     "RECYCLE_MB",
     "RECYCLE_TRIALS",
+    "Ending",
     "GpuError",
+    "Outcome",
     "WorkerError",
+    "WorkerRequest",
     "best_line",
     "cards",
     "of_total",

@@ -7,7 +7,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -16,40 +15,16 @@ from search.define import datasets
 from search.define.presets import Preset
 from search.errors import Log
 from search.run import interrupt
+from search.run.ending import Ending, Outcome, Watch
 from search.run.objective import Objective
 from search.run.progress import Progress
+from search.run.sizing import Recycle
 from search.store import storage as storage_mod
-from search.store.study import StudyError, finished, recover, time_is_up, trained
+from search.store.trials import finished, recover, trained
 from search.train.runtime import configure, devices, resident_memory
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
-
-
-@dataclass(frozen=True)
-class Recycle:
-    """When a worker process makes way for a fresh one: once it has run `trials` trials, or
-    once its resident memory has passed `rss_bytes` (0 turns either off).
-
-    TensorFlow keeps each model's traced graphs after clear_session, so a process grows with
-    every trial (6-9 MB a small trial, benchmarks/RESULTS.md); only a new process starts
-    from zero. The check runs between trials, after a trial is recorded, so none is cut short.
-    """
-
-    trials: int = 0
-    rss_bytes: int = 0
-
-    def due(self, ran: int) -> str | None:
-        """Why a process that has run `ran` trials should retire now, or None."""
-        if ran == 0:  # one trial at least, or a limit below the start-up size would loop
-            return None
-        rss = resident_memory() or 0
-        held = f"at {rss / 2**20:,.0f} MB resident"
-        if self.trials and ran >= self.trials:
-            return f"after {ran} trials (its limit), {held}"
-        if self.rss_bytes and rss >= self.rss_bytes:
-            return f"after {ran} trials, {held} (its limit: {self.rss_bytes / 2**20:,.0f} MB)"
-        return None
 
 
 def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
@@ -104,6 +79,14 @@ def _run_one(
         log("This worker's trial was failed by another worker after missed heartbeats; going on.")
 
 
+def _recover(study: optuna.Study, grace: int, log: Log) -> None:
+    for number in recover(study):
+        log(
+            f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
+            "a retry is queued."
+        )
+
+
 def run_trials(
     study: optuna.Study,
     objective: TrialFunction,
@@ -112,9 +95,10 @@ def run_trials(
     storage: optuna.storages.RDBStorage,
     log: Log = print,
     callbacks: Sequence[Callback] = (),
-    stop: Callable[[], bool] = lambda: False,
-) -> None:
-    """Run trials until the study holds exactly `total` finished trials, beside other workers.
+    stop: Callable[[], Outcome | None] = lambda: None,
+) -> Outcome:
+    """Run trials until the study holds exactly `total` finished trials, beside other workers,
+    or until `stop` gives a reason to stop before the next one; return how it ended.
 
     Exactly, not at least. A worker takes a new trial only while the finished and running
     trials leave a free slot, and it counts and creates that trial under a lock that every
@@ -127,20 +111,16 @@ def run_trials(
     grace = storage.grace_period or storage_mod.GRACE_SECONDS
     poll = min(5, storage.heartbeat_interval or 5)
     waiting = False
-    while not stop():
+    while (stopped := stop()) is None:
         interrupt.check()  # a deferred stop, or one whose raise was swallowed, ends it here
         with ExitStack() as slot:
             slot.enter_context(
                 storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
             )
-            for number in recover(study):
-                log(
-                    f"trial #{number} lost its worker (no heartbeat for {grace} s): failed; "
-                    "a retry is queued."
-                )
+            _recover(study, grace, log)
             done, running, free = _free_slots(study, total)
             if done >= total:
-                return
+                return Outcome(Ending.REACHED)
             if free <= 0:
                 if not waiting:
                     log(
@@ -153,6 +133,7 @@ def run_trials(
                 continue
             waiting = False
             _run_one(study, objective, slot, callbacks, log)
+    return stopped
 
 
 def _load(preset: Preset, data_dir: str | None, log: Log) -> datasets.Split:
@@ -178,41 +159,35 @@ def run_worker(
     cpus: Sequence[int] = (),
     on_data: Callable[[datasets.Split], None] | None = None,
     recycle: Recycle | None = None,
-) -> str | None:
-    """Run trials until the study holds `total` finished (complete or pruned) trials.
+) -> Outcome:
+    """Run trials until the study holds `total` finished (complete or pruned) trials, or
+    until this worker stops (ending.Watch says when); return how it ended.
 
     Other workers, in this process's siblings or on other machines, may share the study.
     With `recycle`, stop early when this process is due to make way for a fresh one, between
-    trials, and return why; otherwise return None.
+    trials (the outcome says why).
     """
     if finished(study) >= total:
         log(
             f"Study '{study.study_name}' already has {finished(study)} finished trials "
             f"(of {total}); nothing to do."
         )
-        return None
+        return Outcome(Ending.REACHED)
     configure(threads, cpus)
     log(f"Backend: {devices()}")
     data = _load(preset, data_dir, log)
     if on_data:
         on_data(data)
-    objective = Objective(preset, data, flip=datasets.info(preset.dataset).flip_ok, log=log)
-    progress = Progress(total, log)
-    retired: list[str] = []
-
-    def stop() -> bool:
-        if progress.gave_up or time_is_up(study):
-            return True
-        reason = recycle.due(progress.ran) if recycle else None
-        if reason:
-            retired.append(reason)
-        return reason is not None
-
+    objective = Objective(preset, data, log=log)
+    watch = Watch(log, recycle)
     # Deferred: trials write to the storage between batches, and a stop must not land mid-write.
     with interrupt.sigterm_as_interrupt(deferred=True):
-        run_trials(
-            study, objective, total, storage=storage, log=log, callbacks=[progress], stop=stop
+        return run_trials(
+            study,
+            objective,
+            total,
+            storage=storage,
+            log=log,
+            callbacks=[Progress(total, log), watch],
+            stop=lambda: watch.due(study),
         )
-    if progress.rejected_out:
-        raise StudyError(progress.rejected_out)
-    return retired[-1] if retired else None

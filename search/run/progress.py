@@ -11,12 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import Log
-from search.store.study import MAX_TOTAL, best, counts, pareto, trained
-
-MAX_CONSECUTIVE_FAILURES = 5
-# Rejections cost a sampler call each, not a training run; this many in a row means that
-# almost nothing in the space fits the budget.
-MAX_REJECTIONS_IN_A_ROW = 50
+from search.store.trials import MAX_TOTAL, best, counts, pareto, trained
 
 
 def summary(trial: FrozenTrial) -> dict[str, Any]:
@@ -112,16 +107,12 @@ def of_total(done: int, total: int, sep: str = "/") -> str:
 class Progress:
     """One line per finished trial: n/N, state, this trial, the best so far, and the time.
 
-    `ran` counts the trials this worker has trained or failed, rejections aside (its recycling
-    counts them); `now` is the clock, which tests fix.
+    It only displays; when a worker stops is decided in ending.py. `now` is the clock, which
+    tests fix.
     """
 
     total: int
     log: Log
-    failures_in_a_row: int = 0
-    rejections_in_a_row: int = 0
-    rejected_out: str | None = None  # why this worker stopped: nothing fit the budget
-    ran: int = 0
     now: Callable[[], datetime] = datetime.now
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -131,7 +122,6 @@ class Progress:
         workers = 1 + sum(t.state == TrialState.RUNNING for t in trials)
         s = summary(trial)
         rejected = trial.state == TrialState.PRUNED and not trained(trial)
-        self.ran += not rejected  # a rejection builds no model: it does not grow the process
         state = "REJECTED" if rejected else s["state"]
         head = f"trial {of_total(done, self.total)} (#{trial.number}) {state}"
         if trial.state == TrialState.COMPLETE:
@@ -149,32 +139,6 @@ class Progress:
         )
         clock = timing(trials, self.total, workers, self.now(), deadline_of(study))
         self.log(f"{head} | {s['architecture']}{tail}" + (f" | {clock}" if clock else ""))
-        if trial.state == TrialState.FAIL:
-            self.failures_in_a_row += 1
-            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                self.log(
-                    f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; stopping this "
-                    "worker (see 'search status' for the reasons)."
-                )
-                study.stop()
-        else:
-            self.failures_in_a_row = 0
-        self._count_rejection(study, rejected, s["reason"])
-
-    def _count_rejection(self, study: optuna.Study, rejected: bool, reason: str) -> None:
-        """Stop after a long run of rejections: the budget or space leaves almost nothing."""
-        self.rejections_in_a_row = self.rejections_in_a_row + 1 if rejected else 0
-        if self.rejections_in_a_row >= MAX_REJECTIONS_IN_A_ROW:
-            self.rejected_out = (
-                f"The last {MAX_REJECTIONS_IN_A_ROW} configurations were all rejected before "
-                f"training (the last: {reason}); raise the budget (--max-params, or the "
-                "preset's max_params and max_mflops) or narrow the space."
-            )
-            study.stop()
-
-    @property
-    def gave_up(self) -> bool:
-        return self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES or self.rejected_out is not None
 
 
 def _fmt(value: Any, spec: str) -> str:

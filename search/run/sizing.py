@@ -1,4 +1,5 @@
-"""How many worker processes a machine runs, their threads and cores, and when one is replaced.
+"""How many worker processes a machine runs, their threads and cores, and when one is replaced
+(`Recycle`, which each worker's job carries to its process).
 
 workers.py starts the processes and watches them; this module only sizes them.
 """
@@ -7,13 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from search.errors import SearchError
+from search.errors import Log, SearchError
 from search.run import gpus as gpus_mod
-from search.run import loop
 from search.store import storage as storage_mod
-from search.train.runtime import available_memory
+from search.train.runtime import available_memory, resident_memory
 
 if TYPE_CHECKING:
     from search.define.presets import Preset
@@ -39,6 +40,15 @@ ENV_RECYCLE_TRIALS = "SEARCH_RECYCLE_TRIALS"
 ENV_RECYCLE_MB = "SEARCH_RECYCLE_MB"
 
 
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What --workers, --threads and --gpus asked for; run_study resolves it on this machine."""
+
+    workers: str | int = 1  # a number, or AUTO
+    threads: int | None = None  # per process; None: the cores shared out
+    gpus: tuple[str, ...] | None = None  # the cards (nvidia-smi's numbers); None: all
+
+
 class WorkerError(SearchError):
     """A worker setting (an environment variable) is malformed; the message names it."""
 
@@ -46,6 +56,10 @@ class WorkerError(SearchError):
 def cores() -> int:
     """The cores this process may run on (a container's or taskset's share, not the host's)."""
     return len(os.sched_getaffinity(0))
+
+
+def _on_sqlite(url: str) -> bool:
+    return storage_mod.parse(url).get_backend_name() == "sqlite"
 
 
 def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
@@ -59,16 +73,28 @@ def auto_count(url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
     memory = available_memory()
     if memory is not None:
         count = min(count, memory // WORKER_BYTES)
-    if storage_mod.parse(url).get_backend_name() == "sqlite":
+    if _on_sqlite(url):
         count = min(count, SQLITE_WORKERS)
     return max(1, count)
 
 
-def worker_count(value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = ()) -> int:
-    """The number of worker processes for `--workers N|auto`."""
+def worker_count(
+    value: str | int, url: str, cards: Sequence[gpus_mod.Gpu] = (), log: Log | None = None
+) -> int:
+    """The number of worker processes for `--workers N|auto`.
+
+    A number is taken as given; beyond what one SQLite file was measured to serve, `log`
+    hears a warning.
+    """
     if value == AUTO:
         return auto_count(url, cards)
-    return int(value)
+    count = int(value)
+    if log and count > SQLITE_WORKERS and _on_sqlite(url):
+        log(
+            f"Warning: {count} workers on one SQLite file; it was measured to serve "
+            f"{SQLITE_WORKERS}. Use PostgreSQL for more."
+        )
+    return count
 
 
 def thread_share(workers: int) -> int:
@@ -85,11 +111,37 @@ def _setting(env: str, preset_value: int | None, default: int, unit: str) -> int
     return int(text)
 
 
-def recycling(preset: Preset) -> loop.Recycle:
+def recycling(preset: Preset) -> Recycle:
     """When a worker process is replaced: the environment, else the preset, else the default."""
     trials = _setting(ENV_RECYCLE_TRIALS, preset.recycle_trials, RECYCLE_TRIALS, "trials")
     megabytes = _setting(ENV_RECYCLE_MB, preset.recycle_mb, RECYCLE_MB, "megabytes")
-    return loop.Recycle(trials=trials, rss_bytes=megabytes * 2**20)
+    return Recycle(trials=trials, rss_bytes=megabytes * 2**20)
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """When a worker process makes way for a fresh one: once it has run `trials` trials, or
+    once its resident memory has passed `rss_bytes` (0 turns either off).
+
+    TensorFlow keeps each model's traced graphs after clear_session, so a process grows with
+    every trial (6-9 MB a small trial, benchmarks/RESULTS.md); only a new process starts
+    from zero. The check runs between trials, after a trial is recorded, so none is cut short.
+    """
+
+    trials: int = 0
+    rss_bytes: int = 0
+
+    def due(self, ran: int) -> str | None:
+        """Why a process that has run `ran` trials should retire now, or None."""
+        if ran == 0:  # one trial at least, or a limit below the start-up size would loop
+            return None
+        rss = resident_memory() or 0
+        held = f"at {rss / 2**20:,.0f} MB resident"
+        if self.trials and ran >= self.trials:
+            return f"after {ran} trials (its limit), {held}"
+        if self.rss_bytes and rss >= self.rss_bytes:
+            return f"after {ran} trials, {held} (its limit: {self.rss_bytes / 2**20:,.0f} MB)"
+        return None
 
 
 def cpu_sets(workers: int, threads: int) -> list[tuple[int, ...]]:

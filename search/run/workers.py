@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING
 from search.errors import Log, SearchError, debugging, first_line
 from search.run import gpus as gpus_mod
 from search.run import interrupt, loop, sizing
-from search.store import storage as storage_mod
-from search.store import study as study_mod
-from search.store.study import StudyError
+from search.run.ending import INTERRUPTED, Ended, Ending, Outcome, of_run
+from search.store.storage import open_storage, scrub
+from search.store.study import load_study
+from search.store.trials import finished, time_is_up
 from search.train import runtime
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Job:
     seed: int
     threads: int | None
     data_dir: str | None
-    recycle: loop.Recycle = field(default_factory=loop.Recycle)
+    recycle: sizing.Recycle = field(default_factory=sizing.Recycle)
     backend: str = runtime.DEFAULT_BACKEND  # set in the process before it imports Keras
     gpu: str | None = None  # the one card it sees (CUDA_VISIBLE_DEVICES)
     cpus: tuple[int, ...] = ()  # the cores it runs on, for backends pinned that way (JAX)
@@ -94,68 +95,58 @@ def run_study(
     total: int,
     *,
     url: str,
-    workers: int,
-    threads: int | None,
+    request: sizing.WorkerRequest,
     fresh: bool,
     data_dir: str | None,
     log: Log,
-    cards: Sequence[gpus_mod.Gpu] = (),
-) -> None:
-    """Run the study to its total in `workers` processes, each replaced as it retires.
+) -> Outcome:
+    """Run the study to its total in worker processes, each replaced as it retires, and
+    return how the run ended.
 
-    With `cards`, each worker sees one of them. Other workers on other machines may share the
-    study at the same time. With one worker, its lines are printed as they are and its error is
-    this command's error.
+    The request's worker count (a number, or auto) is resolved here, on the cards it names:
+    each worker sees one of them. Other workers on other machines may share the study at the
+    same time. With one worker, its lines are printed as they are and its error
+    is this run's error.
     """
-    if study_mod.finished(study) >= total:
+    if finished(study) >= total:
         log(
-            f"Study '{study.study_name}' already has {study_mod.finished(study)} finished "
+            f"Study '{study.study_name}' already has {finished(study)} finished "
             f"trials (of {total}); nothing to do."
         )
-        return
-    recycle = sizing.recycling(preset)
-    base = seed_base(fresh, workers)
-    if storage_mod.sqlite_path(url) is not None and workers > sizing.SQLITE_WORKERS:
-        log(
-            f"Warning: {workers} workers on one SQLite file; it was measured to serve "
-            f"{sizing.SQLITE_WORKERS}. Use PostgreSQL for more."
-        )
-    plan = gpus_mod.assign(list(cards), workers)
-    jobs = make_jobs(study.study_name, url, total, base, workers, threads, data_dir, plan, recycle)
-    if workers > 1 or plan:
-        log(
-            f"Workers: {workers} process{'es' if workers > 1 else ''}, "
-            f"{jobs[0].threads or sizing.cores()} thread(s) each, on {sizing.cores()} cores"
-            + (f"; {gpus_mod.summary(plan)}." if plan else ".")
-        )
-    ended = spawn(
-        jobs,
-        log=lambda line: log(storage_mod.scrub(line, url)),
-        unfinished=lambda: study_mod.finished(study) < total and not study_mod.time_is_up(study),
-        prefixed=workers > 1,
+        return Outcome(Ending.REACHED)
+    count, plan = _plan(request, url, log)
+    base, recycle = seed_base(fresh, count), sizing.recycling(preset)
+    jobs = make_jobs(
+        study.study_name, url, total, base, count, request.threads, data_dir, plan, recycle
     )
-    _check(ended, study, total, url, single=workers == 1)
-
-
-def _check(ended: Ended, study: optuna.Study, total: int, url: str, *, single: bool) -> None:
-    """Raise the error that stopped the workers short of the total, if any."""
-    done = study_mod.finished(study)
-    if done >= total or (study_mod.time_is_up(study) and not ended.errors):
-        return
-    if ended.errors:
-        index, message = next(iter(ended.errors.items()))
-        message = storage_mod.scrub(message, url)
-        raise StudyError(message if single else f"Worker {index} stopped: {message}")
-    if single and ended.killed:
-        raise StudyError(
-            f"The worker process was killed by signal {ended.killed[0]} with {done} of "
-            f"{total} trials finished; rerun the command to resume (its trial is retried)."
+    if count > 1 or plan:
+        log(_workers_line(jobs))
+    try:
+        ended = spawn(
+            jobs,
+            log=lambda line: log(scrub(line, url)),
+            unfinished=lambda: finished(study) < total and not time_is_up(study),
+            prefixed=count > 1,
         )
-    if single:
-        return  # it gave up after failures in a row: the caller says so
-    raise StudyError(
-        f"The workers stopped with {done} of {total} trials finished (see the "
-        "lines above); rerun the command to resume."
+    except KeyboardInterrupt:
+        return Outcome(Ending.INTERRUPTED, INTERRUPTED)
+    ended.errors = {i: scrub(message, url) for i, message in ended.errors.items()}
+    return of_run(finished(study), total, time_is_up(study), ended, single=count == 1)
+
+
+def _plan(request: sizing.WorkerRequest, url: str, log: Log) -> tuple[int, list[str]]:
+    """The worker count the request comes to on this machine, and each worker's card."""
+    cards = gpus_mod.cards(list(request.gpus) if request.gpus is not None else None)
+    count = sizing.worker_count(request.workers, url, cards, log)
+    return count, gpus_mod.assign(list(cards), count)
+
+
+def _workers_line(jobs: list[Job]) -> str:
+    count, plan = len(jobs), [job.gpu for job in jobs if job.gpu is not None]
+    return (
+        f"Workers: {count} process{'es' if count > 1 else ''}, "
+        f"{jobs[0].threads or sizing.cores()} thread(s) each, on {sizing.cores()} cores"
+        + (f"; {gpus_mod.summary(plan)}." if plan else ".")
     )
 
 
@@ -168,7 +159,7 @@ def make_jobs(
     threads: int | None,
     data_dir: str | None,
     plan: list[str],
-    recycle: loop.Recycle | None = None,
+    recycle: sizing.Recycle | None = None,
 ) -> list[Job]:
     """One job per worker: its seed, its share of the cores and, where `plan` has one, its GPU.
 
@@ -186,21 +177,13 @@ def make_jobs(
             base + i,
             threads,
             data_dir,
-            recycle=recycle or loop.Recycle(),
+            recycle=recycle or sizing.Recycle(),
             backend=backend,
             gpu=plan[i] if plan else None,
             cpus=cpus[i],
         )
         for i in range(workers)
     ]
-
-
-@dataclass
-class Ended:
-    """How the worker processes ended: errors by worker index, and the signals that killed."""
-
-    errors: dict[int, str] = field(default_factory=dict)
-    killed: list[int] = field(default_factory=list)
 
 
 def spawn(
@@ -284,6 +267,8 @@ class _Pool:
                     self.log(f"{self.prefix(job)}Error: {text}")
                 elif kind == "retire":
                     self.retired[process] = text
+                elif kind == "gave up":
+                    self.ended.gave_up.append(job.index)
                 else:
                     self.log(f"{self.prefix(job)}{text}")
 
@@ -377,9 +362,14 @@ def _main(job: Job, conn: Connection) -> None:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
     code = 0
     try:
-        retired = _work(job, log)
-        if retired:
-            send("retire", retired)
+        outcome = _work(job, log)
+        if outcome.ending is Ending.RETIRED:
+            send("retire", outcome.message)
+        elif outcome.ending is Ending.FAILURES:
+            send("gave up", outcome.message)
+        elif not outcome.ok:
+            send("error", outcome.message)
+            code = 1
     except KeyboardInterrupt:
         code = 130
     except SearchError as e:
@@ -399,10 +389,10 @@ def _main(job: Job, conn: Connection) -> None:
     sys.exit(code)
 
 
-def _work(job: Job, log: Log) -> str | None:
-    """A worker process's trials: to the total, or until it retires (then why)."""
-    rdb = storage_mod.open_storage(job.url, must_exist=True)
-    study, preset = study_mod.load_study(rdb, job.study, worker=job.seed)
+def _work(job: Job, log: Log) -> Outcome:
+    """A worker process's trials: to the total, or until it stops (ending.Watch)."""
+    rdb = open_storage(job.url, must_exist=True)
+    study, preset = load_study(rdb, job.study, worker=job.seed)
     return loop.run_worker(
         study,
         preset,
