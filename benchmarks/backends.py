@@ -63,24 +63,19 @@ ARMS = [
 def child(arm: Arm, images: int, epochs: int, data_dir: Path | None) -> ArmRun:
     """One arm in this process (KERAS_BACKEND was set by the parent)."""
     from search import define, train
-    from search.train import fit, runtime
+    from search.train import build, fit
 
     train.configure()
-    # The product's path with only the two settings under test replaced. build() reads
-    # compile_options from search.train.runtime as it compiles, so it is replaced there (the one
-    # module inside a layer a benchmark touches): replaced in search.train, it would go unread.
-    runtime.compile_options = lambda steps_per_execution: {
-        "jit_compile": arm.jit,
-        "steps_per_execution": arm.steps,
-    }
-    from search.train import build
 
     config = next(
         b.config for b in define.load_preset("fashion_mnist").baselines if b.name == "lab test 7"
     )
     x, y = define.load_train("fashion_mnist", data_dir)
     split = define.split(x, y, 1000, train_size=images)
-    model = build(config)
+    # The product's path with only the two settings under test replaced.
+    model = build(
+        config, compile_settings={"jit_compile": arm.jit, "steps_per_execution": arm.steps}
+    )
     history = fit(
         model,
         config,

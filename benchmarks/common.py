@@ -173,7 +173,7 @@ def run_quietly(
         prepared.preset,
         prepared.total,
         storage=prepared.storage,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=lambda line: None,
         threads=threads,
         on_data=on_data,

@@ -119,7 +119,7 @@ def measure(
         url=url,
         request=run.WorkerRequest(workers=1),
         fresh=True,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=log,
     )
     return study.get_trials(), time.monotonic() - started

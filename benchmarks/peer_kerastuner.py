@@ -566,12 +566,12 @@ def retrain_row(
     folder: Path,
     args: argparse.Namespace,
 ) -> list[str]:
-    from search.final import retrain
+    from search.final import retrain_trial
 
     trial = study.trials[number]
     print(f"Retraining {side}'s best network", flush=True)
     started = time.time()
-    result = retrain(
+    result = retrain_trial(
         study, preset, out_dir=folder, number=number, data_dir=args.data_dir, log=print
     )
     return [

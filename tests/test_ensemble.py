@@ -13,9 +13,9 @@ from optuna.trial import TrialState, create_trial
 from search.define import datasets, presets
 from search.define.space import Config, Conv, size
 from search.final import ensemble
+from search.final.retrain import RetrainError
 from search.report import document as report
 from search.store import study
-from search.store.trials import StudyError
 from tests.helpers import db_url, run, write_preset
 
 ONE = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -47,7 +47,7 @@ def test_members_are_the_best_trials_with_distinct_configurations(
 ) -> None:
     chosen = ensemble.distinct_best(tiny_study, 2)
     assert [t.value for t in chosen] == [0.4, 0.6]  # 0.5 repeats the best one's network
-    with pytest.raises(StudyError, match="2 distinct completed trial.*fewer than the 3"):
+    with pytest.raises(RetrainError, match="2 distinct completed trial.*fewer than the 3"):
         ensemble.distinct_best(tiny_study, 3)
 
 
@@ -64,7 +64,7 @@ def test_members_fit_the_parameter_budget_together(tiny_study: optuna.Study) -> 
         f"hold {size(ONE).params + size(WIDE).params:,}, over the preset's {budget:,}."
     ]
     assert [t.value for t in ensemble.distinct_best(tiny_study, 2)] == [0.4, 0.45]  # unbounded
-    with pytest.raises(StudyError, match="has 3 distinct .* only 2 fit the preset's"):
+    with pytest.raises(RetrainError, match="has 3 distinct .* only 2 fit the preset's"):
         ensemble.distinct_best(tiny_study, 3, budget)
 
     # The best trial itself may be over a budget made smaller since it trained.
@@ -132,11 +132,13 @@ def test_members_best_is_the_best_trial_within_the_budget(tiny_study: optuna.Stu
     assert [t.value for t in chosen] == [0.4, 0.4, 0.4]
     params, best = size(ONE).params, chosen[0].number
     assert len(ensemble.copies_of_best(tiny_study, 2, 2 * params)) == 2
-    with pytest.raises(StudyError, match=f"3 copies of trial #{best} .* preset's {2 * params:,}"):
+    with pytest.raises(
+        RetrainError, match=f"3 copies of trial #{best} .* preset's {2 * params:,}"
+    ):
         ensemble.copies_of_best(tiny_study, 3, 2 * params)
-    with pytest.raises(StudyError, match="; pass --ensemble 2 or fewer.$"):
+    with pytest.raises(RetrainError, match="; pass --ensemble 2 or fewer.$"):
         ensemble.copies_of_best(tiny_study, 3, 2 * params + 1)
-    with pytest.raises(StudyError, match="no two copies fit, so pass --members distinct.$"):
+    with pytest.raises(RetrainError, match="no two copies fit, so pass --members distinct.$"):
         ensemble.copies_of_best(tiny_study, 2, 2 * params - 1)
 
 

@@ -240,7 +240,7 @@ def test_a_worker_at_the_total_does_not_load_the_data(
         s.add_trial(optuna.create_trial(value=value))
     lines: list[str] = []
     loop.run_worker(
-        s, preset, 2, storage=rdb, data_dir=str(tmp_path / "nowhere"), log=lines.append
+        s, preset, 2, storage=rdb, data_dir=tmp_path / "nowhere", log=lines.append
     )  # a data folder that is not there is never read
     assert lines == ["Study 'tiny' already has 2 finished trials (of 2); nothing to do."]
 

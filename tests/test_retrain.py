@@ -15,9 +15,8 @@ from optuna.trial import TrialState, create_trial
 
 from search.define import presets
 from search.define.space import Config, Conv
-from search.final.retrain import _save, final_plan, pick, retrain
+from search.final.retrain import RetrainError, _save, final_plan, pick, retrain_trial
 from search.store import study
-from search.store.trials import StudyError
 from tests.helpers import db_url, write_preset
 
 SMALL = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -45,7 +44,7 @@ def sqlite(private_storage: Path) -> str:
 def test_pick_takes_the_best_or_a_trial_that_trained(sqlite: str) -> None:
     s = optuna.create_study(storage=sqlite, study_name="picky")
     with pytest.raises(
-        StudyError, match="Study 'picky' has no completed trial yet; run 'search start'"
+        RetrainError, match="Study 'picky' has no completed trial yet; run 'search start'"
     ):
         pick(s, None)
     s.add_trial(trained(0.5, best_epoch=3))
@@ -56,11 +55,11 @@ def test_pick_takes_the_best_or_a_trial_that_trained(sqlite: str) -> None:
     assert pick(s, 0).number == 0
     assert pick(s, 2).number == 2  # pruned, but it has a best epoch to retrain for
     with pytest.raises(
-        StudyError, match="Trial #3 is FAIL and never finished an epoch; pick a completed trial"
+        RetrainError, match="Trial #3 is FAIL and never finished an epoch; pick a completed trial"
     ):
         pick(s, 3)
     for number in (4, -1):
-        with pytest.raises(StudyError, match=f"Study 'picky' has no trial #{number}\\."):
+        with pytest.raises(RetrainError, match=f"Study 'picky' has no trial #{number}\\."):
             pick(s, number)
 
 
@@ -79,7 +78,7 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     s.add_trial(trained(0.6, best_epoch=1, seed=7))
     number = s.trials[-1].number
     lines: list[str] = []
-    result = retrain(s, preset, out_dir=private_storage, log=lines.append)
+    result = retrain_trial(s, preset, out_dir=private_storage, log=lines.append)
     assert (result.trial, result.epochs, result.seed) == (number, 1, 7)
     assert result.train_images == 6000 and result.architecture == "C16k3-P-F-D32"
     assert result.test_accuracy > 0.5  # chance is 0.1; one epoch on 6,000 images

@@ -74,7 +74,7 @@ def two_workers(
         url=url,
         request=request,
         fresh=fresh,
-        data_dir=str(data_dir),
+        data_dir=data_dir,
         log=lines.append,
     )
 
@@ -243,7 +243,7 @@ def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_p
     study.prepare(preset, url=url, name="tiny")
     # This process runs TensorFlow; the worker must not. Its data folder is missing, so it
     # stops right after its backend has started.
-    job = workers.Job(0, url, "tiny", 1, 0, 1, str(tmp_path / "nowhere"), backend="theano")
+    job = workers.Job(0, url, "tiny", 1, 0, 1, tmp_path / "nowhere", backend="theano")
     lines: list[str] = []
     ended = workers.spawn([job], log=lines.append)
     assert ended.errors == {
@@ -253,7 +253,7 @@ def test_a_spawned_worker_runs_on_the_job_s_backend(private_storage: Path, tmp_p
     if not importlib.util.find_spec("jax"):
         pytest.skip("JAX is not installed")
     lines.clear()
-    job = workers.Job(0, url, "tiny", 1, 0, 1, str(tmp_path / "nowhere"), backend="jax")
+    job = workers.Job(0, url, "tiny", 1, 0, 1, tmp_path / "nowhere", backend="jax")
     ended = workers.spawn([job], log=lines.append)
     assert lines[0] == "[w0] Backend: jax on cpu (1 device)"
     assert ended.errors[0].endswith("is not a folder.")

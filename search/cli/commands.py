@@ -250,7 +250,7 @@ def _run(
         url=run.url,
         request=request,
         fresh=fresh,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=click.echo,
     )
     if outcome.ending is Ending.INTERRUPTED:

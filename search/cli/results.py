@@ -12,7 +12,7 @@ from search.cli.options import (
     data_dir_option,
     storage_options,
 )
-from search.final import MEMBERS, retrain, retrain_ensemble
+from search.final import MEMBERS, retrain_ensemble, retrain_trial
 from search.report import report_dir, write_report
 from search.run import (
     sigterm_as_interrupt,
@@ -88,12 +88,12 @@ def retrain_best(
             raise click.UsageError("Pass --trial or --ensemble, not both.")
         _retrain_ensemble(opened, members, members_of or "distinct", data_dir)
         return
-    result = retrain(
+    result = retrain_trial(
         opened.study,
         opened.preset,
         out_dir=home(),
         number=number,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=click.echo,
     )
     delta = (result.test_accuracy - result.lab_test_accuracy) * 100
@@ -110,7 +110,7 @@ def _retrain_ensemble(opened: Opened, k: int, members_of: str, data_dir: Path | 
         opened.preset,
         k,
         out_dir=home(),
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=click.echo,
         members_of=members_of,
     )
@@ -197,7 +197,7 @@ def report(
         opened.study,
         opened.preset,
         folder,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=data_dir,
         log=click.echo,
     )
     click.echo(

@@ -2,7 +2,8 @@
 
 A preset names the dataset, the training budget, the bounds of the search space and the lab's
 own configurations, which become a new study's first trials. Where a name finds its file (the
-shipped presets, the user's ./studies/) is catalog.py's job.
+shipped presets, the user's ./studies/) is catalog.py's job; checking the file's every key is
+preset_checks.py's.
 """
 
 from __future__ import annotations
@@ -10,28 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from search.define import catalog, datasets
 from search.define.space import (
-    AUGMENTATIONS,
-    DROPOUT_PLACEMENTS,
-    HEADS,
-    MAX_CONV_LAYERS,
-    MAX_DENSE_LAYERS,
-    OPTIMIZERS,
-    PADDINGS,
-    SCHEDULES,
     Config,
     Space,
     augment_kind,
-    impossible,
-    outside,
-    size,
 )
-from search.errors import TRAIN_IMAGES, SearchError
+from search.errors import SearchError
 
 PRUNERS = ("hyperband", "sha", "median", "behind", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
@@ -150,34 +140,6 @@ class Preset:
         return ["val_loss", "params"] if self.multi_objective else ["val_loss"]
 
 
-_TOP_TYPES: dict[str, tuple[type, ...]] = {
-    "dataset": (str,),
-    "description": (str,),
-    "trials": (int,),
-    "val_size": (int,),
-    "train_size": (int,),
-    "epochs": (int,),
-    "patience": (int,),
-    "seed": (int,),
-    "pruner": (str,),
-    "objective": (str,),
-    "max_params": (int,),
-    "max_mflops": (int, float),
-    "steps_per_execution": (int,),
-    "hours": (int, float),
-    "sampler": (str,),
-    "startup_trials": (int,),
-    "pruner_min_epochs": (int,),
-    "pruner_reduction": (int,),
-    "pruner_ratio": (int, float),
-    "final_epochs": (int, float),
-    "final_schedule": (str,),
-    "recycle_trials": (int,),
-    "recycle_mb": (int,),
-    "space": (dict,),
-    "baseline": (list,),
-    "start": (list,),
-}
 _RUN_SETTINGS = (
     "hours",
     "sampler",
@@ -191,234 +153,6 @@ _RUN_SETTINGS = (
     "recycle_trials",
     "recycle_mb",
 )
-FINAL_SCHEDULES = ("same", "cosine")
-SAMPLERS = ("tpe", "tpe-grouped")
-_RANGES = {
-    "conv_layers",
-    "dense_layers",
-    "dropout_rate",
-    "learning_rate",
-    "weight_decay",
-    "label_smoothing",
-}
-_ALLOWED: dict[str, tuple[Any, ...]] = {
-    "dropout": DROPOUT_PLACEMENTS,
-    "optimizer": OPTIMIZERS,
-    "padding": PADDINGS,
-    "pool": (True, False),
-    "batchnorm": (True, False),
-    "augment": AUGMENTATIONS,
-    "head": HEADS,
-    "schedule": SCHEDULES,
-}
-
-
-def _fail(path: Path, key: str, problem: str) -> PresetError:
-    return PresetError(f"{path}: '{key}' {problem}.")
-
-
-def _is(value: Any, kinds: tuple[type, ...]) -> bool:
-    # bool is a subclass of int in Python; a preset's `true` is never a number.
-    if isinstance(value, bool):
-        return bool in kinds
-    return isinstance(value, kinds)
-
-
-def _space(path: Path, table: dict[str, Any]) -> Space:
-    names = {f.name for f in fields(Space)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise _fail(path, f"space.{key}", f"is not a known axis (known: {', '.join(names)})")
-        values[key] = _axis(path, key, value)
-    space = Space(**values)
-    _check_space(path, space)
-    return space
-
-
-def _axis(path: Path, key: str, value: Any) -> tuple[Any, ...]:
-    """One axis of [space]: a list of choices, or [min, max] for a range, of the right type."""
-    where = f"space.{key}"
-    if not isinstance(value, list) or not value:
-        raise _fail(path, where, "must be a non-empty list")
-    if key == "augment":  # `[false, true]` from before augmentation had kinds
-        value = [augment_kind(v) if isinstance(v, bool) else v for v in value]
-    default = getattr(Space(), key)
-    kinds: tuple[type, ...] = (type(default[0]),)
-    if kinds == (float,):
-        kinds = (int, float)
-    for item in value:
-        if not _is(item, kinds):
-            raise _fail(path, where, f"holds {item!r}, expected {kinds[0].__name__} values")
-    if key in _ALLOWED and not set(value) <= set(_ALLOWED[key]):
-        raise _fail(path, where, f"must take values from {list(_ALLOWED[key])}")
-    if key not in _RANGES:
-        if len(set(value)) != len(value):
-            raise _fail(path, where, "lists a value twice")
-        return tuple(value)
-    if len(value) != 2:
-        raise _fail(path, where, "must be [min, max]")
-    lo, hi = value
-    if lo > hi:
-        raise _fail(path, where, f"has min {lo} greater than max {hi}")
-    return (lo, hi)
-
-
-def _check_space(path: Path, space: Space) -> None:
-    """Bounds that hold across axes: layer counts, positive sizes, rates in range."""
-    checks = [
-        (
-            "space.conv_layers",
-            1 <= space.conv_layers[0] and space.conv_layers[1] <= MAX_CONV_LAYERS,
-            f"must lie within [1, {MAX_CONV_LAYERS}]",
-        ),
-        (
-            "space.dense_layers",
-            1 <= space.dense_layers[0] and space.dense_layers[1] <= MAX_DENSE_LAYERS,
-            f"must lie within [1, {MAX_DENSE_LAYERS}]",
-        ),
-        (
-            "space.kernel",
-            all(k >= 1 and k % 2 == 1 for k in space.kernel),
-            "must hold odd sizes of at least 1",
-        ),
-        ("space.filters", all(f >= 1 for f in space.filters), "must be positive"),
-        ("space.dense_units", all(u >= 1 for u in space.dense_units), "must be positive"),
-        ("space.batch_size", all(b >= 1 for b in space.batch_size), "must be positive"),
-        (
-            "space.dropout_rate",
-            0 <= space.dropout_rate[0] and space.dropout_rate[1] < 1,
-            "must lie within [0, 1)",
-        ),
-        ("space.learning_rate", space.learning_rate[0] > 0, "must be positive"),
-        ("space.weight_decay", space.weight_decay[0] > 0, "must be positive"),
-        (
-            "space.label_smoothing",
-            0 <= space.label_smoothing[0] and space.label_smoothing[1] < 1,
-            "must lie within [0, 1)",
-        ),
-    ]
-    for key, ok, problem in checks:
-        if not ok:
-            raise _fail(path, key, problem)
-
-
-def _baseline(path: Path, i: int, table: dict[str, Any], kind: str = "baseline") -> Baseline:
-    where = f"{kind}[{i}]"
-    if not isinstance(table, dict):
-        raise _fail(path, where, "must be a table")
-    known = {f.name for f in fields(Config)} | {"name", "params"}
-    for key in table:
-        if key not in known:
-            raise _fail(path, f"{where}.{key}", f"is not a known field (known: {sorted(known)})")
-    try:
-        config = Config.from_dict({k: v for k, v in table.items() if k not in ("name", "params")})
-    except (TypeError, KeyError, ValueError) as e:
-        raise _fail(path, where, f"is not a valid configuration ({e})") from e
-    for key, value in _config_values(config):
-        expected = {"pool": bool}.get(key) or (
-            type(getattr(_LAB, key)) if key in _LAB_FIELDS else int
-        )
-        if not _is(value, (expected,) if expected is not float else (int, float)):
-            raise _fail(path, f"{where}.{key}", f"holds {value!r}, expected {expected.__name__}")
-        if expected in (int, float) and not isinstance(value, bool) and value < 0:
-            raise _fail(path, f"{where}.{key}", "must not be negative")
-    reason = impossible(config)
-    if reason:
-        raise _fail(path, where, f"cannot be built: {reason}")
-    counted = size(config).params
-    params = table.get("params", counted)
-    if params != counted:
-        raise _fail(
-            path,
-            f"{where}.params",
-            f"says {params!r}, but this network has {counted:,} parameters",
-        )
-    return Baseline(name=str(table.get("name", f"{kind} {i}")), config=config, params=params)
-
-
-_LAB = Config(convs=())
-_LAB_FIELDS = {f.name for f in fields(Config)} - {"convs", "dense"}
-
-
-def _config_values(config: Config) -> list[tuple[str, Any]]:
-    """Every scalar of a configuration with its field name, for type checks."""
-    values = [(k, getattr(config, k)) for k in sorted(_LAB_FIELDS)]
-    for conv in config.convs:
-        values += [("filters", conv.filters), ("kernel", conv.kernel), ("pool", conv.pool)]
-    values += [("dense", units) for units in config.dense]
-    return values
-
-
-_POSITIVE = (
-    "trials",
-    "val_size",
-    "epochs",
-    "steps_per_execution",
-    "train_size",
-    "max_params",
-    "max_mflops",
-    "hours",
-    "final_epochs",
-    "startup_trials",
-    "pruner_min_epochs",
-)
-_ONE_OF = {
-    "pruner": PRUNERS,
-    "objective": OBJECTIVES,
-    "sampler": SAMPLERS,
-    "final_schedule": FINAL_SCHEDULES,
-}
-
-
-def _check_settings(path: Path, data: dict[str, Any]) -> None:
-    """The top-level settings' ranges and choices (their types are checked already)."""
-    for key in _POSITIVE:
-        if key in data and data[key] <= 0:
-            raise _fail(path, key, "must be positive")
-    for key in ("patience", "seed", "recycle_trials", "recycle_mb"):
-        if key in data and data[key] < 0:
-            raise _fail(path, key, "must not be negative")
-    for key, choices in _ONE_OF.items():
-        if key in data and data[key] not in choices:
-            raise _fail(path, key, f"must be one of {list(choices)}")
-    if data.get("pruner_reduction", 3) < 2:
-        raise _fail(path, "pruner_reduction", "must be at least 2")
-    if data.get("pruner_ratio", 1.5) <= 1:
-        raise _fail(path, "pruner_ratio", "must exceed 1")
-    if data.get("val_size", 5000) >= TRAIN_IMAGES:
-        raise _fail(path, "val_size", "must leave training images (at most 59,999)")
-
-
-def parse(path: Path, data: dict[str, Any]) -> Preset:
-    for key, value in data.items():
-        if key not in _TOP_TYPES:
-            raise _fail(path, key, f"is not a known setting (known: {', '.join(_TOP_TYPES)})")
-        if not _is(value, _TOP_TYPES[key]):
-            raise _fail(path, key, f"must be of type {_TOP_TYPES[key][0].__name__}")
-    if "dataset" not in data:
-        raise _fail(path, "dataset", "is required")
-    try:
-        datasets.info(data["dataset"])
-    except datasets.DataError as e:
-        raise PresetError(f"{path}: {e}") from None
-    _check_settings(path, data)
-    space = _space(path, data.get("space", {}))
-    if not datasets.info(data["dataset"]).flip_ok and any("flip" in a for a in space.augment):
-        raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
-    tables = {
-        kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
-        for kind in ENQUEUED
-    }
-    for kind, found in tables.items():
-        for i, b in enumerate(found):
-            why = outside(b.config, space)
-            if why:
-                raise _fail(path, f"{kind}[{i}]", f"({b.name}) lies outside the space: {why}")
-    top = {k: v for k, v in data.items() if k not in ("space", *tables)}
-    return Preset(
-        name=path.stem, space=space, baselines=tables["baseline"], starts=tables["start"], **top
-    )
 
 
 def load_preset(name_or_path: str | Path) -> Preset:
@@ -438,6 +172,8 @@ def load_preset(name_or_path: str | Path) -> Preset:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PresetError(f"{path}: not valid TOML ({e}).") from e
+    from search.define.preset_checks import parse  # it builds Presets: imported here, not above
+
     return parse(path, data)
 
 

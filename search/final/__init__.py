@@ -2,6 +2,6 @@
 ensemble of the best."""
 
 from search.final.ensemble import MEMBERS, retrain_ensemble
-from search.final.retrain import retrain
+from search.final.retrain import RetrainError, retrain_trial
 
-__all__ = ["MEMBERS", "retrain", "retrain_ensemble"]
+__all__ = ["MEMBERS", "RetrainError", "retrain_ensemble", "retrain_trial"]

@@ -22,9 +22,17 @@ from optuna.trial import FrozenTrial, TrialState
 from search.define.presets import Preset
 from search.define.space import describe, size
 from search.errors import Log
-from search.final.retrain import pick, save_or_explain, seed_of, test, test_set, train_on_all
+from search.final.retrain import (
+    RetrainError,
+    pick,
+    save_or_explain,
+    seed_of,
+    test,
+    test_set,
+    train_on_all,
+)
 from search.store.storage import safe_name
-from search.store.trials import StudyError, config_of
+from search.store.trials import config_of
 from search.train.network import ensemble, load_model
 
 if TYPE_CHECKING:
@@ -57,6 +65,18 @@ class EnsembleResult:
     members_of: str = "distinct"  # one of MEMBERS
 
 
+def _passed_over(
+    trial: FrozenTrial, params: int, total: int, max_params: int, *, first: bool
+) -> str:
+    reason = (
+        f"it alone is over the preset's {max_params:,}"
+        if first
+        else f"with it the ensemble would hold {total + params:,}, over the preset's "
+        f"{max_params:,}"
+    )
+    return f"Trial #{trial.number} ({params:,} params) is passed over: {reason}."
+
+
 def distinct_best(
     study: optuna.Study, k: int, max_params: int | None = None, log: Log | None = None
 ) -> list[FrozenTrial]:
@@ -82,15 +102,7 @@ def distinct_best(
         seen.add(key)
         params = size(config).params
         if max_params is not None and total + params > max_params:
-            reason = (
-                f"with it the ensemble would hold {total + params:,}, over the preset's "
-                f"{max_params:,}"
-                if chosen
-                else f"it alone is over the preset's {max_params:,}"
-            )
-            passed_over.append(
-                f"Trial #{trial.number} ({params:,} params) is passed over: {reason}."
-            )
+            passed_over.append(_passed_over(trial, params, total, max_params, first=not chosen))
             continue
         chosen.append(trial)
         total += params
@@ -105,7 +117,7 @@ def distinct_best(
         if passed_over
         else ""
     )
-    raise StudyError(
+    raise RetrainError(
         f"Study '{study.study_name}' has {len(seen)} distinct completed trial(s){fit}, fewer "
         f"than the {k} the ensemble asks for; run more trials or pass a smaller --ensemble."
     )
@@ -124,7 +136,7 @@ def copies_of_best(
             if fits >= 2
             else "no two copies fit, so pass --members distinct"
         )
-        raise StudyError(
+        raise RetrainError(
             f"{k} copies of trial #{trial.number} ({params:,} params each) would hold "
             f"{k * params:,}, over the preset's {max_params:,}; {advice}."
         )
@@ -151,31 +163,19 @@ def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Mode
     return model, int(record.get("epochs", 0))
 
 
-def retrain_ensemble(
+def _train_members(
     study: optuna.Study,
     preset: Preset,
-    k: int,
-    *,
-    out_dir: Path,
-    data_dir: str | None = None,
-    log: Log = print,
-    members_of: str = "distinct",
-) -> EnsembleResult:
-    """Retrain k members that fit the budget together, as retrain-best does; test all.
-
-    The members are the k best distinct trials, or with `members_of="best"` the best trial k
-    times, its own seed first, then the next k - 1 seeds.
-    """
-    if members_of == "best":
-        trials = copies_of_best(study, k, preset.max_params)
-        seeds = [seed_of(trials[0], preset) + i for i in range(k)]
-    else:
-        trials = distinct_best(study, k, preset.max_params, log)
-        seeds = [seed_of(t, preset) for t in trials]
+    trials: list[FrozenTrial],
+    seeds: list[int],
+    data_dir: Path | None,
+    log: Log,
+) -> tuple[list[keras.Model], list[int]]:
+    """Each member's model and its epochs: loaded where retrain-best saved it, else trained."""
     models: list[keras.Model] = []
     epochs: list[int] = []
     for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
-        log(f"Member {i + 1} of {k}:")
+        log(f"Member {i + 1} of {len(trials)}:")
         saved = already_trained(study, trial) if seed == seed_of(trial, preset) else None
         if saved is not None:
             model, n = saved
@@ -190,6 +190,31 @@ def retrain_ensemble(
             n = len(history.loss)
         models.append(model)
         epochs.append(n)
+    return models, epochs
+
+
+def retrain_ensemble(
+    study: optuna.Study,
+    preset: Preset,
+    k: int,
+    *,
+    out_dir: Path,
+    data_dir: Path | None = None,
+    log: Log = print,
+    members_of: str = "distinct",
+) -> EnsembleResult:
+    """Retrain k members that fit the budget together, as retrain-best does; test all.
+
+    The members are the k best distinct trials, or with `members_of="best"` the best trial k
+    times, its own seed first, then the next k - 1 seeds.
+    """
+    if members_of == "best":
+        trials = copies_of_best(study, k, preset.max_params)
+        seeds = [seed_of(trials[0], preset) + i for i in range(k)]
+    else:
+        trials = distinct_best(study, k, preset.max_params, log)
+        seeds = [seed_of(t, preset) for t in trials]
+    models, epochs = _train_members(study, preset, trials, seeds, data_dir, log)
     tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
     for trial, model, n, seed in zip(trials, models, epochs, seeds, strict=True):

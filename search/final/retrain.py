@@ -17,9 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from search.define import datasets
 from search.define.presets import Preset
 from search.define.space import Config, describe, size
-from search.errors import Log, first_line
+from search.errors import Log, SearchError, first_line
 from search.store.storage import safe_name
-from search.store.trials import StudyError, best, config_of
+from search.store.trials import best, config_of
 from search.train.network import for_inference
 from search.train.runtime import configure, devices
 from search.train.training import History, build_and_fit
@@ -43,21 +43,25 @@ class Result:
     history: dict[str, list[float]]
 
 
+class RetrainError(SearchError):
+    """The trial asked for cannot be retrained as asked, or its retraining failed."""
+
+
 def pick(study: optuna.Study, number: int | None) -> FrozenTrial:
     if number is None:
         trial = best(study)
         if trial is None:
-            raise StudyError(
+            raise RetrainError(
                 f"Study '{study.study_name}' has no completed trial yet; run 'search start' "
                 "until at least one trial completes."
             )
         return trial
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
-        raise StudyError(f"Study '{study.study_name}' has no trial #{number}.")
+        raise RetrainError(f"Study '{study.study_name}' has no trial #{number}.")
     trial = trials[number]
     if trial.state != TrialState.COMPLETE and "best_epoch" not in trial.user_attrs:
-        raise StudyError(
+        raise RetrainError(
             f"Trial #{number} is {trial.state.name} and never finished an epoch; "
             "pick a completed trial."
         )
@@ -98,7 +102,7 @@ def final_plan(trial: FrozenTrial, preset: Preset) -> tuple[Config, int, int]:
     return config, epochs, planned
 
 
-def final_images(preset: Preset, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def final_images(preset: Preset, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Every training image the preset uses: its validation and training images together.
 
     datasets.split decides which they are, for the search and here alike: a prefix of the
@@ -119,7 +123,7 @@ def train_on_all(
     trial: FrozenTrial,
     preset: Preset,
     *,
-    data_dir: str | None,
+    data_dir: Path | None,
     log: Log,
     fresh: bool = True,
     seed: int | None = None,
@@ -158,14 +162,14 @@ def train_on_all(
         fresh=fresh,
     )
     if not np.isfinite(history.loss[-1]):
-        raise StudyError(f"Retraining trial #{trial.number} diverged (loss {history.loss[-1]}).")
+        raise RetrainError(f"Retraining trial #{trial.number} diverged (loss {history.loss[-1]}).")
     return for_inference(model), history, len(images)
 
 
 TestSet = tuple[np.ndarray, np.ndarray]
 
 
-def test_set(preset: Preset, data_dir: str | None) -> TestSet:
+def test_set(preset: Preset, data_dir: Path | None) -> TestSet:
     """The test images and labels: read here only, after every model is trained."""
     return datasets.load_test(preset.dataset, data_dir)
 
@@ -176,13 +180,13 @@ def test(model: keras.Model, images_and_labels: TestSet) -> tuple[float, float]:
     return float(loss), float(accuracy)
 
 
-def retrain(
+def retrain_trial(
     study: optuna.Study,
     preset: Preset,
     *,
     out_dir: Path,
     number: int | None = None,
-    data_dir: str | None = None,
+    data_dir: Path | None = None,
     log: Log = print,
 ) -> Result:
     """Retrain a trial (the best by default) on all training images, test it once, save it."""
@@ -216,7 +220,7 @@ def save_or_explain(model: keras.Model, path: Path) -> None:
     try:
         _save(model, path)
     except OSError as e:
-        raise StudyError(
+        raise RetrainError(
             f"The test result is recorded on the study, but the model could not be "
             f"saved to {path}: {e.strerror or e}."
         ) from None

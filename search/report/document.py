@@ -110,7 +110,7 @@ class _Canvas:
 
 
 def _predict(
-    record: dict[str, Any], dataset: str, data_dir: str | None, log: Log
+    record: dict[str, Any], dataset: str, data_dir: Path | None, log: Log
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The saved final model's predictions on the test set; the only read of it here."""
     from search.train.network import load_model
@@ -127,7 +127,7 @@ def _predict(
             f"({first_line(e, type(e).__name__)}); rerun 'search retrain-best'"
         ) from None
     try:
-        x_test, y_test = datasets.load_test(dataset, Path(data_dir) if data_dir else None)
+        x_test, y_test = datasets.load_test(dataset, data_dir)
     except datasets.DataError as e:
         raise Skip(f"the test set cannot be read: {e}") from None
     probabilities = model.predict(x_test, batch_size=1024, verbose=0)
@@ -147,7 +147,7 @@ def _draw_final(
     study: optuna.Study,
     preset: Preset,
     record: dict[str, Any] | None,
-    data_dir: str | None,
+    data_dir: Path | None,
 ) -> str:
     """The final model's figures; returns a note for REPORT.md if its file scores otherwise."""
     if not record:
@@ -182,7 +182,7 @@ def write_report(
     preset: Preset,
     out_dir: Path,
     *,
-    data_dir: str | None = None,
+    data_dir: Path | None = None,
     log: Log = print,
 ) -> Report:
     """Draw every figure that the study's state allows and write REPORT.md beside them."""

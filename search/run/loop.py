@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -136,7 +137,7 @@ def run_trials(
     return stopped
 
 
-def _load(preset: Preset, data_dir: str | None, log: Log) -> datasets.Split:
+def _load(preset: Preset, data_dir: Path | None, log: Log) -> datasets.Split:
     """The preset's training and validation images, loaded once for this worker's trials."""
     images, labels = datasets.load_train(preset.dataset, data_dir)
     data = datasets.split(images, labels, preset.val_size, preset.train_size)
@@ -153,7 +154,7 @@ def run_worker(
     total: int,
     *,
     storage: optuna.storages.RDBStorage,
-    data_dir: str | None = None,
+    data_dir: Path | None = None,
     log: Log = print,
     threads: int | None = None,
     cpus: Sequence[int] = (),

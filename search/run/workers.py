@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.errors import Log, SearchError, debugging, first_line
@@ -63,7 +64,7 @@ class Job:
     total: int
     seed: int
     threads: int | None
-    data_dir: str | None
+    data_dir: Path | None
     recycle: sizing.Recycle = field(default_factory=sizing.Recycle)
     backend: str = runtime.DEFAULT_BACKEND  # set in the process before it imports Keras
     gpu: str | None = None  # the one card it sees (CUDA_VISIBLE_DEVICES)
@@ -97,7 +98,7 @@ def run_study(
     url: str,
     request: sizing.WorkerRequest,
     fresh: bool,
-    data_dir: str | None,
+    data_dir: Path | None,
     log: Log,
 ) -> Outcome:
     """Run the study to its total in worker processes, each replaced as it retires, and
@@ -157,7 +158,7 @@ def make_jobs(
     base: int,
     workers: int,
     threads: int | None,
-    data_dir: str | None,
+    data_dir: Path | None,
     plan: list[str],
     recycle: sizing.Recycle | None = None,
 ) -> list[Job]:

@@ -266,18 +266,7 @@ def prepare(
         changed = () if old is None else tuple(old.changes(preset))
         study = _create(rdb, name, preset, total) if created else _resume(rdb, name, preset)
         lost, joined, requeued = _start(study, preset, total, created=created)
-    return Prepared(
-        study,
-        preset,
-        rdb,
-        url,
-        total=total,
-        created=created,
-        lost=lost,
-        requeued=requeued,
-        joined=joined,
-        changed=changed,
-    )
+    return Prepared(study, preset, rdb, url, total, created, lost, requeued, joined, changed)
 
 
 def _stored(rdb: optuna.storages.RDBStorage, name: str) -> tuple[Preset, int | None]:

@@ -30,11 +30,13 @@ def build(
     flip: bool = False,
     steps_per_execution: int = 1,
     decay_steps: int | None = None,
+    compile_settings: dict[str, Any] | None = None,
 ) -> keras.Model:
     """A compiled model that takes raw uint8 images (N×28×28) and scales them itself.
 
     `flip` says whether the dataset allows mirrored images; `decay_steps` is the length of a
-    cosine schedule (the planned epochs times the steps per epoch).
+    cosine schedule (the planned epochs times the steps per epoch). `compile_settings`
+    replaces what runtime.compile_options chooses (benchmarks/backends.py measures them).
     """
     import keras
 
@@ -56,7 +58,8 @@ def build(
             else "sparse_categorical_crossentropy"
         ),
         metrics=["accuracy"],
-        **compile_options(steps_per_execution),  # XLA or not, per backend and device
+        # XLA or not, per backend and device
+        **(compile_settings or compile_options(steps_per_execution)),
     )
     return model
 
