@@ -24,6 +24,9 @@ KEYS = [
     "max_params",
     "max_mflops",
     "steps_per_execution",
+    "hours",
+    "final_epochs",
+    "pruner_ratio",
     "description",
     "junk",
 ]
@@ -47,7 +50,7 @@ AXES = [
 
 scalars = st.one_of(
     st.integers(-(10**12), 10**12),
-    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(),  # NaN, the infinities and 1e308 among them: TOML writes nan and inf
     st.booleans(),
     st.text(max_size=12),
     st.sampled_from(["fashion_mnist", "mnist", "sha"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from search.cli.options import WorkerCount, storage_arguments
+from search.cli.options import Hours, WorkerCount, storage_arguments
 from search.train import runtime
 from tests.helpers import run, write_preset
 
@@ -72,3 +72,19 @@ def test_a_backend_this_process_cannot_switch_to_is_refused_and_changes_nothing(
     )
     assert runtime.ENV_BACKEND not in os.environ
     assert not (private_storage / "search.db").exists()
+
+
+@pytest.mark.parametrize("hours", ["inf", "nan", "-inf", "1e300", "0", "-2", "8761"])
+def test_hours_must_be_finite_positive_and_at_most_a_year(
+    hours: str, private_storage: Path
+) -> None:
+    """Before, inf and 1e300 passed and failed later with 'timestamp out of range', and nan
+    was stored on the study, so every resume and `search status` failed the same way."""
+    result = run("start", "--preset", "demo", "--hours", hours)
+    assert result.exit_code == 2
+    assert f"'{hours}' is not a number of hours above 0 and at most 8,760." in result.output
+    assert not private_storage.exists()  # refused before any storage was opened
+
+
+def test_a_fractional_hour_is_a_budget(tmp_path: Path) -> None:
+    assert Hours().convert("0.25", None, None) == 0.25

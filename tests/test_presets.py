@@ -151,3 +151,30 @@ def test_digits_are_never_flipped(tmp_path: Path) -> None:
     path.write_text('dataset = "mnist"\n[space]\naugment = ["none", "flip"]\n')
     with pytest.raises(presets.PresetError, match="'space.augment' may not flip"):
         presets.load_preset(path)
+
+
+NON_FINITE = [
+    ("max_params = 400_000", "max_params = 400_000\nhours = nan", "'hours' must be a finite"),
+    ("max_params = 400_000", "max_params = 400_000\nhours = inf", "'hours' must be a finite"),
+    ("max_params = 400_000", "max_params = 400_000\nhours = 1e300", "'hours' must be at most"),
+    ("max_params = 400_000", "max_params = 400_000\nmax_mflops = nan", "'max_mflops' must be"),
+    ("max_params = 400_000", "max_params = 400_000\npruner_ratio = nan", "'pruner_ratio'"),
+    ("max_params = 400_000", "max_params = 400_000\nfinal_epochs = nan", "'final_epochs'"),
+    ("max_params = 400_000", "max_params = 400_000\nfinal_epochs = 1e300", "'final_epochs'"),
+    ("dropout_rate = [0.1, 0.3]", "dropout_rate = [0.1, nan]", "'space.dropout_rate'"),
+    ("learning_rate = [0.0001, 0.003]", "learning_rate = [0.0001, inf]", "'space.learning_rate'"),
+    ("learning_rate = 0.0001", "learning_rate = -inf", "'baseline[1].learning_rate'"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "message"), NON_FINITE)
+def test_a_number_that_is_not_finite_or_is_absurd_is_refused_by_name(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    """TOML has nan and inf; NaN compares false with everything, so a range check alone lets
+    it through (a NaN budget or pruner ratio would silently turn the guard or pruner off)."""
+    path = write_preset(tmp_path, **{old: new})
+    with pytest.raises(PresetError) as raised:
+        presets.load_preset(path)
+    assert str(raised.value).startswith(f"{path}: ")
+    assert message in str(raised.value)

@@ -15,6 +15,7 @@ import optuna
 
 from search.cli.options import (
     Group,
+    Hours,
     data_dir_option,
     new_study_options,
     storage_options,
@@ -84,7 +85,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @click.option(
     "--hours",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Hours(),
     help="Wall-clock budget from now: no new trial starts after it, in any worker; running "
     "trials finish. Rerun to resume for as long again; a start that joins workers still "
     "running keeps their deadline. Default: the preset's hours, if any.",

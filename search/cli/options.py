@@ -5,6 +5,7 @@ commands share: data, storage, workers, backend and GPUs.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import traceback
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 
+from search.define import MAX_HOURS
 from search.errors import SearchError, first_line
 from search.run import (
     ENV_GPUS,
@@ -102,6 +104,30 @@ def _storage_options(f: Callable[..., Any], study_help: str) -> Callable[..., An
         "Defaults to storage/search.db.",
     )(f)
     return f
+
+
+class Hours(click.ParamType):
+    """--hours: a finite positive number of hours, at most a year.
+
+    click's FloatRange takes nan (it compares false with both bounds) and inf.
+    """
+
+    name = "hours"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            hours = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number of hours.", param, ctx)
+        if not math.isfinite(hours) or not 0 < hours <= MAX_HOURS:
+            self.fail(
+                f"'{value}' is not a number of hours above 0 and at most {MAX_HOURS:,}.",
+                param,
+                ctx,
+            )
+        return hours
 
 
 class WorkerCount(click.ParamType):

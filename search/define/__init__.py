@@ -8,6 +8,7 @@ from search.define.catalog import find, lines
 from search.define.datasets import DATASETS, DataError, Split, info, load_test, load_train, split
 from search.define.presets import (
     ENQUEUED,
+    MAX_HOURS,
     OBJECTIVES,
     PRUNERS,
     Baseline,
@@ -32,6 +33,7 @@ from search.define.space import (
 __all__ = [
     "DATASETS",
     "ENQUEUED",
+    "MAX_HOURS",
     "NUM_CLASSES",
     "OBJECTIVES",
     "PRUNERS",

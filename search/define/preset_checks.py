@@ -6,12 +6,22 @@ presets.load_preset reads the TOML and hands it here; what passes becomes a Pres
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from search.define import datasets
-from search.define.presets import ENQUEUED, OBJECTIVES, PRUNERS, Baseline, Preset, PresetError
+from search.define.presets import (
+    ENQUEUED,
+    MAX_FINAL_EPOCHS,
+    MAX_HOURS,
+    OBJECTIVES,
+    PRUNERS,
+    Baseline,
+    Preset,
+    PresetError,
+)
 from search.define.space import (
     AUGMENTATIONS,
     DROPOUT_PLACEMENTS,
@@ -238,8 +248,35 @@ _ONE_OF = {
 }
 
 
+def _non_finite(value: Any, where: str) -> str | None:
+    """The first place under `where` that holds NaN or an infinity, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        # A list of tables is numbered (baseline[1]); a list of numbers is one setting.
+        tables = any(isinstance(v, dict) for v in value)
+        items = ((f"{where}[{i}]" if tables else where, v) for i, v in enumerate(value))
+    return next((found for key, v in items if (found := _non_finite(v, key))), None)
+
+
+def _check_finite(path: Path, data: dict[str, Any]) -> None:
+    """TOML has nan and inf. NaN compares false with everything, so no range check below
+    would refuse it: a NaN budget or pruner ratio would turn the guard or the pruner off."""
+    where = _non_finite(data, "")
+    if where:
+        raise _fail(path, where, "must be a finite number, not nan or an infinity")
+    if data.get("hours", 0) > MAX_HOURS:
+        raise _fail(path, "hours", f"must be at most {MAX_HOURS:,} (a year)")
+    if data.get("final_epochs", 0) > MAX_FINAL_EPOCHS:
+        raise _fail(path, "final_epochs", f"must be at most {MAX_FINAL_EPOCHS}")
+
+
 def _check_settings(path: Path, data: dict[str, Any]) -> None:
     """The top-level settings' ranges and choices (their types are checked already)."""
+    _check_finite(path, data)
     for key in _POSITIVE:
         if key in data and data[key] <= 0:
             raise _fail(path, key, "must be positive")
