@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.define import datasets, presets
 from search.define.space import Config, Conv, size
-from search.final import ensemble
+from search.final import ensemble, saved
 from search.final.retrain import RetrainError
 from search.report import document as report
 from search.store import study
@@ -23,13 +23,13 @@ TWO = Config(convs=(Conv(16, 3, True), Conv(32, 3, True)), dense=(32,), head="ga
 WIDE = Config(convs=(Conv(16, 3, True),), dense=(64,))
 
 
-def trained(value: float, config: Config) -> optuna.trial.FrozenTrial:
+def trained(value: float, config: Config, seed: int = 5) -> optuna.trial.FrozenTrial:
     return create_trial(
         state=TrialState.COMPLETE,
         value=value,
         params={},
         distributions={},
-        user_attrs={"config": config.to_json(), "best_epoch": 1, "seed": 5},
+        user_attrs={"config": config.to_json(), "best_epoch": 1, "seed": seed},
     )
 
 
@@ -90,8 +90,9 @@ def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
     assert [m["architecture"] for m in members] == ["C16k3-P-F-D32", "C16k3-P-C32k3-P-GAP-D32"]
     assert all(m["test_accuracy"] > 0.2 for m in members)  # one epoch each; chance is 0.1
     assert record["test_accuracy"] > 0.5 and record["params"] == sum(m["params"] for m in members)
-    path = private_storage / "models" / "tiny-ensemble2.keras"
+    path = private_storage / "models" / f"tiny-{tiny_study.user_attrs['uid'][:8]}-ensemble2.keras"
     assert record["model_path"] == str(path)
+    assert saved.read_manifest(path)["record"] == record  # type: ignore[index]
     model = keras.models.load_model(path)  # one file that takes raw images
     x_test, y_test = datasets.load_test("fashion_mnist", fashion_dir)
     accuracy = float(np.mean(np.argmax(model.predict(x_test, verbose=0), axis=1) == y_test))
@@ -120,7 +121,7 @@ def test_a_member_that_retrain_best_saved_is_loaded_not_trained_again(
     assert first["test_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=1e-6)
 
     # A file that no longer holds the trial's network is not trusted: the member trains again.
-    ensemble_path = private_storage / "models" / "tiny-ensemble2.keras"
+    ensemble_path = Path(tiny_study.user_attrs["ensemble"]["model_path"])
     Path(retrained["model_path"]).write_bytes(ensemble_path.read_bytes())
     again = run("retrain-best", "--study", "tiny", "--ensemble", "2")
     assert again.exit_code == 0, again.output
@@ -163,7 +164,8 @@ def test_members_best_trains_the_best_trial_with_successive_seeds(
     assert first["test_accuracy"] == pytest.approx(retrained["test_accuracy"], abs=1e-6)
     assert all(m["test_accuracy"] > 0.2 for m in record["members"])  # chance is 0.1
     assert record["members_of"] == "best" and record["params"] == 2 * size(ONE).params
-    path = private_storage / "models" / "tiny-ensemble2-best.keras"
+    uid = tiny_study.user_attrs["uid"]
+    path = private_storage / "models" / f"tiny-{uid[:8]}-ensemble2-best.keras"
     assert record["model_path"] == str(path)
     model = keras.models.load_model(path)
     one, two = (model.get_layer(f"member_{i}").get_weights()[0] for i in (1, 2))
@@ -172,3 +174,62 @@ def test_members_best_trains_the_best_trial_with_successive_seeds(
     assert "## Ensemble of 2 seeds" in text
     assert "The best trial, trained 2 times with 2 seeds (its copies fit 400,000" in text
     assert f"trial #{best} `C16k3-P-F-D32`, seed 6" in text
+
+
+def test_studies_of_one_name_in_two_storages_never_share_a_saved_model(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    """Before, both wrote storage/models/tiny-trial1.keras: b's retrain replaced a's file, and
+    a's ensemble then averaged b's network into a's result."""
+    preset = presets.load_preset(write_preset(tmp_path))
+    made = []
+    for folder, seed in (("a", 5), ("b", 6)):
+        url = f"sqlite:///{tmp_path / folder / 'search.db'}"
+        s = study.prepare(preset, url=url, name="tiny").study
+        for value, config in ((0.5, ONE), (0.4, ONE), (0.6, TWO)):
+            s.add_trial(trained(value, config, seed=seed))
+        made.append((s, url))
+    (a, a_url), (b, b_url) = made
+    best = a.trials[-2].number  # val_loss 0.4, in both storages
+    for url, more in ((a_url, []), (b_url, ["--trial", str(best)])):
+        retrained = run("retrain-best", "--storage", url, "--study", "tiny", *more)
+        assert retrained.exit_code == 0, retrained.output
+    a_path, b_path = (Path(s.user_attrs["retrain"]["model_path"]) for s in (a, b))
+    assert a_path != b_path and a_path.is_file() and b_path.is_file()
+    assert saved.read_manifest(a_path)["uid"] == a.user_attrs["uid"]  # type: ignore[index]
+
+    result = run(
+        "retrain-best",
+        "--storage",
+        a_url,
+        "--study",
+        "tiny",
+        "--ensemble",
+        "2",
+        "--members",
+        "best",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"Trial #{best} was retrained by retrain-best" in result.output  # a's own, reused
+    first = a.user_attrs["ensemble_best"]["members"][0]
+    assert first["test_accuracy"] == pytest.approx(
+        a.user_attrs["retrain"]["test_accuracy"], abs=1e-6
+    )
+
+    # b's file copied over a's by hand is refused with one sentence, and the member trains.
+    a_path.write_bytes(b_path.read_bytes())
+    saved.manifest_path(a_path).write_bytes(saved.manifest_path(b_path).read_bytes())
+    again = run(
+        "retrain-best",
+        "--storage",
+        a_url,
+        "--study",
+        "tiny",
+        "--ensemble",
+        "2",
+        "--members",
+        "best",
+    )
+    assert again.exit_code == 0, again.output
+    assert f"{a_path} is not used: it was saved for study 'tiny' in sqlite:///" in again.output
+    assert again.output.count("Retraining trial #") == 2

@@ -7,6 +7,7 @@ disk in test_errors.py.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -15,7 +16,8 @@ from optuna.trial import TrialState, create_trial
 
 from search.define import presets
 from search.define.space import Config, Conv
-from search.final.retrain import RetrainError, _save, final_plan, pick, retrain_trial
+from search.final import saved
+from search.final.retrain import RetrainError, final_plan, pick, retrain_trial
 from search.store import study
 from tests.helpers import db_url, write_preset
 
@@ -66,7 +68,7 @@ def test_pick_takes_the_best_or_a_trial_that_trained(sqlite: str) -> None:
 def test_a_failed_save_leaves_no_half_written_file(tmp_path: Path) -> None:
     path = tmp_path / "models" / "x.keras"
     with pytest.raises(OSError, match="has no attribute 'save'"):  # not a model at all
-        _save(object(), path)
+        saved.save(object(), path, {"trial": 0})
     assert list(path.parent.iterdir()) == []
 
 
@@ -87,9 +89,19 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
         "on 6,000 images for 1 epochs, seed 7."
     )
     assert lines[1] == "Backend: tensorflow on cpu (1 device)"
-    model = private_storage / "models" / f"tiny-trial{number}.keras"
+    uid = s.user_attrs["uid"]
+    model = private_storage / "models" / f"tiny-{uid[:8]}-trial{number}.keras"
     assert result.model_path == str(model) and model.is_file()
-    assert [p.name for p in model.parent.iterdir()] == [model.name]  # no temporary file left
+    manifest = saved.manifest_path(model)
+    # No temporary file left; beside the model, the manifest that says whose it is.
+    assert sorted(p.name for p in model.parent.iterdir()) == [model.name, manifest.name]
+    assert saved.read_manifest(model) == {
+        "storage": None,  # retrain_trial was not told the URL here; the CLI tells it
+        "study": "tiny",
+        "uid": uid,
+        "trial": number,
+        "record": s.user_attrs["retrain"],
+    }
     attrs = optuna.load_study(study_name="tiny", storage=db_url(private_storage)).user_attrs
     assert attrs["retrain"]["test_accuracy"] == result.test_accuracy
     assert attrs["test_accuracy"] == round(result.test_accuracy, 4)
@@ -103,3 +115,49 @@ def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Pat
     config, epochs, planned = final_plan(trial, longer)
     assert (config.schedule, epochs, planned) == ("cosine", 3, 3)  # decays to zero at the end
     assert dataclasses.replace(config, schedule=SMALL.schedule) == SMALL
+
+
+def test_a_result_the_study_cannot_record_keeps_its_model_and_a_rerun_records_it(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    """The storage is locked by another writer just as the result is to be recorded (as a
+    PostgreSQL gone away or a full disk would refuse it): the test accuracy is printed, the
+    model and its manifest are kept, one sentence says so, and the rerun trains nothing."""
+    preset = presets.load_preset(write_preset(tmp_path))
+    url = db_url(private_storage)
+    s = study.prepare(preset, url=url, name="tiny").study
+    s.add_trial(trained(0.6, best_epoch=1, seed=7))
+    impatient = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
+    s = optuna.load_study(study_name="tiny", storage=impatient)
+    saved.study_uid(s)  # an old study gets its uid before the training, not after
+    blocker = sqlite3.connect(private_storage / "search.db", isolation_level=None)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("Model saved to "):  # saved and printed: now the storage fails
+            blocker.execute("BEGIN EXCLUSIVE")
+
+    with pytest.raises(RetrainError) as raised:
+        retrain_trial(s, preset, out_dir=private_storage, log=log)
+    blocker.execute("ROLLBACK")
+    message = str(raised.value)
+    assert message.startswith("The model is saved at ") and "database is locked" in message
+    assert message.endswith("it records the saved model without training again.")
+    assert any(line.startswith("Test accuracy ") for line in lines)
+    assert "retrain" not in s.user_attrs  # nothing was recorded
+    path = Path(lines[-1].removeprefix("Model saved to "))
+    assert path.is_file() and saved.read_manifest(path) is not None
+
+    again: list[str] = []
+    result = retrain_trial(s, preset, out_dir=private_storage, log=again.append)
+    assert again == [
+        f"{path} holds trial #{result.trial} retrained with this recipe, but its result was "
+        "never recorded on the study; it is recorded now, without training again."
+    ]
+    assert s.user_attrs["retrain"] == saved.read_manifest(path)["record"]  # type: ignore[index]
+    assert s.user_attrs["test_accuracy"] == round(result.test_accuracy, 4)
+    # Recorded now: a third run retrains, as retrain-best always has.
+    third: list[str] = []
+    retrain_trial(s, preset, out_dir=private_storage, log=third.append)
+    assert third[0].startswith(f"Retraining trial #{result.trial} ")

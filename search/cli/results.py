@@ -88,20 +88,15 @@ def retrain_best(
             raise click.UsageError("Pass --trial or --ensemble, not both.")
         _retrain_ensemble(opened, members, members_of or "distinct", data_dir)
         return
-    result = retrain_trial(
+    retrain_trial(
         opened.study,
         opened.preset,
         out_dir=home(),
         number=number,
         data_dir=data_dir,
         log=click.echo,
+        url=opened.url,
     )
-    delta = (result.test_accuracy - result.lab_test_accuracy) * 100
-    click.echo(
-        f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
-        f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
-    )
-    click.echo(f"Model saved to {result.model_path}")
 
 
 def _retrain_ensemble(opened: Opened, k: int, members_of: str, data_dir: Path | None) -> None:
@@ -113,6 +108,7 @@ def _retrain_ensemble(opened: Opened, k: int, members_of: str, data_dir: Path | 
         data_dir=data_dir,
         log=click.echo,
         members_of=members_of,
+        url=opened.url,
     )
     for m in result.members:
         click.echo(

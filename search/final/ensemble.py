@@ -24,14 +24,15 @@ from search.define.space import describe, size
 from search.errors import Log
 from search.final.retrain import (
     RetrainError,
+    keep,
     pick,
-    save_or_explain,
+    record_or_explain,
     seed_of,
     test,
     test_set,
     train_on_all,
 )
-from search.store.storage import safe_name
+from search.final.saved import foreign, identity, model_path, read_manifest
 from search.store.trials import config_of
 from search.train.network import ensemble, load_model
 
@@ -143,16 +144,22 @@ def copies_of_best(
     return [trial] * k
 
 
-def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Model, int] | None:
+def already_trained(
+    study: optuna.Study, trial: FrozenTrial, out_dir: Path, log: Log
+) -> tuple[keras.Model, int] | None:
     """The model retrain-best saved for this trial, and its epochs, if it is still there.
 
     The final recipe is fixed by the study's preset, so training the same trial again would
-    only repeat the longest part of an ensemble's work. A file whose network does not match the
-    trial's (replaced by hand) is ignored.
+    only repeat the longest part of an ensemble's work. Only a file whose manifest names this
+    study and trial is used (study names repeat across storages), and only while it holds the
+    trial's network (a file replaced by hand is ignored).
     """
-    record = study.user_attrs.get("retrain") or {}
-    path = Path(record.get("model_path") or "")
-    if record.get("trial") != trial.number or not path.is_file():
+    path = model_path(out_dir, study, f"trial{trial.number}")
+    if not path.is_file():
+        return None
+    why = foreign(path, study, trial.number)
+    if why:
+        log(f"{path} is not used: {why}.")
         return None
     try:
         model = load_model(path)
@@ -160,6 +167,7 @@ def already_trained(study: optuna.Study, trial: FrozenTrial) -> tuple[keras.Mode
         return None
     if model.count_params() != size(config_of(trial)).params:
         return None
+    record = (read_manifest(path) or {}).get("record") or {}
     return model, int(record.get("epochs", 0))
 
 
@@ -170,13 +178,15 @@ def _train_members(
     seeds: list[int],
     data_dir: Path | None,
     log: Log,
+    out_dir: Path,
 ) -> tuple[list[keras.Model], list[int]]:
     """Each member's model and its epochs: loaded where retrain-best saved it, else trained."""
     models: list[keras.Model] = []
     epochs: list[int] = []
     for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
         log(f"Member {i + 1} of {len(trials)}:")
-        saved = already_trained(study, trial) if seed == seed_of(trial, preset) else None
+        mine = seed == seed_of(trial, preset)
+        saved = already_trained(study, trial, out_dir, log) if mine else None
         if saved is not None:
             model, n = saved
             log(
@@ -202,6 +212,7 @@ def retrain_ensemble(
     data_dir: Path | None = None,
     log: Log = print,
     members_of: str = "distinct",
+    url: str | None = None,
 ) -> EnsembleResult:
     """Retrain k members that fit the budget together, as retrain-best does; test all.
 
@@ -214,7 +225,7 @@ def retrain_ensemble(
     else:
         trials = distinct_best(study, k, preset.max_params, log)
         seeds = [seed_of(t, preset) for t in trials]
-    models, epochs = _train_members(study, preset, trials, seeds, data_dir, log)
+    models, epochs = _train_members(study, preset, trials, seeds, data_dir, log, out_dir)
     tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
     for trial, model, n, seed in zip(trials, models, epochs, seeds, strict=True):
@@ -226,7 +237,7 @@ def retrain_ensemble(
     combined = ensemble(models, name=f"ensemble_of_{k}")
     test_loss, test_accuracy = test(combined, tests)
     kind = "-best" if members_of == "best" else ""
-    path = out_dir / "models" / f"{safe_name(study.study_name)}-ensemble{k}{kind}.keras"
+    path = model_path(out_dir, study, f"ensemble{k}{kind}")
     result = EnsembleResult(
         members=tuple(members),
         params=sum(m.params for m in members),
@@ -236,7 +247,8 @@ def retrain_ensemble(
         max_params=preset.max_params,
         members_of=members_of,
     )
-    study.set_user_attr(RECORD[members_of], json.loads(json.dumps(asdict(result))))
+    record = json.loads(json.dumps(asdict(result)))
+    keep(combined, path, identity(study, url, record=record))  # results before records
     log(f"Ensemble of {k}: test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}).")
-    save_or_explain(combined, path)
+    record_or_explain(study, {RECORD[members_of]: record}, path)
     return result

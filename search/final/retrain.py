@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from search.define import datasets
 from search.define.presets import Preset
 from search.define.space import Config, describe, size
 from search.errors import Log, SearchError, first_line
-from search.store.storage import safe_name
+from search.final.saved import foreign, identity, model_path, read_manifest, save
 from search.store.trials import best, config_of
 from search.train.network import for_inference
 from search.train.runtime import configure, devices
@@ -66,23 +65,6 @@ def pick(study: optuna.Study, number: int | None) -> FrozenTrial:
             "pick a completed trial."
         )
     return trial
-
-
-def _save(model: object, path: Path) -> None:
-    """Write to a temporary file and rename it, so a failed save leaves no half-written model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)  # type: ignore[attr-defined]
-        os.replace(tmp, path)
-    except OSError:
-        raise
-    except Exception as e:  # h5py and zipfile report a full disk in their own exception types
-        raise OSError(first_line(e, type(e).__name__)) from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def final_plan(trial: FrozenTrial, preset: Preset) -> tuple[Config, int, int]:
@@ -188,12 +170,22 @@ def retrain_trial(
     number: int | None = None,
     data_dir: Path | None = None,
     log: Log = print,
+    url: str | None = None,
 ) -> Result:
-    """Retrain a trial (the best by default) on all training images, test it once, save it."""
+    """Retrain a trial (the best by default) on all training images, test it once, save it.
+
+    Results before records: the model and its manifest are saved, then the test accuracy is
+    printed, then it is recorded on the study. A save that fails loses no record; a record
+    that cannot be written (the storage went away during a retrain of hours) keeps the model,
+    and the same command run again records it from the manifest without training again.
+    """
     trial = pick(study, number)
+    path = model_path(out_dir, study, f"trial{trial.number}")  # gives an old study its uid
+    attached = _attach(study, trial, preset, path, log)
+    if attached is not None:
+        return attached
     model, history, train_images = train_on_all(trial, preset, data_dir=data_dir, log=log)
     test_loss, test_accuracy = test(model, test_set(preset, data_dir))
-    path = out_dir / "models" / f"{safe_name(study.study_name)}-trial{trial.number}.keras"
     config = config_of(trial)
     result = Result(
         trial=trial.number,
@@ -208,19 +200,79 @@ def retrain_trial(
         model_path=str(path),
         history=history.as_dict(),
     )
-    # Results go on the study first, so a failed save below loses nothing already measured.
-    study.set_user_attr("retrain", json.loads(json.dumps(asdict(result))))
-    study.set_user_attr("test_accuracy", round(result.test_accuracy, 4))
-    study.set_user_attr("test_loss", round(result.test_loss, 4))
-    save_or_explain(model, path)
+    keep(model, path, identity(study, url, trial=trial.number, record=_json(result)))
+    delta = (result.test_accuracy - result.lab_test_accuracy) * 100
+    log(
+        f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
+        f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
+    )
+    log(f"Model saved to {path}")
+    _record(study, result, path)
     return result
 
 
-def save_or_explain(model: keras.Model, path: Path) -> None:
+def _json(result: Result) -> dict[str, Any]:
+    return dict(json.loads(json.dumps(asdict(result))))
+
+
+def _attach(
+    study: optuna.Study, trial: FrozenTrial, preset: Preset, path: Path, log: Log
+) -> Result | None:
+    """Record a saved result that never reached the study, instead of training again."""
+    unrecorded = _unrecorded(study, trial, preset, path)
+    if unrecorded is not None:
+        log(
+            f"{path} holds trial #{trial.number} retrained with this recipe, but its result "
+            "was never recorded on the study; it is recorded now, without training again."
+        )
+        _record(study, unrecorded, path)
+    return unrecorded
+
+
+def _unrecorded(
+    study: optuna.Study, trial: FrozenTrial, preset: Preset, path: Path
+) -> Result | None:
+    """A result saved beside this trial's model, with this recipe, that the study lacks."""
+    manifest = read_manifest(path) if path.is_file() else None
+    if manifest is None or foreign(path, study, trial.number) or "record" not in manifest:
+        return None
+    record = manifest["record"]
+    _, epochs, _ = final_plan(trial, preset)
+    same_recipe = record.get("epochs") == epochs and record.get("seed") == seed_of(trial, preset)
+    if not same_recipe or study.user_attrs.get("retrain") == record:
+        return None  # recorded already: a rerun trains again, as it always has
+    return Result(**record)
+
+
+def _record(study: optuna.Study, result: Result, path: Path) -> None:
+    attrs = {
+        "retrain": _json(result),
+        "test_accuracy": round(result.test_accuracy, 4),
+        "test_loss": round(result.test_loss, 4),
+    }
+    record_or_explain(study, attrs, path)
+
+
+def record_or_explain(study: optuna.Study, attrs: dict[str, Any], path: Path) -> None:
+    """Write a final model's record on the study, or say in one sentence why it is not."""
     try:
-        _save(model, path)
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, OSError) as e:
+        cause = e.__cause__ or e
+        raise RetrainError(
+            f"The model is saved at {path} and its test result is printed above, but the "
+            f"result could not be recorded on study '{study.study_name}' "
+            f"({first_line(cause, type(cause).__name__)}); run the same command again once the "
+            "storage is back: it records the saved model without training again."
+        ) from None
+
+
+def keep(model: keras.Model, path: Path, manifest: dict[str, Any]) -> None:
+    """Save the model and its manifest, or say in one sentence why not."""
+    try:
+        save(model, path, manifest)
     except OSError as e:
         raise RetrainError(
-            f"The test result is recorded on the study, but the model could not be "
-            f"saved to {path}: {e.strerror or e}."
+            f"The model was tested (above) but could not be saved to {path}: {e.strerror or e}."
         ) from None
