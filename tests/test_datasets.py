@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +20,11 @@ from search.define.datasets import DataError
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path: Path, array: np.ndarray, count: int | None = None) -> None:
+    """An IDX file; `count` makes the header promise another number of items than it holds."""
     magic = datasets.IMAGE_MAGIC if array.ndim == 3 else datasets.LABEL_MAGIC
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    shape = (len(array) if count is None else count, *array.shape[1:])
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
@@ -124,3 +129,66 @@ def test_label_count_must_match_images(copy_dir: Path) -> None:
 def test_data_dir_that_is_not_a_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is not a folder"):
         datasets.load_train("fashion_mnist", tmp_path / "nowhere")
+
+
+def test_labels_outside_0_to_9_are_refused(copy_dir: Path) -> None:
+    labels = np.zeros(60_000, dtype=np.uint8)
+    labels[7] = 12
+    write_idx(copy_dir / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: label 12 .* 0-9"):
+        datasets.load_train("fashion_mnist", copy_dir)
+
+
+def test_npz_labels_outside_0_to_9_are_refused(tmp_path: Path) -> None:
+    x = np.zeros((5, 28, 28), dtype=np.uint8)
+    y = np.array([0, 1, -1, 3, 4])
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    with pytest.raises(DataError, match="mnist.npz: label -1 .* 0-9"):
+        datasets.load_train("mnist", tmp_path)
+
+
+def test_a_header_that_promises_too_many_items_is_refused_unread(copy_dir: Path) -> None:
+    write_idx(copy_dir / "train-images-idx3-ubyte.gz", np.zeros((3, 28, 28)), count=2**32 - 1)
+    with pytest.raises(DataError, match="4294967295 items, more than the 60000"):
+        datasets.load_train("fashion_mnist", copy_dir)
+
+
+def test_data_short_of_what_the_header_promises(copy_dir: Path) -> None:
+    write_idx(copy_dir / "train-images-idx3-ubyte.gz", np.zeros((100, 28, 28)), count=60_000)
+    with pytest.raises(DataError, match="holds 78400 bytes of data, expected 47040000"):
+        datasets.load_train("fashion_mnist", copy_dir)
+
+
+# Loads a folder in a child capped at 1.5 GB of address space (a loader that inflates a bomb
+# whole dies of MemoryError there, not by eating the machine) and prints its peak RSS in kB.
+BOMB_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+from search.define import datasets
+try:
+    datasets.load_train("fashion_mnist", sys.argv[1])
+except BaseException as e:
+    print(type(e).__name__, e)
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0])
+"""
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(copy_dir: Path) -> None:
+    """A 5 MB file that inflates to 1 GiB (22 times what its header promises)."""
+    zeros = bytes(1 << 20)
+    with gzip.open(copy_dir / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(struct.pack(">4I", datasets.IMAGE_MAGIC, 60_000, 28, 28))
+        for _ in range(1024):
+            f.write(zeros)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", BOMB_CHILD, str(copy_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    *said, peak_kb = child.stdout.split("\n")[:-1] or ["(nothing)"]
+    assert child.returncode == 0, child.stderr
+    assert "train-images-idx3-ubyte.gz: holds more than the 47040000 bytes" in said[0], said
+    assert int(peak_kb) < 1 << 20, f"peak RSS {int(peak_kb) >> 10} MB"

@@ -7,6 +7,7 @@ calls :func:`load_train`, cannot read the test set by accident.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import zlib
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import SearchError
+from search.define.space import NUM_CLASSES
+from search.errors import TRAIN_IMAGES, SearchError
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
@@ -75,6 +77,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MAX_ITEMS = {"train": TRAIN_IMAGES, "test": 10_000}  # what a header may promise, per part
+CHUNK = 1 << 20  # bytes inflated at a time
 
 
 def info(name: str) -> DatasetInfo:
@@ -85,39 +89,79 @@ def info(name: str) -> DatasetInfo:
         raise DataError(f"Unknown dataset '{name}'; known datasets: {known}.") from None
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
-        reason = "truncated" if isinstance(e, EOFError) else f"unreadable ({e})"
-        raise DataError(f"{path}: the file is {reason}; replace it with a complete copy.") from e
+def _unreadable(path: Path, e: Exception) -> DataError:
+    reason = "truncated" if isinstance(e, EOFError) else f"unreadable ({e})"
+    return DataError(f"{path}: the file is {reason}; replace it with a complete copy.")
 
 
-def read_idx(path: Path, magic: int, count: int | None = None) -> np.ndarray:
-    """Read one IDX file (optionally gzipped), checking its magic number and shape."""
-    raw = _read_bytes(path)
+def _read_header(f: io.BufferedIOBase, path: Path, magic: int, limit: int) -> tuple[int, ...]:
+    """The IDX dimensions, checked before a byte of data is inflated: a header decides how much."""
     ndim = 3 if magic == IMAGE_MAGIC else 1
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    raw = f.read(4 + 4 * ndim)
+    if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path}: the file is too short to be an IDX file.")
     found = struct.unpack(">I", raw[:4])[0]
     if found != magic:
         raise DataError(f"{path}: wrong IDX magic number {found} (expected {magic}).")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dims = struct.unpack(f">{ndim}I", raw[4:])
     if ndim == 3 and dims[1:] != (SIDE, SIDE):
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {SIDE}x{SIDE}.")
-    if count is not None and dims[0] != count:
-        raise DataError(f"{path}: holds {dims[0]} items, expected {count}.")
-    expected = int(np.prod(dims))
-    if len(raw) - header != expected:
+    if dims[0] > limit:
         raise DataError(
-            f"{path}: holds {len(raw) - header} bytes of data, expected {expected}; "
-            "the file is truncated or corrupt."
+            f"{path}: the header promises {dims[0]} items, more than the {limit} "
+            "this part of the dataset can hold; the file is corrupt."
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return dims
+
+
+def _read_data(f: io.BufferedIOBase, path: Path, size: int) -> np.ndarray:
+    """Exactly `size` bytes, in bounded chunks, then proof that nothing follows (a gzip bomb
+    would otherwise be inflated whole); reading to the end also checks the gzip CRC."""
+    out = np.empty(size, dtype=np.uint8)
+    done = 0
+    while done < size:
+        chunk = f.read(min(CHUNK, size - done))
+        if not chunk:
+            raise DataError(
+                f"{path}: holds {done} bytes of data, expected {size}; "
+                "the file is truncated or corrupt."
+            )
+        out[done : done + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+        done += len(chunk)
+    if f.read(1):
+        raise DataError(
+            f"{path}: holds more than the {size} bytes of data its header promises; "
+            "the file is corrupt."
+        )
+    return out
+
+
+def read_idx(
+    path: Path, magic: int, count: int | None = None, limit: int = TRAIN_IMAGES
+) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), checking its magic number and shape.
+
+    Never holds more than the header-implied size: at most `limit` items are read.
+    """
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            dims = _read_header(f, path, magic, limit)
+            if count is not None and dims[0] != count:
+                raise DataError(f"{path}: holds {dims[0]} items, expected {count}.")
+            data = _read_data(f, path, int(np.prod(dims)))
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        raise _unreadable(path, e) from e
+    return data.reshape(dims)
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> None:
+    """A label outside 0-9 would index past the one-hot rows or train a class nobody has."""
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if bad.size:
+        raise DataError(
+            f"{path}: label {labels[bad[0]]} at item {bad[0]} is outside "
+            f"0-{NUM_CLASSES - 1}; the file is corrupt."
+        )
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -140,13 +184,14 @@ def _from_dir(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
         if found is None:
             raise DataError(f"{folder}: missing {stem}.gz; the folder needs the four IDX files.")
     assert images_path is not None and labels_path is not None
-    images = read_idx(images_path, IMAGE_MAGIC)
-    labels = read_idx(labels_path, LABEL_MAGIC)
+    images = read_idx(images_path, IMAGE_MAGIC, limit=MAX_ITEMS[part])
+    labels = read_idx(labels_path, LABEL_MAGIC, limit=MAX_ITEMS[part])
     if len(images) != len(labels):
         raise DataError(
             f"{folder}: {images_path.name} has {len(images)} images but {labels_path.name} has "
             f"{len(labels)} labels."
         )
+    _check_labels(labels_path, labels)
     return images, labels
 
 
@@ -160,6 +205,7 @@ def _from_npz(path: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: x_{part}/y_{part} have unexpected shapes {images.shape}/{labels.shape}."
         )
+    _check_labels(path, labels)
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
