@@ -65,6 +65,109 @@ def test_available_memory_reads_the_kernel_s_figure() -> None:
     assert available is not None and 0 < available <= total
 
 
+GIB = 2**30
+MEMINFO = "MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n"  # 8 GiB available
+
+
+def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup tree written in tmp_path (`files` under its root, as the kernel writes them),
+    and the /proc/self/cgroup that names this process's cgroup in it (`own`)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (tmp_path / "self-cgroup").write_text(own + "\n")
+    return root, tmp_path / "self-cgroup"
+
+
+def _available(tmp_path: Path, own: str, files: dict[str, str]) -> int | None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    return runtime.available_memory(*cgroup_tree(tmp_path, own, files), str(meminfo))
+
+
+@pytest.mark.parametrize(
+    "own, files, available",
+    [
+        pytest.param(
+            "0::/",
+            {"memory.max": str(4 * GIB), "memory.current": str(GIB)},
+            3 * GIB,
+            id="v2: a pod of 4 GiB holding 1 GiB",
+        ),
+        pytest.param(
+            "0::/",
+            {
+                "memory.max": str(4 * GIB),
+                "memory.current": str(GIB),
+                "memory.stat": f"anon 100\ninactive_file {GIB // 2}\nactive_file 7",
+            },
+            3 * GIB + GIB // 2,
+            id="v2: inactive page cache is reclaimed first",
+        ),
+        pytest.param(
+            "0::/",
+            {"memory.max": "max", "memory.current": str(GIB)},
+            8 * GIB,
+            id="v2: max is no limit",
+        ),
+        pytest.param(
+            "0::/",
+            {"memory.max": str(64 * GIB), "memory.current": str(GIB)},
+            8 * GIB,
+            id="v2: a limit above the host's free memory",
+        ),
+        pytest.param(
+            "0::/kubepods/pod1/box",
+            {
+                "kubepods/memory.max": str(32 * GIB),
+                "kubepods/memory.current": str(2 * GIB),
+                "kubepods/pod1/memory.max": str(4 * GIB),
+                "kubepods/pod1/memory.current": str(3 * GIB + GIB // 2),
+                "kubepods/pod1/box/memory.max": "max",
+                "kubepods/pod1/box/memory.current": str(GIB),
+            },
+            GIB // 2,
+            id="v2 nested: the tightest along the path",
+        ),
+        pytest.param(
+            "0::/kubepods/pod1",
+            {"memory.max": str(2 * GIB), "memory.current": str(GIB)},
+            GIB,
+            id="v2 in a namespace: the tree's root is the pod's",
+        ),
+        pytest.param(
+            "9:name=systemd:/\n4:memory:/docker/x\n0::/",
+            {
+                "memory/memory.limit_in_bytes": "9223372036854771712",  # v1's "no limit"
+                "memory/memory.usage_in_bytes": str(5 * GIB),
+                "memory/docker/x/memory.limit_in_bytes": str(4 * GIB),
+                "memory/docker/x/memory.usage_in_bytes": str(GIB),
+                "memory/docker/x/memory.stat": f"cache 1\ntotal_inactive_file {GIB // 4}",
+            },
+            3 * GIB + GIB // 4,
+            id="v1",
+        ),
+        pytest.param("0::/", {}, 8 * GIB, id="no limit files: /proc/meminfo"),
+    ],
+)
+def test_available_memory_is_the_tightest_of_the_host_and_the_cgroup(
+    tmp_path: Path, own: str, files: dict[str, str], available: int
+) -> None:
+    assert _available(tmp_path, own, files) == available
+
+
+def test_available_memory_without_a_cgroup_tree_is_the_kernel_s_figure(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    assert runtime.available_memory(missing, missing, str(missing)) is None
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    assert runtime.available_memory(missing, missing, str(meminfo)) == 8 * GIB
+    root, own = cgroup_tree(tmp_path, "0::/", {"memory.max": str(GIB), "memory.current": "0"})
+    assert runtime.available_memory(root, own, str(missing)) == GIB  # no /proc: the cgroup's
+
+
 def test_out_of_memory_is_told_apart_from_other_training_errors_on_every_backend() -> None:
     import tensorflow as tf
 

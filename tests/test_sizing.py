@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from search.define import presets
 from search.run import gpus, sizing
-from tests.helpers import db_url, write_preset
+from search.store import storage
+from search.store.trials import set_total
+from tests.helpers import db_url, run, write_preset
 
 
 def test_auto_uses_the_cores_this_process_may_run_on(private_storage: Path) -> None:
@@ -37,7 +41,11 @@ def test_a_number_of_workers_is_taken_as_given_and_threads_never_drop_to_zero(
     private_storage: Path,
 ) -> None:
     assert sizing.worker_count(3, db_url(private_storage)) == 3
-    assert sizing.worker_count(100, db_url(private_storage)) == 100  # beyond the cores: as asked
+    # Up to what the machine holds; past it refused (until this change, 100 was as asked).
+    most = sizing.most_workers(sizing.cores(), sizing.available_memory())
+    assert sizing.worker_count(most, db_url(private_storage)) == most
+    with pytest.raises(sizing.WorkerError, match=f"--workers {10**6} is more than"):
+        sizing.worker_count(10**6, db_url(private_storage))
     assert sizing.thread_share(1) == sizing.cores()
     assert sizing.thread_share(sizing.cores() * 4) == 1
     # PostgreSQL has no cap of its own; the URL is only parsed, never connected to.
@@ -74,4 +82,94 @@ def test_auto_on_a_gpu_machine_starts_as_many_workers_as_the_cards_hold(
     roomy = [gpus.Gpu("0", 40 * gpus.WORKER_BYTES), gpus.Gpu("1", 40 * gpus.WORKER_BYTES)]
     # 80 fit on the cards; the cores (and the host's memory) still bound them.
     assert sizing.worker_count("auto", url, roomy) == sizing.worker_count("auto", url)
-    assert sizing.worker_count(5, url, small) == 5  # a number is taken as given
+    assert sizing.worker_count(2, url, small) == 2  # a number is taken as given
+
+
+def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup tree written in tmp_path (`files` under its root, as the kernel writes them),
+    and the /proc/self/cgroup that names this process's cgroup in it (`own`)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (tmp_path / "self-cgroup").write_text(own + "\n")
+    return root, tmp_path / "self-cgroup"
+
+
+ALLOWED = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    "own, files, cores",
+    [
+        pytest.param("0::/", {"cpu.max": "50000 100000"}, 1, id="v2: half a core"),
+        pytest.param(
+            "0::/", {"cpu.max": "150000 100000"}, min(ALLOWED, 2), id="v2: 1.5 rounds up"
+        ),
+        pytest.param("0::/", {"cpu.max": "max 100000"}, ALLOWED, id="v2: max is no limit"),
+        pytest.param(
+            "0::/kubepods/pod1/box",
+            {
+                "kubepods/cpu.max": "50000 100000",
+                "kubepods/pod1/cpu.max": "300000 100000",
+                "kubepods/pod1/box/cpu.max": "max 100000",
+            },
+            1,
+            id="v2 nested: the tightest along the path",
+        ),
+        pytest.param("0::/kubepods/pod1", {"cpu.max": "20000 100000"}, 1, id="v2 in a namespace"),
+        pytest.param(
+            "2:cpu,cpuacct:/docker/x\n0::/",
+            {
+                "cpu,cpuacct/cpu.cfs_quota_us": "-1",
+                "cpu,cpuacct/cpu.cfs_period_us": "100000",
+                "cpu,cpuacct/docker/x/cpu.cfs_quota_us": "50000",
+                "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000",
+            },
+            1,
+            id="v1",
+        ),
+        pytest.param(
+            "2:cpu,cpuacct:/",
+            {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"},
+            ALLOWED,
+            id="v1: -1 is no quota",
+        ),
+        pytest.param("0::/", {}, ALLOWED, id="no limit files: the affinity"),
+    ],
+)
+def test_the_cores_are_the_affinity_or_fewer_by_the_cgroup_s_quota(
+    tmp_path: Path, own: str, files: dict[str, str], cores: int
+) -> None:
+    assert sizing.cores(*cgroup_tree(tmp_path, own, files)) == cores
+
+
+def test_without_a_cgroup_tree_the_cores_are_the_affinity(tmp_path: Path) -> None:
+    assert sizing.cores(tmp_path / "missing", tmp_path / "missing") == ALLOWED
+    assert sizing.cores(tmp_path, tmp_path / "missing") == ALLOWED
+
+
+def test_the_most_workers_a_machine_holds_is_four_a_core_and_what_memory_holds() -> None:
+    assert sizing.most_workers(2, None) == 2 * sizing.PER_CORE
+    assert sizing.most_workers(2, 3 * 2**30) == 2  # a 4 GiB pod holding 1 GiB: 1.5 GiB each
+    assert sizing.most_workers(64, 3 * 2**30) == 2
+    assert sizing.most_workers(1, 0) == 1  # one worker is never refused
+
+
+def test_more_workers_than_the_machine_holds_are_refused_in_one_sentence(
+    tmp_path: Path, private_storage: Path
+) -> None:
+    preset = presets.load_preset(write_preset(tmp_path))
+    study = optuna.create_study(
+        storage=storage.open_storage(db_url(private_storage)), study_name="tiny"
+    )
+    study.set_user_attr("preset", preset.to_json())
+    set_total(study, 2)
+    result = run("worker", "--study", "tiny", "--workers", "100000")
+    assert result.exit_code == 1, result.output
+    error = result.output.strip().splitlines()[-1]
+    held = f"this machine holds: {sizing.cores()} core"
+    assert error.startswith(f"Error: --workers 100000 is more than {held}")
+    assert error.endswith(" or fewer.") and "use --workers auto, or --workers " in error
+    assert error.count(". ") == 0 and "Traceback" not in result.output

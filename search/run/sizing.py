@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.errors import Log, SearchError
 from search.run import gpus as gpus_mod
 from search.store import storage as storage_mod
+from search.train import cgroup
 from search.train.runtime import available_memory, resident_memory
 
 if TYPE_CHECKING:
@@ -27,6 +29,12 @@ WORKER_BYTES = 3 * 2**29
 # at many times a real search's write rate: benchmarks/worker_scaling.py sqlite-limit). `auto`
 # stays within what was measured; beyond it, use PostgreSQL.
 SQLITE_WORKERS = 64
+# `--workers N` is refused past what the machine holds: the processes memory holds (as `auto`
+# counts them, each WORKER_BYTES), since past it the kernel kills workers and each kill is a
+# retry, and PER_CORE a core. Past the cores, workers take turns on them (one thread each),
+# which still pays where trials wait on GPUs or on the storage; past four a core, each trial
+# runs on under a quarter of one and the 13.5 s start-up of every process dominates.
+PER_CORE = 4
 # Recycling (benchmarks/RESULTS.md, memory): without it, a worker's RSS rose from 770 MB at
 # its first tiny trial to 1,115 MB at trial 30 and 2,198 MB after 200 (+5.5 to +9 MB a trial,
 # linearly). Replaced every 30 trials, it stayed under 1,130 MB, within WORKER_BYTES, and held
@@ -50,12 +58,16 @@ class WorkerRequest:
 
 
 class WorkerError(SearchError):
-    """A worker setting (an environment variable) is malformed; the message names it."""
+    """A worker setting (--workers, an environment variable) is malformed or more than this
+    machine holds; the message names it."""
 
 
-def cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, not the host's)."""
-    return len(os.sched_getaffinity(0))
+def cores(root: Path = cgroup.ROOT, own: Path = cgroup.OWN) -> int:
+    """The cores this process may run on: a taskset's share, or fewer where its cgroup's CPU
+    quota (a container's limit) allows fewer; never the host's."""
+    allowed = len(os.sched_getaffinity(0))
+    quota = cgroup.cpu_limit(root, own)
+    return allowed if quota is None else max(1, min(allowed, quota))
 
 
 def _on_sqlite(url: str) -> bool:
@@ -83,18 +95,44 @@ def worker_count(
 ) -> int:
     """The number of worker processes for `--workers N|auto`.
 
-    A number is taken as given; beyond what one SQLite file was measured to serve, `log`
-    hears a warning.
+    A number is taken as given up to what the machine holds (most_workers), and refused past
+    it; beyond what one SQLite file was measured to serve, `log` hears a warning.
     """
     if value == AUTO:
         return auto_count(url, cards)
     count = int(value)
+    held, memory = cores(), available_memory()
+    if count > most_workers(held, memory):
+        raise WorkerError(_too_many(count, held, memory))
     if log and count > SQLITE_WORKERS and _on_sqlite(url):
         log(
             f"Warning: {count} workers on one SQLite file; it was measured to serve "
             f"{SQLITE_WORKERS}. Use PostgreSQL for more."
         )
     return count
+
+
+def most_workers(cores: int, memory: int | None) -> int:
+    """The most worker processes a machine of `cores` and `memory` bytes free holds (one at
+    least): PER_CORE a core, and no more than memory holds (as `auto` counts them)."""
+    count = PER_CORE * cores
+    if memory is not None:
+        count = min(count, memory // WORKER_BYTES)
+    return max(1, count)
+
+
+def _too_many(count: int, cores: int, memory: int | None) -> str:
+    most = most_workers(cores, memory)
+    held = f"{cores} core{'s' if cores > 1 else ''} ({PER_CORE} workers a core at most)"
+    if memory is not None:
+        held += (
+            f" and {memory / 2**30:.1f} GiB of memory free (room for "
+            f"{memory // WORKER_BYTES} workers of {WORKER_BYTES / 2**30:.1f} GiB)"
+        )
+    return (
+        f"--workers {count} is more than this machine holds: {held}; use --workers auto, "
+        f"or --workers {most} or fewer."
+    )
 
 
 def thread_share(workers: int) -> int:

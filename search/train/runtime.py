@@ -11,9 +11,11 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from search.errors import SearchError, debugging
+from search.train import cgroup
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DEFAULT_BACKEND = "tensorflow"
@@ -203,9 +205,16 @@ def _proc_bytes(path: str, key: str) -> int | None:
     return None
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo in bytes, or None where that file does not exist."""
-    return _proc_bytes("/proc/meminfo", "MemAvailable")
+def available_memory(
+    root: Path = cgroup.ROOT, own: Path = cgroup.OWN, meminfo: str = "/proc/meminfo"
+) -> int | None:
+    """The bytes this process may still take: MemAvailable, or less where its cgroup's limit
+    (a container's) leaves less; None where neither can be read.
+
+    /proc/meminfo shows the host's memory, and past a pod's limit the kernel kills.
+    """
+    found = (_proc_bytes(meminfo, "MemAvailable"), cgroup.memory_room(root, own))
+    return min((n for n in found if n is not None), default=None)
 
 
 def resident_memory() -> int | None:
