@@ -26,8 +26,14 @@ from search.define import datasets, presets
 from search.run import interrupt, loop
 from search.run.ending import MAX_REJECTIONS_IN_A_ROW, Ending, Outcome
 from search.store import storage, study
-from search.store.trials import finished, trained
-from tests.helpers import check_exact, db_url, swallow_an_interrupt, write_preset
+from search.store.trials import finished, recover, trained
+from tests.helpers import (
+    HEARTBEAT,
+    check_exact,
+    db_url,
+    swallow_an_interrupt,
+    write_preset,
+)
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")  # a dead worker's trial fails in 4 s
 
@@ -188,6 +194,39 @@ def test_a_trial_whose_worker_fell_silent_is_failed_and_run_again(
     dead, retry = s.trials
     assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == dead.params
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_again(
+    rdb: optuna.storages.RDBStorage, private_storage: Path
+) -> None:
+    """A worker killed between ask() and its first heartbeat leaves a RUNNING trial with no
+    heartbeat row, which Optuna's stale check skips: it would hold the last slot for good."""
+    s = optuna.create_study(storage=rdb, study_name="unbeaten")
+    plain = optuna.storages.RDBStorage(db_url(private_storage))  # no heartbeats: none written
+    dying = optuna.load_study(study_name="unbeaten", storage=plain)
+    orphan = dying.ask()
+    orphan.suggest_float("x", 0, 1)
+    time.sleep(float(HEARTBEAT[storage.ENV_GRACE]) + 1)  # its worker died; the grace passed
+    young = dying.ask()  # another worker's trial, not yet beating: within its grace period
+    assert recover(s) == [orphan.number]
+    dead, alive, retry = s.trials
+    assert dead.state == TrialState.FAIL and alive.state == TrialState.RUNNING
+    assert retry.state == TrialState.WAITING and retry.params == dead.params
+    assert retry.system_attrs["failed_trial"] == orphan.number
+    assert recover(s) == []  # failed once, retried once
+    dying.tell(young, 0.5)
+    plain.remove_session()
+    deadline = time.monotonic() + 30  # a slot held forever would wait here, not hang the test
+    ended = loop.run_trials(
+        s,
+        scripted({}),
+        2,
+        storage=rdb,
+        stop=lambda: Outcome(Ending.TIME_UP) if time.monotonic() > deadline else None,
+    )
+    assert ended.ending == Ending.REACHED
+    assert [t.state for t in s.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    assert s.trials[2].params == dead.params
 
 
 @pytest.mark.parametrize("writes_again", [True, False], ids=["then-reports", "then-returns"])

@@ -6,10 +6,15 @@ Reads and writes a study that exists; creating, resuming and opening one is stud
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 
 import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
 from search.define.space import Config, impossible
@@ -99,14 +104,61 @@ def recover(study: optuna.Study) -> list[int]:
 
     The storage's RetryHeartbeatStaleTrialCallback queues a retry of each (storage.py).
     """
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = {t.number for t in trials}
     if not running:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+        _fail_unbeaten(study, trials)
     failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     return sorted(running & failed)
+
+
+def _unbeaten(storage: RDBStorage, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The running trials older than the grace period that never sent a heartbeat.
+
+    Optuna's stale check skips a trial without a heartbeat row, so a worker killed between
+    ask() and its first beat would leave its trial RUNNING, holding a slot, for good. Ages
+    are by this machine's clock against the starting worker's (datetime_start), as the
+    database clock is not in UTC on every backend.
+    """
+    assert storage.heartbeat_interval is not None
+    grace = storage.grace_period or 2 * storage.heartbeat_interval  # Optuna's own default
+    now = time.time()
+    old = [t for t in trials if t.datetime_start and now - t.datetime_start.timestamp() > grace]
+    if not old:
+        return []
+    with storage.scoped_session() as session:
+        beating = set(
+            session.scalars(
+                sqlalchemy.select(TrialHeartbeatModel.trial_id).where(
+                    TrialHeartbeatModel.trial_id.in_([t._trial_id for t in old])
+                )
+            )
+        )
+    return [t for t in old if t._trial_id not in beating]
+
+
+def _fail_unbeaten(study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    """Fail the trials of workers that died before their first heartbeat, as Optuna's
+    fail_stale_trials fails a stale one, so that the same retry callback queues them."""
+    storage = study._storage  # Optuna's cache around the RDB storage: writes go through it
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, RDBStorage) or not is_heartbeat_enabled(rdb):
+        return
+    failed = []
+    for trial in _unbeaten(rdb, trials):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # its worker was alive after all and finished it, or another worker failed it
+    callback = rdb.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def config_of(trial: FrozenTrial) -> Config:
