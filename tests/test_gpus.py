@@ -89,8 +89,9 @@ def test_a_machine_without_nvidia_smi_has_no_card_unless_told(
 def test_a_pinned_process_sees_one_card_numbered_as_nvidia_smi_numbers_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    for key in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        monkeypatch.setenv(key, "")  # recorded, so pin's values are undone after the test
+        monkeypatch.delenv(key)
     gpus.pin("1")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"

@@ -227,7 +227,8 @@ def test_a_spawned_worker_enters_its_backend_and_card_before_keras(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for key in (runtime.ENV_BACKEND, "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so enter's values are undone after the test
+        monkeypatch.delenv(key)
     job = workers.Job(0, "sqlite:///x.db", "s", 1, 0, 1, None, backend="torch", gpu="3")
     workers.enter(job)
     assert os.environ[runtime.ENV_BACKEND] == "torch"
