@@ -150,3 +150,15 @@ def check_exact(trials: list[optuna.trial.FrozenTrial], total: int) -> None:
     assert sorted(numbers) == list(range(len(trials)))  # unique, without gaps
     workers_seen = {t.user_attrs.get("worker") for t in trials}
     assert len(workers_seen) > 1  # the trials really were shared out
+
+
+def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup tree written in tmp_path (`files` under its root, as the kernel writes them),
+    and the /proc/self/cgroup that names this process's cgroup in it (`own`)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    (tmp_path / "self-cgroup").write_text(own + "\n")
+    return root, tmp_path / "self-cgroup"

@@ -272,6 +272,23 @@ def ports(rule: Object) -> set[tuple[str, int]]:
     return {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
 
 
+def pairs(
+    peers: list[Object], labels: dict[str, dict[str, str]], selected: list[str], *, inbound: bool
+) -> list[tuple[str, str]]:
+    """(source, target) for each pod a rule's peers name and each pod its policy selects.
+
+    Only pod selectors are allowed: an empty one, another namespace or an IP block would
+    let in pods we do not know.
+    """
+    found = []
+    for peer in peers:
+        assert list(peer) == ["podSelector"] and peer["podSelector"], peer
+        for other, pod in labels.items():
+            if selects(peer["podSelector"], pod):
+                found += [(other, mine) if inbound else (mine, other) for mine in selected]
+    return found
+
+
 def test_network_policies_deny_by_default_and_only_search_reaches_postgresql(
     objects: list[Object],
 ) -> None:
@@ -293,23 +310,15 @@ def test_network_policies_deny_by_default_and_only_search_reaches_postgresql(
             # A rule without 'from', an empty selector, another namespace or an IP block would
             # let in pods we do not know; kubectl port-forward needs no rule at all.
             assert rule.get("from"), "an ingress rule without 'from' admits everyone"
-            for peer in rule["from"]:
-                assert list(peer) == ["podSelector"] and peer["podSelector"], peer
-                for source, pod in labels.items():
-                    if selects(peer["podSelector"], pod):
-                        for target in selected:
-                            ingress.setdefault((source, target), set()).update(ports(rule))
+            for source, target in pairs(rule["from"], labels, selected, inbound=True):
+                ingress.setdefault((source, target), set()).update(ports(rule))
         for rule in policy.get("egress", []):
             if "to" not in rule:  # any destination: name lookups only
                 assert ports(rule) == {("UDP", 53), ("TCP", 53)}, rule
                 dns.update(selected)
                 continue
-            for peer in rule["to"]:
-                assert list(peer) == ["podSelector"] and peer["podSelector"], peer
-                for target, pod in labels.items():
-                    if selects(peer["podSelector"], pod):
-                        for source in selected:
-                            egress.setdefault((source, target), set()).update(ports(rule))
+            for source, target in pairs(rule["to"], labels, selected, inbound=False):
+                egress.setdefault((source, target), set()).update(ports(rule))
     # Both ways: the workers and the dashboard reach PostgreSQL, and nothing else reaches
     # anything; the dashboard, which can delete studies, takes no connection at all.
     expected = {

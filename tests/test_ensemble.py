@@ -198,17 +198,8 @@ def test_studies_of_one_name_in_two_storages_never_share_a_saved_model(
     assert a_path != b_path and a_path.is_file() and b_path.is_file()
     assert saved.read_manifest(a_path)["uid"] == a.user_attrs["uid"]  # type: ignore[index]
 
-    result = run(
-        "retrain-best",
-        "--storage",
-        a_url,
-        "--study",
-        "tiny",
-        "--ensemble",
-        "2",
-        "--members",
-        "best",
-    )
+    seeds_of_best = ("--study", "tiny", "--ensemble", "2", "--members", "best")
+    result = run("retrain-best", "--storage", a_url, *seeds_of_best)
     assert result.exit_code == 0, result.output
     assert f"Trial #{best} was retrained by retrain-best" in result.output  # a's own, reused
     first = a.user_attrs["ensemble_best"]["members"][0]
@@ -219,17 +210,7 @@ def test_studies_of_one_name_in_two_storages_never_share_a_saved_model(
     # b's file copied over a's by hand is refused with one sentence, and the member trains.
     a_path.write_bytes(b_path.read_bytes())
     saved.manifest_path(a_path).write_bytes(saved.manifest_path(b_path).read_bytes())
-    again = run(
-        "retrain-best",
-        "--storage",
-        a_url,
-        "--study",
-        "tiny",
-        "--ensemble",
-        "2",
-        "--members",
-        "best",
-    )
+    again = run("retrain-best", "--storage", a_url, *seeds_of_best)
     assert again.exit_code == 0, again.output
     assert f"{a_path} is not used: it was saved for study 'tiny' in sqlite:///" in again.output
     assert again.output.count("Retraining trial #") == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from search.train import runtime
+from tests.helpers import cgroup_tree
 
 THREADS = """
 from search.train.runtime import configure
@@ -69,16 +70,10 @@ GIB = 2**30
 MEMINFO = "MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n"  # 8 GiB available
 
 
-def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
-    """A cgroup tree written in tmp_path (`files` under its root, as the kernel writes them),
-    and the /proc/self/cgroup that names this process's cgroup in it (`own`)."""
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text + "\n")
-    (tmp_path / "self-cgroup").write_text(own + "\n")
-    return root, tmp_path / "self-cgroup"
+def v2(limit: int | str, used: int, stat: str | None = None) -> dict[str, str]:
+    """A cgroup v2 folder's memory files: its limit (a number or "max"), its use, its stat."""
+    files = {"memory.max": str(limit), "memory.current": str(used)}
+    return files | ({"memory.stat": stat} if stat else {})
 
 
 def _available(tmp_path: Path, own: str, files: dict[str, str]) -> int | None:
@@ -90,31 +85,17 @@ def _available(tmp_path: Path, own: str, files: dict[str, str]) -> int | None:
 @pytest.mark.parametrize(
     "own, files, available",
     [
+        pytest.param("0::/", v2(4 * GIB, GIB), 3 * GIB, id="v2: a pod of 4 GiB holding 1 GiB"),
         pytest.param(
             "0::/",
-            {"memory.max": str(4 * GIB), "memory.current": str(GIB)},
-            3 * GIB,
-            id="v2: a pod of 4 GiB holding 1 GiB",
-        ),
-        pytest.param(
-            "0::/",
-            {
-                "memory.max": str(4 * GIB),
-                "memory.current": str(GIB),
-                "memory.stat": f"anon 100\ninactive_file {GIB // 2}\nactive_file 7",
-            },
+            v2(4 * GIB, GIB, stat=f"anon 100\ninactive_file {GIB // 2}\nactive_file 7"),
             3 * GIB + GIB // 2,
             id="v2: inactive page cache is reclaimed first",
         ),
+        pytest.param("0::/", v2("max", GIB), 8 * GIB, id="v2: max is no limit"),
         pytest.param(
             "0::/",
-            {"memory.max": "max", "memory.current": str(GIB)},
-            8 * GIB,
-            id="v2: max is no limit",
-        ),
-        pytest.param(
-            "0::/",
-            {"memory.max": str(64 * GIB), "memory.current": str(GIB)},
+            v2(64 * GIB, GIB),
             8 * GIB,
             id="v2: a limit above the host's free memory",
         ),
@@ -133,7 +114,7 @@ def _available(tmp_path: Path, own: str, files: dict[str, str]) -> int | None:
         ),
         pytest.param(
             "0::/kubepods/pod1",
-            {"memory.max": str(2 * GIB), "memory.current": str(GIB)},
+            v2(2 * GIB, GIB),
             GIB,
             id="v2 in a namespace: the tree's root is the pod's",
         ),

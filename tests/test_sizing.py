@@ -15,7 +15,7 @@ from search.define import presets
 from search.run import gpus, sizing
 from search.store import storage
 from search.store.trials import set_total
-from tests.helpers import db_url, run, write_preset
+from tests.helpers import cgroup_tree, db_url, run, write_preset
 
 
 def test_auto_uses_the_cores_this_process_may_run_on(private_storage: Path) -> None:
@@ -83,18 +83,6 @@ def test_auto_on_a_gpu_machine_starts_as_many_workers_as_the_cards_hold(
     # 80 fit on the cards; the cores (and the host's memory) still bound them.
     assert sizing.worker_count("auto", url, roomy) == sizing.worker_count("auto", url)
     assert sizing.worker_count(2, url, small) == 2  # a number is taken as given
-
-
-def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, Path]:
-    """A cgroup tree written in tmp_path (`files` under its root, as the kernel writes them),
-    and the /proc/self/cgroup that names this process's cgroup in it (`own`)."""
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text + "\n")
-    (tmp_path / "self-cgroup").write_text(own + "\n")
-    return root, tmp_path / "self-cgroup"
 
 
 ALLOWED = len(os.sched_getaffinity(0))

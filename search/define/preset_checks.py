@@ -11,17 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from search.define import datasets
-from search.define.presets import (
-    ENQUEUED,
-    MAX_FINAL_EPOCHS,
-    MAX_HOURS,
-    OBJECTIVES,
-    PRUNERS,
-    Baseline,
-    Preset,
-    PresetError,
-)
+from search.define import datasets, presets
 from search.define.space import (
     AUGMENTATIONS,
     DROPOUT_PLACEMENTS,
@@ -90,8 +80,8 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _fail(path: Path, key: str, problem: str) -> PresetError:
-    return PresetError(f"{path}: '{key}' {problem}.")
+def _fail(path: Path, key: str, problem: str) -> presets.PresetError:
+    return presets.PresetError(f"{path}: '{key}' {problem}.")
 
 
 def _is(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -180,7 +170,9 @@ def _check_space(path: Path, space: Space) -> None:
             raise _fail(path, key, problem)
 
 
-def _baseline(path: Path, i: int, table: dict[str, Any], kind: str = "baseline") -> Baseline:
+def _baseline(
+    path: Path, i: int, table: dict[str, Any], kind: str = "baseline"
+) -> presets.Baseline:
     where = f"{kind}[{i}]"
     if not isinstance(table, dict):
         raise _fail(path, where, "must be a table")
@@ -211,7 +203,9 @@ def _baseline(path: Path, i: int, table: dict[str, Any], kind: str = "baseline")
             f"{where}.params",
             f"says {params!r}, but this network has {counted:,} parameters",
         )
-    return Baseline(name=str(table.get("name", f"{kind} {i}")), config=config, params=params)
+    return presets.Baseline(
+        name=str(table.get("name", f"{kind} {i}")), config=config, params=params
+    )
 
 
 _LAB = Config(convs=())
@@ -241,8 +235,8 @@ _POSITIVE = (
     "pruner_min_epochs",
 )
 _ONE_OF = {
-    "pruner": PRUNERS,
-    "objective": OBJECTIVES,
+    "pruner": presets.PRUNERS,
+    "objective": presets.OBJECTIVES,
     "sampler": SAMPLERS,
     "final_schedule": FINAL_SCHEDULES,
 }
@@ -268,10 +262,10 @@ def _check_finite(path: Path, data: dict[str, Any]) -> None:
     where = _non_finite(data, "")
     if where:
         raise _fail(path, where, "must be a finite number, not nan or an infinity")
-    if data.get("hours", 0) > MAX_HOURS:
-        raise _fail(path, "hours", f"must be at most {MAX_HOURS:,} (a year)")
-    if data.get("final_epochs", 0) > MAX_FINAL_EPOCHS:
-        raise _fail(path, "final_epochs", f"must be at most {MAX_FINAL_EPOCHS}")
+    if data.get("hours", 0) > presets.MAX_HOURS:
+        raise _fail(path, "hours", f"must be at most {presets.MAX_HOURS:,} (a year)")
+    if data.get("final_epochs", 0) > presets.MAX_FINAL_EPOCHS:
+        raise _fail(path, "final_epochs", f"must be at most {presets.MAX_FINAL_EPOCHS}")
 
 
 def _check_settings(path: Path, data: dict[str, Any]) -> None:
@@ -294,7 +288,7 @@ def _check_settings(path: Path, data: dict[str, Any]) -> None:
         raise _fail(path, "val_size", "must leave training images (at most 59,999)")
 
 
-def parse(path: Path, data: dict[str, Any]) -> Preset:
+def parse(path: Path, data: dict[str, Any]) -> presets.Preset:
     for key, value in data.items():
         if key not in _TOP_TYPES:
             raise _fail(path, key, f"is not a known setting (known: {', '.join(_TOP_TYPES)})")
@@ -305,14 +299,14 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
     try:
         datasets.info(data["dataset"])
     except datasets.DataError as e:
-        raise PresetError(f"{path}: {e}") from None
+        raise presets.PresetError(f"{path}: {e}") from None
     _check_settings(path, data)
     space = _space(path, data.get("space", {}))
     if not datasets.info(data["dataset"]).flip_ok and any("flip" in a for a in space.augment):
         raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
     tables = {
         kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
-        for kind in ENQUEUED
+        for kind in presets.ENQUEUED
     }
     for kind, found in tables.items():
         for i, b in enumerate(found):
@@ -320,6 +314,6 @@ def parse(path: Path, data: dict[str, Any]) -> Preset:
             if why:
                 raise _fail(path, f"{kind}[{i}]", f"({b.name}) lies outside the space: {why}")
     top = {k: v for k, v in data.items() if k not in ("space", *tables)}
-    return Preset(
+    return presets.Preset(
         name=path.stem, space=space, baselines=tables["baseline"], starts=tables["start"], **top
     )

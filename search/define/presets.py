@@ -30,15 +30,17 @@ OBJECTIVES = ("val_loss", "val_loss+params")
 # The networks a preset enqueues before the sampler's, in this order: each is a table in the
 # preset file and the user attribute that names it on its trial.
 ENQUEUED = ("start", "baseline")
+
+
+class PresetError(SearchError):
+    """A preset file is missing or malformed; the message names the file and the key."""
+
+
 # The longest --hours (or preset hours) a search takes: a deadline is a timestamp, and 1e300
 # hours overflows it. A year is longer than any search here runs.
 MAX_HOURS = 8_760
 # The most final_epochs (the multiple of the best epoch count a final model trains for).
 MAX_FINAL_EPOCHS = 100
-
-
-class PresetError(SearchError):
-    """A preset file is missing or malformed; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
