@@ -71,6 +71,8 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
 
 def stored_preset(study: optuna.Study) -> Preset:
     text = study.user_attrs.get("preset")
+    if text is None and COPYING in study.user_attrs:
+        raise unfinished_copy(study.study_name, study.user_attrs[COPYING], live=True)
     if text is None:
         raise StudyError(
             f"Study '{study.study_name}' was not made by 'search start', or its 'search start' "
@@ -123,6 +125,23 @@ def load_study(
 # into being together or not at all. A study without a preset that holds anything search did not
 # write at creation (a trial that ran, another attribute) is someone else's and is never deleted.
 _CREATION_ATTRS = {"dataset", "objective", "preset_name", "trials"}
+# The user attribute a `search copy` marks its destination with until its last write
+# (transfer.py): a study that carries it and no preset is a copy that died midway.
+COPYING = "copying"
+
+
+def unfinished_copy(name: str, mark: object, *, live: bool = False) -> StudyError:
+    """Why the study `name`, marked by a `search copy`, cannot run: the copy never finished.
+
+    `live`: said without the creation lock, so the copy may still be running."""
+    made = mark if isinstance(mark, dict) else {}
+    state = "is still running or was interrupted" if live else "was interrupted"
+    return StudyError(
+        f"Study '{name}' is an unfinished copy: a `search copy` of study "
+        f"'{made.get('study', '?')}' from {made.get('from', '?')} into it {state}; "
+        f"{'wait for it, or ' if live else ''}rerun that `search copy` command, which "
+        "replaces it."
+    )
 
 
 def creation_lock(storage: optuna.storages.RDBStorage, name: str) -> AbstractContextManager[None]:
@@ -137,6 +156,8 @@ def _creating(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
         if name in names(storage):
             found = optuna.load_study(study_name=name, storage=storage)
             if "preset" not in found.user_attrs:
+                if COPYING in found.user_attrs:  # its copier held this lock until it died
+                    raise unfinished_copy(name, found.user_attrs[COPYING])
                 trials = found.get_trials(deepcopy=False)
                 if not set(found.user_attrs) <= _CREATION_ATTRS or any(
                     t.state != TrialState.WAITING or not set(ENQUEUED) & set(t.user_attrs)

@@ -15,23 +15,33 @@ out is filled in here:
   joins it waits for the preset (study.load_study), so neither starts on a study whose
   trials are still arriving.
 - A copy that fails halfway (Ctrl-C, a lost connection) is deleted, so the same command can
-  be run again; nothing but what this command wrote is removed. (A copy killed outright, by
-  SIGKILL, leaves a study without its preset; `optuna delete-study` removes it.)
+  be run again; nothing but what this command wrote is removed. A copy killed outright
+  (SIGKILL), or one that cannot reach its destination to delete what it wrote, leaves a study
+  behind; so the copy marks its study as in progress (COPYING) before anything else and clears
+  the mark as its last write. A rerun of the same copy, under the lock, finds the mark on a
+  study whose copier is gone (it held the lock), deletes it and copies again; a study without
+  the mark is never replaced, and `search start` on a marked study says to rerun the copy.
 - A progress line every 500 trials.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
+import socket
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
+import sqlalchemy
+from optuna.storages._rdb.models import StudyUserAttributeModel
 from optuna.trial import TrialState
 
 from search.errors import Log
 from search.store import storage as storage_mod
-from search.store.study import creation_lock, names, resolve
+from search.store.study import COPYING, creation_lock, names, resolve
 from search.store.trials import StudyError
 
 PRESET = "preset"  # the user attribute that marks a complete study (load_study waits)
@@ -60,8 +70,8 @@ def transfer_study(
 ) -> Copied:
     """Copy the study `name` from `source_url` to `target_url` (created if missing).
 
-    The source must exist; without a name, its only study is meant. A study of the same name
-    in the destination is never overwritten. What it does goes to `log`, passwords masked.
+    The source must exist; without a name, its only study is meant. Of the destination's
+    studies only what an interrupted copy of it left is replaced. `log` hears what it does.
     """
     source, source_url, found = resolve(source_url, name)
     assert found is not None  # resolve() names one study or raises
@@ -70,15 +80,15 @@ def transfer_study(
     target = storage_mod.open_storage(target_url)
     new_name = new_name or found
     original = optuna.load_study(study_name=found, storage=source)
+    if COPYING in original.user_attrs:
+        raise StudyError(
+            f"Study '{found}' in {storage_mod.describe_url(source_url)} is itself a copy "
+            "that is still running or was interrupted; copy its own source instead."
+        )
     # Under the lock `search start` creates studies with: one started on the destination
     # meanwhile waits, then finds the copy whole (it never sees a study without its preset).
     with creation_lock(target, new_name):
-        if new_name in names(target):
-            raise StudyError(
-                f"A study named '{new_name}' already exists in "
-                f"{storage_mod.describe_url(target_url)}; pass --as NEW_NAME to copy under "
-                "another name, or copy to another storage."
-            )
+        _make_room(target, target_url, new_name, found, log)
         trials = original.get_trials(deepcopy=False)
         log(
             f"Copying study '{found}': {len(trials)} trials ({_counts(trials)}), "
@@ -88,8 +98,11 @@ def transfer_study(
             storage=target, study_name=new_name, directions=original.directions
         )
         try:
+            target_id = target.get_study_id_from_name(new_name)
+            target.set_study_user_attr(target_id, COPYING, _mark(found, source_url))
             source_id = source.get_study_id_from_name(found)
             requeued = _fill(source, source_id, made, target, trials, log)
+            _unmark(target, target_id)  # the last write: the copy is whole
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped it is the one told
                 optuna.delete_study(study_name=new_name, storage=target)
@@ -97,6 +110,55 @@ def transfer_study(
     copied = Copied(new_name, source_url, target_url, len(trials), requeued)
     _tell(copied, log)
     return copied
+
+
+def _make_room(
+    target: optuna.storages.RDBStorage, target_url: str, name: str, found: str, log: Log
+) -> None:
+    """Delete what an interrupted copy of study `found` left as `name`; refuse any other study.
+
+    Call under the creation lock: a copier that left its mark while the lock is free is dead.
+    """
+    if name not in names(target):
+        return
+    where = storage_mod.describe_url(target_url)
+    mark = optuna.load_study(study_name=name, storage=target).user_attrs.get(COPYING)
+    if not isinstance(mark, dict):
+        raise StudyError(
+            f"A study named '{name}' already exists in {where}; pass --as NEW_NAME to copy "
+            "under another name, or copy to another storage."
+        )
+    if mark.get("study") != found:
+        raise StudyError(
+            f"A study named '{name}' in {where} is what an interrupted copy of study "
+            f"'{mark.get('study')}' from {mark.get('from')} left; rerun that copy, or pass "
+            "--as NEW_NAME to copy under another name."
+        )
+    optuna.delete_study(study_name=name, storage=target)
+    log(
+        f"Replaced study '{name}': what an interrupted copy of it (by {mark.get('by')}, "
+        f"started {mark.get('started')}) left in {where}."
+    )
+
+
+def _mark(found: str, source_url: str) -> dict[str, Any]:
+    """The in-progress mark: what is being copied, from where, since when, by whom."""
+    path = storage_mod.sqlite_path(source_url)
+    return {
+        "study": found,
+        "from": f"sqlite:///{path}" if path else storage_mod.masked(source_url),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "by": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _unmark(target: optuna.storages.RDBStorage, target_id: int) -> None:
+    """Remove the in-progress mark; Optuna can set a study attribute but never delete one."""
+    attr = StudyUserAttributeModel
+    with target.engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.delete(attr).where(attr.study_id == target_id, attr.key == COPYING)
+        )
 
 
 def _tell(copied: Copied, log: Log) -> None:
