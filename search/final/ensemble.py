@@ -26,6 +26,7 @@ from search.final.retrain import (
     RetrainError,
     keep,
     pick,
+    raise_unsaved,
     record_or_explain,
     seed_of,
     test,
@@ -248,7 +249,8 @@ def retrain_ensemble(
         members_of=members_of,
     )
     record = json.loads(json.dumps(asdict(result)))
-    keep(combined, path, identity(study, url, record=record))  # results before records
+    unsaved = keep(combined, path, identity(study, url, record=record))  # results, then records
     log(f"Ensemble of {k}: test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}).")
     record_or_explain(study, {RECORD[members_of]: record}, path)
+    raise_unsaved(unsaved)
     return result

@@ -200,14 +200,16 @@ def retrain_trial(
         model_path=str(path),
         history=history.as_dict(),
     )
-    keep(model, path, identity(study, url, trial=trial.number, record=_json(result)))
+    unsaved = keep(model, path, identity(study, url, trial=trial.number, record=_json(result)))
     delta = (result.test_accuracy - result.lab_test_accuracy) * 100
     log(
         f"Test accuracy {result.test_accuracy:.2%} (loss {result.test_loss:.4f}) against "
         f"the lab's {result.lab_test_accuracy:.2%}: {delta:+.2f} points."
     )
-    log(f"Model saved to {path}")
+    if unsaved is None:
+        log(f"Model saved to {path}")
     _record(study, result, path)
+    raise_unsaved(unsaved)
     return result
 
 
@@ -268,11 +270,19 @@ def record_or_explain(study: optuna.Study, attrs: dict[str, Any], path: Path) ->
         ) from None
 
 
-def keep(model: keras.Model, path: Path, manifest: dict[str, Any]) -> None:
-    """Save the model and its manifest, or say in one sentence why not."""
+def keep(model: keras.Model, path: Path, manifest: dict[str, Any]) -> RetrainError | None:
+    """Save the model and its manifest; if that fails (a full disk), the error to raise once
+    the test result is printed and recorded, so that what was measured is not lost too."""
     try:
         save(model, path, manifest)
     except OSError as e:
-        raise RetrainError(
-            f"The model was tested (above) but could not be saved to {path}: {e.strerror or e}."
-        ) from None
+        return RetrainError(
+            f"The test result is recorded on the study, but the model could not be saved to "
+            f"{path}: {e.strerror or e}."
+        )
+    return None
+
+
+def raise_unsaved(error: RetrainError | None) -> None:
+    if error is not None:
+        raise error
