@@ -18,10 +18,13 @@ import pytest
 from click.testing import Result
 
 from search.cli import cli
+from search.define import presets
 from search.errors import SearchError, first_line
-from search.store import storage
+from search.store import storage, study
 from search.store.trials import INTERRUPTED, trained
 from tests.helpers import MALFORMED, db_url, load_study, popen, run, write_preset
+from tests.postgres import Cluster
+from tests.test_storage import Relay
 
 
 def assert_one_sentence(result: Result, code: int, *fragments: str) -> None:
@@ -118,6 +121,28 @@ def test_unreachable_postgres_names_no_password(tiny_preset: Path) -> None:
     result = run("status", "--storage", url, "--study", "x")
     assert_one_sentence(result, 1, "Cannot open the storage", "127.0.0.1:1")
     assert "hunter2secret" not in result.output and "***" in result.output
+
+
+def test_a_server_lost_in_the_middle_of_a_command_is_named_not_unexpected(
+    postgres: Cluster, pg_url: str
+) -> None:
+    rdb = storage.open_storage(pg_url)
+    study.prepare(presets.load_preset("demo"), storage=rdb, name="lost")
+    relay = Relay(postgres.port)
+    try:
+        relay.trigger = b"FROM trials"  # the storage opens and the study loads; then it is gone
+        result = run("status", "--storage", relay.url(pg_url))
+    finally:
+        relay.close()
+    assert_one_sentence(
+        result,
+        1,
+        f"Error: The storage postgresql+psycopg://search:***@127.0.0.1:{relay.port}/",
+        " failed: connection lost (",
+        "the study is consistent: rerun the same command to resume.",
+    )
+    assert "Error: unexpected" not in result.output and postgres.password not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: The storage ")
 
 
 # 4. Read-only commands never create a database ----------------------------------------------

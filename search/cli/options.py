@@ -26,7 +26,7 @@ from search.run import (
     WorkerRequest,
     parse_list,
 )
-from search.store import ENV_URL, scrub
+from search.store import ENV_URL, resolve_url, scrub, storage_fault
 from search.train import BACKENDS, DEFAULT_BACKEND, ENV_BACKEND, select
 
 
@@ -48,9 +48,16 @@ class Group(click.Group):
         except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            else:
+            urls = storage_arguments(ctx.meta.get(_ARGS))
+            fault = storage_fault(e, _failed_storage(urls))
+            if fault is not None:  # a full disk or a lost server is no bug: say which
+                message = str(fault)
+                for url in urls:
+                    message = scrub(message, url)
+                raise click.ClickException(message) from None
+            if not (ctx.obj and ctx.obj.get("debug")):
                 first = first_line(e)
-                for url in storage_arguments():
+                for url in urls:
                     first = scrub(first, url)
                 click.echo(
                     f"Error: unexpected {type(e).__name__}: {first} "
@@ -59,10 +66,28 @@ class Group(click.Group):
                 )
             sys.exit(1)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        ctx.meta[_ARGS] = list(args)  # the command's arguments, for invoke's error sentence
+        return super().resolve_command(ctx, args)
 
-def storage_arguments() -> list[str | None]:
-    """The storage URLs this command was given, to scrub their passwords from stray messages."""
-    args = sys.argv[1:]
+
+_ARGS = "search.arguments"
+
+
+def _failed_storage(urls: list[str | None]) -> str | None:
+    """The one storage this command uses, to name it; None for `copy`, which uses two."""
+    given = {url for url in urls[1:] if url}
+    if len(given) > 1:
+        return None
+    return given.pop() if given else resolve_url(urls[0])
+
+
+def storage_arguments(args: list[str] | None = None) -> list[str | None]:
+    """The storage URLs this command was given (`args`, else the command line's), first
+    $SEARCH_STORAGE's: to scrub their passwords from stray messages."""
+    args = sys.argv[1:] if args is None else args
     urls: list[str | None] = [os.environ.get(ENV_URL)]
     for i, arg in enumerate(args):
         for option in ("--storage", "--from", "--to"):

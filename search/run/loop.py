@@ -20,6 +20,7 @@ from search.run.ending import Ending, Outcome, Watch
 from search.run.objective import Objective
 from search.run.progress import Progress
 from search.run.sizing import Recycle
+from search.store import faults
 from search.store import storage as storage_mod
 from search.store.trials import finished, recover, trained
 from search.train.runtime import configure, devices, resident_memory
@@ -88,6 +89,31 @@ def _recover(study: optuna.Study, grace: int, log: Log) -> None:
         )
 
 
+def _take_slot(
+    study: optuna.Study, storage: optuna.storages.RDBStorage, total: int, grace: int, log: Log
+) -> tuple[ExitStack, tuple[int, int, int]]:
+    """Take the trial lock, fail lost trials and count; the lock is held by the stack returned,
+    and let go at once if any of it fails, so that the whole of it can be tried again."""
+    slot = ExitStack()
+    try:
+        slot.enter_context(
+            storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
+        )
+        _recover(study, grace, log)
+        return slot, _free_slots(study, total)
+    except BaseException:
+        slot.close()
+        raise
+
+
+def _sleep(seconds: float) -> None:
+    """A wait between storage retries that a stop cuts short."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        interrupt.check()
+        time.sleep(min(left, 0.5))
+
+
 def run_trials(
     study: optuna.Study,
     objective: TrialFunction,
@@ -112,14 +138,12 @@ def run_trials(
     grace = storage.grace_period or storage_mod.GRACE_SECONDS
     poll = min(5, storage.heartbeat_interval or 5)
     waiting = False
+    retrying = faults.retrying(log, sleep=_sleep)
     while (stopped := stop()) is None:
         interrupt.check()  # a deferred stop, or one whose raise was swallowed, ends it here
-        with ExitStack() as slot:
-            slot.enter_context(
-                storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
-            )
-            _recover(study, grace, log)
-            done, running, free = _free_slots(study, total)
+        # A server restarting or a lock held a moment too long passes: try again a few times.
+        slot, (done, running, free) = retrying(_take_slot, study, storage, total, grace, log)
+        with slot:
             if done >= total:
                 return Outcome(Ending.REACHED)
             if free <= 0:

@@ -34,6 +34,7 @@ from search.errors import Log, SearchError, debugging, first_line
 from search.run import gpus as gpus_mod
 from search.run import interrupt, loop, sizing
 from search.run.ending import INTERRUPTED, Ended, Ending, Outcome, of_run
+from search.store.faults import storage_fault
 from search.store.storage import open_storage, scrub
 from search.store.study import load_study
 from search.store.trials import finished, time_is_up
@@ -379,11 +380,11 @@ def _main(job: Job, conn: Connection) -> None:
     except Exception as e:
         if debug:
             log(traceback.format_exc())
-        send(
-            "error",
-            f"unexpected {type(e).__name__}: {first_line(e)}"
-            + ("" if debug else " (rerun with --debug for the full traceback)."),
+        fault = storage_fault(e, job.url)  # a full disk or a lost server, named as such
+        unexpected = f"unexpected {type(e).__name__}: {first_line(e)}" + (
+            "" if debug else " (rerun with --debug for the full traceback)."
         )
+        send("error", str(fault) if fault else unexpected)
         code = 1
     finally:
         conn.close()

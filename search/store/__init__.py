@@ -5,6 +5,7 @@ Uses Optuna, never Keras.
 """
 
 from search.store.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
+from search.store.faults import classify, storage_fault
 from search.store.pruners import Behind
 from search.store.storage import (
     ENV_GRACE,
@@ -72,6 +73,7 @@ __all__ = [
     "StorageError",
     "StudyError",
     "best",
+    "classify",
     "config_of",
     "counts",
     "describe_url",
@@ -96,6 +98,7 @@ __all__ = [
     "scrub",
     "set_deadline",
     "sqlite_path",
+    "storage_fault",
     "stored_total",
     "time_is_up",
     "trained",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import warnings
@@ -29,6 +30,8 @@ ENV_HEARTBEAT = "SEARCH_HEARTBEAT_SECONDS"
 ENV_GRACE = "SEARCH_GRACE_SECONDS"
 MAX_RETRIES = 3  # a configuration that kills its worker every time is not retried forever
 SQLITE_BUSY_SECONDS = 300
+# Under Optuna's logger, so its verbosity applies and worker processes relay the lines.
+_logger = logging.getLogger("optuna.search.storage")
 
 
 class StorageError(SearchError):
@@ -199,6 +202,29 @@ def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> I
             engine.dispose()
 
 
+class Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, whose heartbeat outlives a failed beat.
+
+    Optuna's heartbeat thread calls record_heartbeat every interval and ends at its first
+    exception: one beat lost to a restarted server or a lock would silence a trial that still
+    runs, and after the grace period another worker would fail it and run it again.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+            from search.store.faults import describe  # faults imports this module
+
+            what = describe(e, self.url) or scrub(first_line(e, type(e).__name__), self.url)
+            # ERROR, not WARNING: workers keep Optuna's logger at ERROR, and a trial that
+            # misses beats up to the grace period is failed; its worker's output says why.
+            _logger.error(
+                f"The heartbeat of trial {trial_id} was not recorded: the storage failed: "
+                f"{what}; the next beat, in {self.heartbeat_interval} s, tries again."
+            )
+
+
 def open_storage(
     url: str, *, must_exist: bool = False, busy_seconds: int = SQLITE_BUSY_SECONDS
 ) -> optuna.storages.RDBStorage:
@@ -236,7 +262,7 @@ def open_storage(
         with warnings.catch_warnings(), schema_lock:
             # Heartbeats have worked since Optuna 2.8 but are still flagged experimental.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            return Storage(
                 parsed.render_as_string(hide_password=False),
                 engine_kwargs=engine_kwargs(parsed, busy_seconds),
                 heartbeat_interval=interval,
