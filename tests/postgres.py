@@ -80,6 +80,17 @@ class Cluster:
         self.admin(f'CREATE DATABASE "{name}" OWNER {ROLE}')
         return name
 
+    def restart(self) -> None:
+        """Restart the server as an operator would (`pg_ctl restart -m fast`): every client's
+        connection is cut, and it returns once the server accepts connections again."""
+        run_as_owner(
+            [
+                *(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log")),
+                *("-m", "fast", "-w", "-t", "60", "restart"),  # postmaster.opts: same options
+            ]
+        )
+        self.admin("SELECT 1")
+
     def stop(self) -> None:
         run_as_owner(
             [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
