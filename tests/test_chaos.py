@@ -143,7 +143,10 @@ class Audit:
                 reason = t.user_attrs.get("reason")
                 if mine:
                     self.retried.append(t.number)
-                    if mine[0].params != t.params:
+                    # A worker killed while its trial was still choosing leaves some params
+                    # unchosen; its retry chooses those. Every one the trial had must stay.
+                    kept = {k: mine[0].params.get(k) for k in t.params}
+                    if kept != t.params:
                         self.lost.append(f"#{t.number}'s retry #{mine[0].number} changed params")
                 elif reason:  # its own worker failed it, for a reason: not a lost worker
                     self.failed_by_worker[t.number] = str(reason)
