@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from search.define import datasets
-from tests.helpers import HEARTBEAT, write_preset
+from tests.helpers import HEARTBEAT, db_url, write_preset
 from tests.postgres import pg_url, postgres  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -26,6 +26,14 @@ def private_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SEARCH_DIR", str(home))
     monkeypatch.delenv("SEARCH_STORAGE", raising=False)
     return home
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def url(request: pytest.FixtureRequest, private_storage: Path) -> str:
+    """A fresh database on each backend: an empty PostgreSQL database, or a new SQLite file."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return db_url(private_storage)
 
 
 @pytest.fixture

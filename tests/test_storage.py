@@ -1,15 +1,11 @@
-"""Storage: passwords, engine options, schema creation and locks, on real PostgreSQL and SQLite."""
+"""Storage: passwords, engine options, heartbeats and faults, on real PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
 import errno
 import logging
-import multiprocessing
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,14 +25,6 @@ from search.store.storage import StorageError, masked, scrub
 from search.store.trials import finished
 from tests.helpers import db_url, run
 from tests.postgres import Cluster, free_port
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def url(request: pytest.FixtureRequest, private_storage: Path) -> str:
-    """A fresh database on each backend: an empty PostgreSQL database, or a new SQLite file."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("pg_url"))
-    return db_url(private_storage)
 
 
 def test_masked_and_scrub_hide_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,39 +66,6 @@ def test_the_password_may_come_from_pgpassword(
     result = run("status", "--storage", bare)
     assert result.exit_code == 0, result.output
     assert "Study 'from-env'" in result.output and postgres.password not in result.output
-
-
-def open_at_once(
-    url: str, ready: object, results: multiprocessing.Queue, must_exist: bool
-) -> None:
-    try:
-        ready.wait()  # type: ignore[attr-defined]
-        rdb = storage.open_storage(url, must_exist=must_exist)
-        results.put(len(rdb.get_all_studies()))
-    except BaseException as e:
-        results.put(f"{type(e).__name__}: {str(e).splitlines()[0]}")
-
-
-def test_many_processes_create_the_schema_of_a_fresh_database_at_once(url: str) -> None:
-    # Half of them only read, as `search status` does while `search start` creates the tables:
-    # Optuna creates missing tables on any open, so readers too must wait for the creator.
-    path = storage.sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True)
-        path.touch()  # the file exists, its tables not yet, as when a start has just begun
-    context = multiprocessing.get_context("spawn")
-    ready = context.Barrier(8)
-    results: multiprocessing.Queue = context.Queue()
-    processes = [
-        context.Process(target=open_at_once, args=(url, ready, results, i % 2 == 1))
-        for i in range(8)
-    ]
-    for p in processes:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for p in processes:
-        p.join(timeout=30)
-    assert outcomes == [0] * 8  # every process opened it; none tripped over another's tables
 
 
 def test_pooled_connections_survive_a_server_side_disconnect(
@@ -165,36 +120,6 @@ def test_sqlite_waits_out_a_lock_longer_than_its_default_timeout(private_storage
     assert time.monotonic() - started > 5
     releaser.join()
     assert optuna.load_study(study_name="patient", storage=rdb).user_attrs == {"written": True}
-
-
-HOLD = """
-import sys, time
-from search.define import presets
-from search.store import storage, study
-with storage.exclusive(sys.argv[1], "trials:x"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
-
-def test_the_trial_lock_excludes_other_processes_and_dies_with_its_holder(url: str) -> None:
-    storage.open_storage(url)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        taken = threading.Event()
-
-        def take() -> None:
-            with storage.exclusive(url, "trials:x"):
-                taken.set()
-
-        threading.Thread(target=take, daemon=True).start()
-        assert not taken.wait(2)  # the holder has it
-        holder.send_signal(signal.SIGKILL)  # a worker dies inside its critical section
-        assert taken.wait(15)  # the server (or the kernel) let the lock go
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # Storage faults: named from the driver's error, retried when they pass, survived by heartbeats
