@@ -14,6 +14,7 @@ from search.define.presets import (
     Baseline,
     Preset,
     PresetError,
+    Rung,
     from_json,
     load_preset,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "DataError",
     "Preset",
     "PresetError",
+    "Rung",
     "Size",
     "Split",
     "describe",

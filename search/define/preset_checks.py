@@ -57,8 +57,12 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "space": (dict,),
     "baseline": (list,),
     "start": (list,),
+    "rungs": (list,),
 }
 FINAL_SCHEDULES = ("same", "cosine")
+MAX_RUNGS = 5
+MIN_RUNG_IMAGES = 500  # fewer would judge a network on a handful of batches
+LADDER_PRUNERS = ("sha", "hyperband", "none")  # the pruners that judge a trial per rung
 SAMPLERS = ("tpe", "tpe-grouped")
 _RANGES = {
     "conv_layers",
@@ -288,6 +292,46 @@ def _check_settings(path: Path, data: dict[str, Any]) -> None:
         raise _fail(path, "val_size", "must leave training images (at most 59,999)")
 
 
+def _rung(path: Path, i: int, item: Any, images: int) -> presets.Rung:
+    where = f"rungs[{i}]"
+    if not isinstance(item, dict) or set(item) != {"share", "epochs"}:
+        raise _fail(path, where, "must be a table of exactly 'share' and 'epochs'")
+    share, epochs = item["share"], item["epochs"]
+    if not _is(share, (int, float)) or not 0 < share <= 1:
+        raise _fail(path, f"{where}.share", "must be a share of the training images, in (0, 1]")
+    if not _is(epochs, (int,)) or epochs < 1:
+        raise _fail(path, f"{where}.epochs", "must be a whole number of epochs, at least 1")
+    if share * images < MIN_RUNG_IMAGES:
+        raise _fail(
+            path,
+            f"{where}.share",
+            f"gives {int(share * images):,} of the {images:,} training images; a rung needs "
+            f"at least {MIN_RUNG_IMAGES:,}",
+        )
+    return presets.Rung(share=float(share), epochs=epochs)
+
+
+def _rungs(path: Path, data: dict[str, Any]) -> tuple[presets.Rung, ...]:
+    """The ladder: each rung dearer than the one before, the full run dearer than all."""
+    items = data.get("rungs", [])
+    if not items:
+        return ()
+    if len(items) > MAX_RUNGS:
+        raise _fail(path, "rungs", f"may hold at most {MAX_RUNGS} rungs")
+    if data.get("objective", "val_loss") != "val_loss":
+        raise _fail(path, "rungs", "need the single objective val_loss: Optuna cannot prune more")
+    if data.get("pruner", "hyperband") not in LADDER_PRUNERS:
+        raise _fail(path, "pruner", f"must be one of {list(LADDER_PRUNERS)} with rungs")
+    images = data.get("train_size") or TRAIN_IMAGES - data.get("val_size", 5000)
+    rungs = tuple(_rung(path, i, item, images) for i, item in enumerate(items))
+    full = presets.Rung(share=1.0, epochs=data.get("epochs", 20))
+    for i, (rung, above) in enumerate(zip(rungs, (*rungs[1:], full), strict=True)):
+        if rung.cost >= above.cost:
+            what = f"rungs[{i + 1}]" if i + 1 < len(rungs) else "the full run ('epochs')"
+            raise _fail(path, f"rungs[{i}]", f"must cost less than {what}, in share x epochs")
+    return rungs
+
+
 def parse(path: Path, data: dict[str, Any]) -> presets.Preset:
     for key, value in data.items():
         if key not in _TOP_TYPES:
@@ -313,7 +357,13 @@ def parse(path: Path, data: dict[str, Any]) -> presets.Preset:
             why = outside(b.config, space)
             if why:
                 raise _fail(path, f"{kind}[{i}]", f"({b.name}) lies outside the space: {why}")
-    top = {k: v for k, v in data.items() if k not in ("space", *tables)}
+    rungs = _rungs(path, data)
+    top = {k: v for k, v in data.items() if k not in ("space", "rungs", *tables)}
     return presets.Preset(
-        name=path.stem, space=space, baselines=tables["baseline"], starts=tables["start"], **top
+        name=path.stem,
+        space=space,
+        baselines=tables["baseline"],
+        starts=tables["start"],
+        rungs=rungs,
+        **top,
     )

@@ -51,6 +51,21 @@ class Baseline:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """A first look at a trial: a complete run on the first `share` of the training images
+    for `epochs` epochs, its schedule (a cosine) decaying within them, validated on the whole
+    validation split. A trial climbs a preset's rungs, then trains its full run."""
+
+    share: float
+    epochs: int
+
+    @property
+    def cost(self) -> float:
+        """Its training in full-run epochs (images seen over the training split's size)."""
+        return self.share * self.epochs
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     dataset: str
@@ -84,6 +99,9 @@ class Preset:
     # MB (0: never); None keeps the product's defaults (workers.py).
     recycle_trials: int | None = None
     recycle_mb: int | None = None
+    # The ladder of first looks before a trial's full run; empty: the full run alone, pruned
+    # epoch by epoch.
+    rungs: tuple[Rung, ...] = ()
 
     def enqueued(self) -> tuple[tuple[str, Baseline], ...]:
         """The networks the study tries first, with their kind: the starts, then the lab's."""
@@ -103,6 +121,8 @@ class Preset:
             *_RUN_SETTINGS,
         ):
             data.pop(key)
+        if not data["rungs"]:  # studies stored before ladders existed keep their fingerprint
+            data.pop("rungs")
         return data
 
     def fingerprint(self) -> str:
@@ -112,7 +132,7 @@ class Preset:
     def differences(self, other: Preset) -> list[str]:
         """The settings (space axes by name) in which two presets' trials differ."""
         mine, theirs = self._comparable(), other._comparable()
-        keys = [k for k in mine if k != "space" and mine[k] != theirs[k]]
+        keys = [k for k in {**mine, **theirs} if k != "space" and mine.get(k) != theirs.get(k)]
         keys += [f"space.{k}" for k in mine["space"] if mine["space"][k] != theirs["space"][k]]
         return keys
 
@@ -198,4 +218,5 @@ def from_json(text: str) -> Preset:
         )
         for key in ("baselines", "starts")
     )
-    return Preset(space=space, baselines=baselines, starts=starts, **data)
+    rungs = tuple(Rung(**r) for r in data.pop("rungs", []))
+    return Preset(space=space, baselines=baselines, starts=starts, rungs=rungs, **data)

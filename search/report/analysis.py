@@ -255,6 +255,9 @@ def savings(study: optuna.Study, preset: Preset) -> Savings:
         earliest = max(0, min(best_epoch + preset.patience, preset.epochs) - trained)
         latest = max(0, preset.epochs - trained)
         per_epoch = float(t.user_attrs.get("seconds_per_epoch", 0.0))
+        if rungs := t.user_attrs.get("rungs"):  # stopped at a rung: its full run never began
+            earliest, latest = min(1 + preset.patience, preset.epochs), preset.epochs
+            per_epoch /= rungs[-1]["share"]  # a full epoch sees 1/share times the images
         low += earliest
         high += latest
         low_s += earliest * per_epoch

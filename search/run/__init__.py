@@ -8,7 +8,7 @@ from search.run.ending import INTERRUPTED, Ending, Outcome
 from search.run.gpus import ENV_GPUS, GpuError, cards, parse_list
 from search.run.interrupt import sigterm_as_interrupt
 from search.run.loop import run_trials, run_worker
-from search.run.objective import trial_seed
+from search.run.objective import Objective, trial_seed
 from search.run.progress import best_line, of_total, status_lines
 from search.run.sizing import (
     ENV_RECYCLE_MB,
@@ -30,6 +30,7 @@ __all__ = [
     "RECYCLE_TRIALS",
     "Ending",
     "GpuError",
+    "Objective",
     "Outcome",
     "WorkerError",
     "WorkerRequest",

@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 
 from search.define.datasets import Split
-from search.define.presets import Preset
+from search.define.presets import Preset, Rung
 from search.define.space import Config, Size, describe, impossible, size, suggest
 from search.errors import Log, first_line
 from search.run import interrupt
@@ -31,8 +31,19 @@ RUN_RECORD: dict[str, Any] = {
     "seconds_per_epoch": None,
     "curves": {},
     "reason": "",
+    "rungs": [],
 }
 MEMORY_SHARE = 0.5  # a trial may plan to use at most this share of the available memory
+
+
+def rung_step(preset: Preset, k: int) -> int:
+    """The step at which rung k (from 0) reports: where the pruner's own rung k lies."""
+    return int(preset.pruner_reduction**k)
+
+
+def rung_images(rung: Rung, images: int) -> int:
+    """How many of the first training images rung `rung` trains on: the same for every trial."""
+    return max(1, round(rung.share * images))
 
 
 def reject(trial: optuna.Trial, reason: str) -> None:
@@ -125,37 +136,79 @@ class Objective:
             )
         return cost
 
-    def callbacks(self, trial: optuna.Trial) -> list[keras.callbacks.Callback]:
-        """Early stopping, the interrupt check, and pruning on val_loss (single-objective only)."""
+    def callbacks(self, trial: optuna.Trial, pruned: bool) -> list[keras.callbacks.Callback]:
+        """Early stopping, the interrupt check, and pruning on val_loss if `pruned` (one
+        objective only)."""
         import keras
         from optuna_integration import KerasPruningCallback
 
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.preset.patience)
-        if self.preset.multi_objective:
+        if self.preset.multi_objective or not pruned:
             return [stop, interrupt.keras_callback()]
         return [stop, interrupt.keras_callback(), KerasPruningCallback(trial, "val_loss")]
 
     def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
-        """Fit with early stopping and pruning on val_loss; a failure is recorded, then raised."""
+        """The ladder's rungs, each judged by the pruner, then the full run."""
+        for k, rung in enumerate(self.preset.rungs):
+            history = self.fit(trial, config, seed, rung, f"rung {k + 1}/{self.ladder} ")
+            if trial.user_attrs.get("reason") or not history.val_loss:
+                return history  # diverged or stopped: rejected as a full run would be
+            self.record_rung(trial, rung, history)
+            trial.report(history.val_loss[history.best_epoch - 1], rung_step(self.preset, k))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"stopped after rung {k + 1}")
+        label = f"rung {self.ladder}/{self.ladder} " if self.preset.rungs else ""
+        return self.fit(trial, config, seed, None, label)
+
+    @property
+    def ladder(self) -> int:
+        """The rungs a trial climbs, its full run the last."""
+        return len(self.preset.rungs) + 1
+
+    @staticmethod
+    def record_rung(trial: optuna.Trial, rung: Rung, history: History) -> None:
+        best = history.best_epoch - 1
+        done = [
+            *(trial.user_attrs.get("rungs") or []),
+            {
+                "share": rung.share,
+                "epochs": len(history.val_loss),
+                "val_loss": history.val_loss[best],
+                "val_accuracy": history.val_accuracy[best],
+                "seconds": round(sum(history.seconds), 1),
+            },
+        ]
+        trial.set_user_attr("rungs", done)
+
+    def fit(
+        self, trial: optuna.Trial, config: Config, seed: int, rung: Rung | None, label: str
+    ) -> History:
+        """One complete run, a rung's or the full one; a failure is recorded, then raised.
+
+        The full run of a trial without rungs is pruned epoch by epoch on val_loss; a rung's
+        schedule decays within its own epochs on its share of the images."""
+        epochs = rung.epochs if rung else self.preset.epochs
+        images = rung_images(rung, len(self.data.x_train)) if rung else len(self.data.x_train)
 
         def on_epoch(history: History, epoch: int) -> None:
             record_epoch(trial, history, epoch)
             self.log(
-                f"  trial {trial.number} epoch {epoch + 1}/{self.preset.epochs}: "
+                f"  trial {trial.number} {label}epoch {epoch + 1}/{epochs}: "
                 f"val_loss {history.val_loss[-1]:.4f}  val_accuracy "
                 f"{history.val_accuracy[-1]:.4f}  ({history.seconds[-1]:.1f} s)"
             )
 
+        callbacks = self.callbacks(trial, pruned=not self.preset.rungs)
         try:
             _, history = build_and_fit(
                 self.preset,
                 config,
-                self.data.x_train,
-                self.data.y_train,
+                self.data.x_train[:images],
+                self.data.y_train[:images],
                 seed=seed,
-                epochs=self.preset.epochs,
+                epochs=epochs,
                 validation=(self.data.x_val, self.data.y_val),
-                callbacks=self.callbacks(trial),
+                callbacks=callbacks,
                 on_epoch=on_epoch,
             )
         except (optuna.TrialPruned, KeyboardInterrupt):

@@ -128,6 +128,8 @@ class Progress:
             head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
         elif s["reason"]:
             head += f": {s['reason']}"
+        elif trial.state == TrialState.PRUNED and (rungs := trial.user_attrs.get("rungs")):
+            head += f" after rung {len(rungs)}: {_rung(rungs[-1])}"
         b = best(study)
         tail = (
             ""
@@ -139,6 +141,13 @@ class Progress:
         )
         clock = timing(trials, self.total, workers, self.now(), deadline_of(study))
         self.log(f"{head} | {s['architecture']}{tail}" + (f" | {clock}" if clock else ""))
+
+
+def _rung(rung: dict[str, Any]) -> str:
+    return (
+        f"val_loss {rung['val_loss']:.4f} val_accuracy {rung['val_accuracy']:.4f} "
+        f"({rung['share']:.0%} of the images, {rung['epochs']} epochs)"
+    )
 
 
 def _fmt(value: Any, spec: str) -> str:

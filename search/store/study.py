@@ -52,6 +52,18 @@ def sampler(preset: Preset, worker: int = 0) -> optuna.samplers.BaseSampler:
 def pruner(preset: Preset) -> optuna.pruners.BasePruner:
     if preset.multi_objective:
         return optuna.pruners.NopPruner()  # Optuna does not prune multi-objective studies
+    if preset.rungs and preset.pruner != "none":
+        # Rung k reports at step reduction**k (objective.rung_step), where the pruner's own
+        # rung k lies: each of its judgements falls on one of the ladder's rungs.
+        if preset.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=1,
+                max_resource=preset.pruner_reduction ** (len(preset.rungs) - 1),
+                reduction_factor=preset.pruner_reduction,
+            )
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=preset.pruner_reduction
+        )
     if preset.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=preset.pruner_min_epochs,

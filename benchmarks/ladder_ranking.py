@@ -1,0 +1,222 @@
+"""How well a short first look ranks networks: each rung of a ladder against the full run.
+
+    .venv/bin/python benchmarks/ladder_ranking.py [--configs 24] [--rungs 0.05x2,0.1x3,0.25x4]
+        [--full-epochs 8] [--part 0/1] [--threads T]
+    .venv/bin/python benchmarks/ladder_ranking.py --report
+
+The configurations are the Fashion-MNIST preset's start and lab runs (those its cost guard
+lets through), then seeded random draws from its space, skipping what the guard rejects.
+Each is trained at every candidate rung (a complete run on the first SHARE of the training
+images for EPOCHS epochs, its cosine decaying within them) and at the full run (all 55,000
+training images for --full-epochs epochs, early stopping on), through the product's own
+trial code (search.run.Objective), with the same seed at every rung, and validated on the
+whole validation split. Every result is appended to a JSON-lines file as it finishes, so a
+run that is stopped resumes where it was; `--part I/N` trains every N-th configuration, so N
+processes share the work. `--report` reads the file and writes the RESULTS.md section:
+Spearman's rank correlation of each rung's val_loss with the full run's, how many of the full
+run's top 3 each rung keeps in its top third (what successive halving with reduction 3
+promotes), and each rung's cost against the full run's, in images seen and in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import common
+
+DEFAULT_OUT = common.ROOT / "benchmarks" / "ladder_ranking.jsonl"
+FULL = "full"
+
+
+def rungs_of(text: str) -> list[tuple[float, int]]:
+    """'0.05x2,0.1x3' -> [(0.05, 2), (0.1, 3)]."""
+    return [(float(s), int(e)) for s, e in (item.split("x") for item in text.split(","))]
+
+
+def configs(count: int, seed: int) -> list[tuple[str, Any]]:
+    """The preset's enqueued networks the guard allows, then seeded draws from its space."""
+    import optuna
+
+    from search import define
+
+    preset = define.load_preset("fashion_mnist")
+
+    def allowed(config: define.Config) -> bool:
+        return not define.impossible(config) and define.size(config).params <= (
+            preset.max_params or math.inf
+        )
+
+    chosen = [
+        (f"{kind}: {b.name}", b.config) for kind, b in preset.enqueued() if allowed(b.config)
+    ]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    while len(chosen) < count:
+        trial = draws.ask()
+        config = define.suggest(trial, preset.space)
+        draws.tell(trial, 0.0)
+        if allowed(config):
+            chosen.append((f"draw {trial.number}", config))
+    return chosen[:count]
+
+
+def done(out: Path) -> set[tuple[str, str]]:
+    if not out.is_file():
+        return set()
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return {(r["config"], r["rung"]) for r in rows}
+
+
+def train(args: argparse.Namespace) -> None:
+    import optuna
+
+    from search import define, run, train
+
+    train.configure(threads=args.threads)
+    preset = define.load_preset("fashion_mnist")
+    ladder = tuple(define.Rung(share=s, epochs=e) for s, e in rungs_of(args.rungs))
+    # The product's trial with the benchmark's ladder and full run; no pruning anywhere.
+    preset = dataclasses.replace(preset, rungs=ladder, epochs=args.full_epochs, pruner="none")
+    x, y = define.load_train(preset.dataset, args.data_dir)
+    data = define.split(x, y, preset.val_size, train_size=preset.train_size)
+    objective = run.Objective(preset, data, log=lambda line: None)
+    index, parts = (int(v) for v in args.part.split("/"))
+    seen = done(args.out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for number, (name, config) in enumerate(configs(args.configs, args.seed)):
+        if number % parts != index:
+            continue
+        seed = run.trial_seed(preset, number)
+        for rung in (*ladder, None):
+            label = FULL if rung is None else f"{rung.share:g}x{rung.epochs}"
+            if (name, label) in seen:
+                continue
+            trial = optuna.create_study().ask()
+            history = objective.fit(trial, config, seed, rung, "")
+            best = history.best_epoch - 1
+            row = {
+                "config": name,
+                "architecture": define.describe(config),
+                "params": define.size(config).params,
+                "rung": label,
+                "cost": rung.cost if rung else 1.0 * len(history.val_loss),
+                "epochs": len(history.val_loss),
+                "val_loss": history.val_loss[best] if history.val_loss else math.inf,
+                "val_accuracy": history.val_accuracy[best] if history.val_accuracy else 0.0,
+                "seconds": round(sum(history.seconds), 2),
+            }
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(
+                f"{name:>28} {label:>8}: val_accuracy {row['val_accuracy']:.4f} "
+                f"({row['seconds']:.0f} s)",
+                flush=True,
+            )
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties averaged."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            result[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return result
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    sa = math.sqrt(sum((x - ma) ** 2 for x in ra))
+    sb = math.sqrt(sum((y - mb) ** 2 for y in rb))
+    return cov / (sa * sb) if sa and sb else float("nan")
+
+
+def _rung_row(label: str, results: dict[str, Any], full: dict[str, Any]) -> list[object]:
+    """One rung's figures over the configurations trained both at it and in full."""
+    names = sorted((n for n in full if n in results), key=lambda n: full[n]["val_loss"])
+    keep = math.ceil(len(names) / 3)  # what successive halving with reduction 3 promotes
+    kept = sorted(names, key=lambda n: results[n]["val_loss"])[:keep]
+    full_epochs = sum(full[n]["epochs"] for n in names) / len(names)
+
+    def of(rows: dict[str, Any], key: str, sign: float = 1.0) -> list[float]:
+        return [sign * rows[n][key] for n in names]
+
+    seconds = sum(of(results, "seconds")) / sum(of(full, "seconds"))
+    return [
+        label,
+        len(names),
+        f"{spearman(of(results, 'val_loss'), of(full, 'val_loss')):.2f}",
+        f"{spearman(of(results, 'val_accuracy', -1), of(full, 'val_accuracy', -1)):.2f}",
+        f"{sum(n in kept for n in names[:3])} of 3",
+        f"{results[names[0]]['cost'] / full_epochs:.3f}",
+        f"{seconds:.3f}",
+    ]
+
+
+HEADER = [
+    "rung (share x epochs)",
+    "configs",
+    "Spearman, val_loss",
+    "Spearman, val_accuracy",
+    "full run's top 3 in the rung's top third",
+    "images seen / full run's (mean)",
+    "seconds / full run's (sum)",
+]
+
+
+def report(args: argparse.Namespace) -> str:
+    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["rung"], {})[r["config"]] = r
+    full = by.pop(FULL, {})
+    table = [
+        _rung_row(label, results, full)
+        for label, results in sorted(by.items(), key=lambda kv: rungs_of(kv[0])[0][0])
+        if sum(n in full for n in results) >= 3
+    ]
+    top = sorted(full, key=lambda n: full[n]["val_loss"])[:3]
+    best = "; ".join(
+        f"{full[n]['val_accuracy']:.4f} {n} ({full[n]['architecture']}, "
+        f"{full[n]['params']:,} params, {full[n]['epochs']} epochs)"
+        for n in top
+    )
+    return f"{common.table(HEADER, table)}\n\nThe full run's top 3 (val_accuracy): {best}.\n"
+
+
+def main() -> None:
+    parser = common.add_common(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--configs", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0, help="the random draws' seed")
+    parser.add_argument("--rungs", default="0.05x2,0.1x3,0.25x4")
+    parser.add_argument("--full-epochs", type=int, default=8)
+    parser.add_argument("--part", default="0/1", help="I/N: every N-th configuration from I")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if not args.report:
+        train(args)
+        return
+    body = report(args)
+    print(body)
+    if not args.no_write:
+        common.write_section("ladder ranking", common.section("Ladder: how each rung ranks", body))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

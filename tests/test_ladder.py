@@ -1,0 +1,83 @@
+"""The ladder: each trial's first looks are complete short runs, judged by the pruner rung by
+rung; the trials that climb train their full run. Real trials on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.define import presets
+from search.run.objective import rung_step
+from search.store import study
+from tests.helpers import load_study, run, write_preset
+
+# One rung before the full run: a quarter of the 2,000 training images ("small"), one epoch.
+LADDER = {"epochs = 3": "epochs = 3\nrungs = [{ share = 0.25, epochs = 1 }]"}
+
+
+def test_a_trial_climbs_its_rungs_or_stops_there_and_only_a_full_run_completes(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    preset = write_preset(tmp_path, "small", **LADDER)
+    result = run("start", "--preset", str(preset), "--trials", "6")
+    assert result.exit_code == 0, result.output
+    trials = load_study(private_storage).get_trials()
+    by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
+    assert by_state[TrialState.COMPLETE] and by_state[TrialState.PRUNED]
+    for t in by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]:
+        if "reason" in t.user_attrs and t.user_attrs["reason"]:
+            continue  # rejected before training: no rung
+        (rung,) = t.user_attrs["rungs"]  # validated on the whole validation split
+        assert (rung["share"], rung["epochs"]) == (0.25, 1)
+        assert t.intermediate_values == {1: pytest.approx(rung["val_loss"])}
+    # The lab's run goes first and climbs; the starved baseline (8 filters, learning rate
+    # 1e-4) trails it at the first rung and stops there, after its one epoch on 500 images.
+    first, starved = trials[0], trials[1]
+    assert first.state == TrialState.COMPLETE
+    assert starved.user_attrs["baseline"] == "starved" and starved.state == TrialState.PRUNED
+    assert starved.user_attrs["epochs_trained"] == 1
+    # A completed trial's value and record are its full run's, three epochs on all images.
+    full = first.user_attrs
+    assert full["epochs_trained"] == 3 and len(full["curves"]["val_loss"]) == 3
+    assert first.value == pytest.approx(full["val_loss"])
+    assert full["val_accuracy"] > 0.6 > full["rungs"][0]["val_accuracy"] > 0.3  # chance: 0.1
+    assert "trial 0 rung 1/2 epoch 1/1: val_loss" in result.output
+    assert "trial 0 rung 2/2 epoch 3/3: val_loss" in result.output
+    assert "(#1) PRUNED after rung 1: val_loss " in result.output
+    assert "(25% of the images, 1 epochs)" in result.output
+
+
+def test_rung_k_reports_where_the_pruners_rung_k_judges(tmp_path: Path) -> None:
+    two = {
+        "epochs = 3": (
+            "epochs = 9\nrungs = [{ share = 0.2, epochs = 1 }, { share = 0.5, epochs = 2 }]"
+        )
+    }
+    for pruner, kind in (
+        ("sha", optuna.pruners.SuccessiveHalvingPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+    ):
+        preset = presets.load_preset(write_preset(tmp_path, pruner=pruner, **two))
+        assert [rung_step(preset, k) for k in range(2)] == [1, 3]
+        made = study.pruner(preset)
+        assert isinstance(made, kind)
+        if isinstance(made, optuna.pruners.HyperbandPruner):
+            assert (made._min_resource, made._max_resource) == (1, 3)
+        else:
+            assert made._min_resource == 1 and made._reduction_factor == 3
+
+
+def test_a_preset_without_rungs_keeps_the_fingerprint_studies_stored(tmp_path: Path) -> None:
+    preset = presets.load_preset(write_preset(tmp_path))
+    stored = json.loads(preset.to_json())
+    del stored["rungs"]  # a study created before ladders existed
+    old = presets.from_json(json.dumps(stored))
+    assert old == preset and old.fingerprint() == preset.fingerprint()
+    laddered = presets.load_preset(write_preset(tmp_path, name="ladder", **LADDER))
+    assert laddered.rungs == (presets.Rung(share=0.25, epochs=1),)
+    assert presets.from_json(laddered.to_json()) == laddered
+    assert laddered.differences(preset) == ["rungs"]
