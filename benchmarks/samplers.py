@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/samplers.py [--samplers tpe-grouped tpe random] [--seeds 1 2]
         [--minutes 60] [--images 2000] [--epochs 8] [--patience 3] [--folder DIR]
+        [--ladder 0.1x3,0.25x4]
     .venv/bin/python benchmarks/samplers.py --read --folder DIR   # report on searches run before
 
 Every (sampler, seed) pair is its own search, run by the product's worker loop
@@ -13,8 +14,12 @@ first 1,000 images, which validate) and a trial trains at most --epochs, so that
 a few dozen trials; there is no pruning, so every trial's learning curve is whole, and
 benchmarks/pruning.py --replay can judge pruners on the same trials afterwards.
 
-Samplers: "tpe-grouped" (the presets' default: multivariate TPE over groups of parameters that
-occur together), "tpe" (independent TPE), and "random", Optuna's RandomSampler, as the floor.
+Samplers: "tpe-grouped" (multivariate TPE over groups of parameters that occur together),
+"tpe" (independent TPE, the presets' default), "gp" (Optuna's GPSampler, which models the
+parameters every trial has and draws the others at random), and "random", Optuna's
+RandomSampler, as the floor. With --ladder, each trial first trains those rungs (complete runs
+on a share of the training images) and successive halving decides who trains the full run,
+as a preset's `rungs` make the product do; its section is written apart ("8b").
 The TPE samplers start with the preset's 10 random trials, the same ones random search draws
 with the same seed, so the samplers part only after those.
 """
@@ -36,7 +41,7 @@ import common
 
 from search import define, store
 
-SAMPLERS = ("tpe-grouped", "tpe", "random")
+SAMPLERS = ("tpe-grouped", "tpe", "random", "gp")
 
 
 def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> define.Preset:
@@ -50,12 +55,21 @@ def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> define.Pres
         epochs=args.epochs,
         patience=args.patience,
         seed=seed,
-        pruner="none",
-        sampler="tpe" if sampler == "random" else sampler,
+        # With a ladder, successive halving judges each trial at each rung (the product's
+        # ladder); without, no pruning, so every learning curve stays whole.
+        pruner="sha" if args.ladder else "none",
+        rungs=ladder(args.ladder),
+        sampler="tpe" if sampler in ("random", "gp") else sampler,
         baselines=(),
         starts=(),
         hours=args.minutes / 60,
     )
+
+
+def ladder(text: str | None) -> tuple[define.Rung, ...]:
+    """'0.1x3,0.25x4' -> the rungs (share of the training images x epochs)."""
+    items = [item.split("x") for item in text.split(",")] if text else []
+    return tuple(define.Rung(share=float(share), epochs=int(epochs)) for share, epochs in items)
 
 
 def db_path(folder: Path, sampler: str, seed: int) -> Path:
@@ -74,6 +88,10 @@ def child(args: argparse.Namespace) -> None:
     prepared = store.prepare(preset, url=url, name="samplers")
     if sampler == "random":
         prepared.study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    if sampler == "gp":  # Gaussian-process BO: models the parameters all trials share
+        prepared.study.sampler = optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=preset.startup_trials
+        )
     common.run_quietly(prepared, args.data_dir, threads=1)
 
 
@@ -137,6 +155,9 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=8, help="the most a trial trains")
     parser.add_argument("--patience", type=int, default=3, help="early stopping on val_loss")
     parser.add_argument(
+        "--ladder", help="rungs before each full run, as SHARExEPOCHS,...: '0.1x3,0.25x4'"
+    )
+    parser.add_argument(
         "--folder", type=Path, help="where the studies are kept (a new folder by default)"
     )
     parser.add_argument(
@@ -169,6 +190,8 @@ def run_all(args: argparse.Namespace, runs: list[tuple[str, int]]) -> float:
         "--epochs", str(args.epochs), "--patience", str(args.patience),
         "--folder", str(args.folder),
     ]  # fmt: skip
+    if args.ladder:
+        shared += ["--ladder", args.ladder]
     if args.data_dir:
         shared += ["--data-dir", str(args.data_dir)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -216,16 +239,18 @@ def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | 
         store.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
     )[1]
     started = f" (load average {load:.1f} before they started)" if load is not None else ""
+    pruning = f"the ladder {args.ladder} with successive halving" if args.ladder else "no pruning"
+    title = "8b. Samplers on the ladder" if args.ladder else "8. Samplers"
     extra = (
         f"- Study: the fashion_mnist preset's space without its enqueued networks, "
         f"{preset.train_size:,} training and {preset.val_size:,} validation images, at most "
-        f"{preset.epochs} epochs a trial, early stopping patience {preset.patience}, no "
-        f"pruning; {len(runs)} searches at once, one TensorFlow thread each{started}\n"
+        f"{preset.epochs} epochs a trial, early stopping patience {preset.patience}, "
+        f"{pruning}; {len(runs)} searches at once, one TensorFlow thread each{started}\n"
         f"- Studies kept in {args.folder}"
     )
     common.write_section(
-        "samplers",
-        common.section("8. Samplers", body + "\n\nIn all:\n\n" + totals, extra=extra),
+        "samplers_ladder" if args.ladder else "samplers",
+        common.section(title, body + "\n\nIn all:\n\n" + totals, extra=extra),
     )
 
 
