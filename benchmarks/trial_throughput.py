@@ -52,13 +52,37 @@ def lab_config() -> Config:
 
 
 def device_name() -> str:
-    import tensorflow as tf
+    """The device the Keras backend trains on, in words; it starts the backend."""
+    import keras
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)} ({len(gpus)} visible)"
-    return f"CPU: {common.cpu_model()} ({common.nproc()} cores), no GPU visible to TensorFlow"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if gpus:
+            return f"GPU: {gpus[0].device_kind} ({len(gpus)} visible to JAX)"
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU: {torch.cuda.get_device_name(0)} (visible to PyTorch)"
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            return f"GPU: {details.get('device_name', gpus[0].name)} ({len(gpus)} visible)"
+    return f"CPU: {common.cpu_model()} ({common.nproc()} cores), no GPU visible to {backend}"
+
+
+def versions() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
+    return f"{backend} {module.__version__}, Keras {keras.__version__}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,11 +381,8 @@ def main() -> None:
         return
 
     configure()
-    import keras
-    import tensorflow as tf
-
     device = device_name()
-    print(f"Device: {device}; TensorFlow {tf.__version__}, Keras {keras.__version__}", flush=True)
+    print(f"Device: {device}; {versions()}", flush=True)
     images, labels = define.load_train("fashion_mnist", args.data_dir)
     data = define.split(images, labels, 5000, args.images)
     body, verdicts = headline(data, args.reps, args.batch)
@@ -375,7 +396,7 @@ def main() -> None:
     print(text)
     print("\n".join(verdicts))
     if not args.no_write:
-        name = SECTION if not tf.config.list_physical_devices("GPU") else SECTION + "_gpu"
+        name = SECTION + "_gpu" if device.startswith("GPU") else SECTION
         title = "1. Trial throughput against the lab's code" + (
             " (GPU)" if name.endswith("gpu") else ""
         )
@@ -384,8 +405,7 @@ def main() -> None:
             common.section(
                 title,
                 text,
-                extra=f"- Device: {device}; TensorFlow {tf.__version__}, "
-                f"Keras {keras.__version__}",
+                extra=f"- Device: {device}; {versions()}",
             ),
         )
 
