@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.define import presets
+from search.report.analysis import savings
 from search.run.objective import rung_step
 from search.store import study
 from tests.helpers import load_study, run, write_preset
@@ -49,6 +50,11 @@ def test_a_trial_climbs_its_rungs_or_stops_there_and_only_a_full_run_completes(
     assert "trial 0 rung 2/2 epoch 3/3: val_loss" in result.output
     assert "(#1) PRUNED after rung 1: val_loss " in result.output
     assert "(25% of the images, 1 epochs)" in result.output
+    # What the rungs saved: the full runs never begun, at least 1 + patience epochs each.
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get("rungs")]
+    saved = savings(load_study(private_storage), presets.load_preset(preset))
+    assert saved.pruned == len(stopped) > 0
+    assert (saved.at_least, saved.at_most) == (2 * len(stopped), 3 * len(stopped))
 
 
 def test_rung_k_reports_where_the_pruners_rung_k_judges(tmp_path: Path) -> None:
