@@ -11,11 +11,12 @@ images for EPOCHS epochs, its cosine decaying within them) and at the full run (
 training images for --full-epochs epochs, early stopping on), through the product's own
 trial code (search.run.Objective), with the same seed at every rung, and validated on the
 whole validation split. Every result is appended to a JSON-lines file as it finishes, so a
-run that is stopped resumes where it was; `--part I/N` trains every N-th configuration, so N
-processes share the work. `--report` reads the file and writes the RESULTS.md section:
-Spearman's rank correlation of each rung's val_loss with the full run's, how many of the full
-run's top 3 each rung keeps in its top third (what successive halving with reduction 3
-promotes), and each rung's cost against the full run's, in images seen and in seconds.
+run that is stopped resumes where it was; the cheapest configurations go first, and `--part I/N`
+trains every N-th of them, so N processes share the work. `--max-mflops` leaves out the networks
+dearer than that (forward MFLOPs an image) from the draws. `--report` reads the file and writes the
+RESULTS.md section: Spearman's rank correlation of each rung's val_loss with the full run's, how
+many of the full run's top 3 each rung keeps in its top third (what successive halving with
+reduction 3 promotes), and each rung's cost against the full run's, in images seen and in seconds.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def rungs_of(text: str) -> list[tuple[float, int]]:
     return [(float(s), int(e)) for s, e in (item.split("x") for item in text.split(","))]
 
 
-def configs(count: int, seed: int) -> list[tuple[str, Any]]:
-    """The preset's enqueued networks the guard allows, then seeded draws from its space."""
+def configs(count: int, seed: int, max_mflops: float | None = None) -> list[tuple[str, Any]]:
+    """The preset's enqueued networks the guard allows, then seeded draws from its space;
+    with `max_mflops`, only networks of at most that many forward MFLOPs an image."""
     import optuna
 
     from search import define
@@ -48,8 +50,11 @@ def configs(count: int, seed: int) -> list[tuple[str, Any]]:
     preset = define.load_preset("fashion_mnist")
 
     def allowed(config: define.Config) -> bool:
-        return not define.impossible(config) and define.size(config).params <= (
-            preset.max_params or math.inf
+        cost = define.size(config)
+        return (
+            not define.impossible(config)
+            and cost.params <= (preset.max_params or math.inf)
+            and cost.flops / 1e6 <= (max_mflops or math.inf)
         )
 
     chosen = [
@@ -89,9 +94,13 @@ def train(args: argparse.Namespace) -> None:
     index, parts = (int(v) for v in args.part.split("/"))
     seen = done(args.out)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for number, (name, config) in enumerate(configs(args.configs, args.seed)):
-        if number % parts != index:
+    chosen = configs(args.configs, args.seed, args.max_mflops)
+    # The cheapest first, so that a run stopped early has the most configurations whole.
+    order = sorted(range(len(chosen)), key=lambda i: define.size(chosen[i][1]).flops)
+    for position, number in enumerate(order):
+        if position % parts != index:
             continue
+        name, config = chosen[number]
         seed = run.trial_seed(preset, number)
         for rung in (*ladder, None):
             label = FULL if rung is None else f"{rung.share:g}x{rung.epochs}"
@@ -203,6 +212,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the random draws' seed")
     parser.add_argument("--rungs", default="0.05x2,0.1x3,0.25x4")
     parser.add_argument("--full-epochs", type=int, default=8)
+    parser.add_argument(
+        "--max-mflops", type=float, help="leave out networks dearer than this, forward MFLOPs"
+    )
     parser.add_argument("--part", default="0/1", help="I/N: every N-th configuration from I")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
