@@ -226,7 +226,19 @@ def main() -> None:
     body = report(args)
     print(body)
     if not args.no_write:
-        common.write_section("ladder ranking", common.section("Ladder: how each rung ranks", body))
+        extra = (
+            f"- Configurations: the preset's start and lab runs, then RandomSampler(seed="
+            f"{args.seed}) draws, all within its cost guard and {args.max_mflops or 'any'} "
+            "MFLOPs; trained by this command without --report, in one `--part I/N` process "
+            "per core with `--threads 1`\n"
+            f"- Full run: all 55,000 training images for at most {args.full_epochs} epochs "
+            "(the preset's own is 30: this is a shorter one, to fit the machine), early "
+            "stopping as the preset's; 5,000 validation images for every rung"
+        )
+        common.write_section(
+            "ladder ranking",
+            common.section("3c. Ladder: how each rung ranks", body, extra=extra),
+        )
 
 
 if __name__ == "__main__":
