@@ -20,6 +20,8 @@ from search.define.space import (
     Config,
     Space,
     augment_kind,
+    impossible,
+    size,
 )
 from search.errors import SearchError
 
@@ -108,6 +110,21 @@ class Preset:
         runs = {"start": self.starts, "baseline": self.baselines}
         return tuple((kind, run) for kind in ENQUEUED for run in runs[kind])
 
+    def refusal(self, config: Config) -> str | None:
+        """Why the cost guard turns `config` away before training (None: it may train): a
+        network that cannot be built, or one over the parameter or FLOP budget."""
+        reason = impossible(config)
+        if reason:  # its size would be meaningless: the map shrinks below zero
+            return f"impossible network: {reason}"
+        cost = size(config)
+        if self.max_params and cost.params > self.max_params:
+            return f"{cost.params:,} parameters exceed the budget of {self.max_params:,}"
+        if self.max_mflops and cost.flops / 1e6 > self.max_mflops:
+            return (
+                f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of {self.max_mflops:,} MFLOPs"
+            )
+        return None
+
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""
         data = asdict(self)
@@ -121,8 +138,6 @@ class Preset:
             *_RUN_SETTINGS,
         ):
             data.pop(key)
-        if not data["rungs"]:  # studies stored before ladders existed keep their fingerprint
-            data.pop("rungs")
         return data
 
     def fingerprint(self) -> str:
@@ -132,7 +147,7 @@ class Preset:
     def differences(self, other: Preset) -> list[str]:
         """The settings (space axes by name) in which two presets' trials differ."""
         mine, theirs = self._comparable(), other._comparable()
-        keys = [k for k in {**mine, **theirs} if k != "space" and mine.get(k) != theirs.get(k)]
+        keys = [k for k in mine if k != "space" and mine[k] != theirs[k]]
         keys += [f"space.{k}" for k in mine["space"] if mine["space"][k] != theirs["space"][k]]
         return keys
 

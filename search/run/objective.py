@@ -42,8 +42,9 @@ def rung_step(preset: Preset, k: int) -> int:
 
 
 def rung_images(rung: Rung, images: int) -> int:
-    """How many of the first training images rung `rung` trains on: the same for every trial."""
-    return max(1, round(rung.share * images))
+    """How many of the first training images rung `rung` trains on: the same for every trial
+    (at least preset_checks.MIN_RUNG_IMAGES)."""
+    return round(rung.share * images)
 
 
 def reject(trial: optuna.Trial, reason: str) -> None:
@@ -112,21 +113,14 @@ class Objective:
 
     def guard(self, trial: optuna.Trial, config: Config) -> Size:
         """Reject, before training, a network that cannot be built or costs too much."""
-        reason = impossible(config)
-        if reason:  # its size would be meaningless: the map shrinks below zero
-            reject(trial, f"impossible network: {reason}")
+        reason = self.preset.refusal(config)
+        if reason and impossible(config):
+            reject(trial, reason)  # its size would be meaningless, so none is recorded
         cost = size(config)
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("mflops", round(cost.flops / 1e6, 3))
-        budget = self.preset
-        if budget.max_params and cost.params > budget.max_params:
-            reject(trial, f"{cost.params:,} parameters exceed the budget of {budget.max_params:,}")
-        if budget.max_mflops and cost.flops / 1e6 > budget.max_mflops:
-            reject(
-                trial,
-                f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of "
-                f"{budget.max_mflops:,} MFLOPs",
-            )
+        if reason:
+            reject(trial, reason)
         need, available = cost.training_bytes(config.batch_size), available_memory()
         if available and need > MEMORY_SHARE * available:
             reject(
