@@ -88,6 +88,14 @@ def command() -> str:
     return shlex.join([".venv/bin/python", script_text, *sys.argv[1:]])
 
 
+def ladder(text: str | None) -> tuple[define.Rung, ...]:
+    """'0.1x3,0.25x4' -> the rungs (share of the training images x epochs); '' -> none."""
+    from search import define
+
+    items = [item.split("x") for item in text.split(",")] if text else []
+    return tuple(define.Rung(share=float(share), epochs=int(epochs)) for share, epochs in items)
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 

@@ -35,11 +35,6 @@ DEFAULT_OUT = common.ROOT / "benchmarks" / "ladder_ranking.jsonl"
 FULL = "full"
 
 
-def rungs_of(text: str) -> list[tuple[float, int]]:
-    """'0.05x2,0.1x3' -> [(0.05, 2), (0.1, 3)]."""
-    return [(float(s), int(e)) for s, e in (item.split("x") for item in text.split(","))]
-
-
 def configs(count: int, seed: int, max_mflops: float | None = None) -> list[tuple[str, Any]]:
     """The preset's enqueued networks the guard allows, then seeded draws from its space;
     with `max_mflops`, only networks of at most that many forward MFLOPs an image."""
@@ -48,14 +43,11 @@ def configs(count: int, seed: int, max_mflops: float | None = None) -> list[tupl
     from search import define
 
     preset = define.load_preset("fashion_mnist")
+    if max_mflops is not None:
+        preset = dataclasses.replace(preset, max_mflops=max_mflops)
 
     def allowed(config: define.Config) -> bool:
-        cost = define.size(config)
-        return (
-            not define.impossible(config)
-            and cost.params <= (preset.max_params or math.inf)
-            and cost.flops / 1e6 <= (max_mflops or math.inf)
-        )
+        return preset.refusal(config) is None
 
     chosen = [
         (f"{kind}: {b.name}", b.config) for kind, b in preset.enqueued() if allowed(b.config)
@@ -85,7 +77,7 @@ def train(args: argparse.Namespace) -> None:
 
     train.configure(threads=args.threads)
     preset = define.load_preset("fashion_mnist")
-    ladder = tuple(define.Rung(share=s, epochs=e) for s, e in rungs_of(args.rungs))
+    ladder = common.ladder(args.rungs)
     # The product's trial with the benchmark's ladder and full run; no pruning anywhere.
     preset = dataclasses.replace(preset, rungs=ladder, epochs=args.full_epochs, pruner="none")
     x, y = define.load_train(preset.dataset, args.data_dir)
@@ -129,28 +121,10 @@ def train(args: argparse.Namespace) -> None:
             )
 
 
-def ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties averaged."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    result = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            result[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return result
-
-
 def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    sa = math.sqrt(sum((x - ma) ** 2 for x in ra))
-    sb = math.sqrt(sum((y - mb) ** 2 for y in rb))
-    return cov / (sa * sb) if sa and sb else float("nan")
+    from scipy import stats
+
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def _rung_row(label: str, results: dict[str, Any], full: dict[str, Any]) -> list[object]:
@@ -194,7 +168,7 @@ def report(args: argparse.Namespace) -> str:
     full = by.pop(FULL, {})
     table = [
         _rung_row(label, results, full)
-        for label, results in sorted(by.items(), key=lambda kv: rungs_of(kv[0])[0][0])
+        for label, results in sorted(by.items(), key=lambda kv: common.ladder(kv[0])[0].share)
         if sum(n in full for n in results) >= 3
     ]
     top = sorted(full, key=lambda n: full[n]["val_loss"])[:3]

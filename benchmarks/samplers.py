@@ -58,18 +58,12 @@ def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> define.Pres
         # With a ladder, successive halving judges each trial at each rung (the product's
         # ladder); without, no pruning, so every learning curve stays whole.
         pruner="sha" if args.ladder else "none",
-        rungs=ladder(args.ladder),
+        rungs=common.ladder(args.ladder),
         sampler="tpe" if sampler in ("random", "gp") else sampler,
         baselines=(),
         starts=(),
         hours=args.minutes / 60,
     )
-
-
-def ladder(text: str | None) -> tuple[define.Rung, ...]:
-    """'0.1x3,0.25x4' -> the rungs (share of the training images x epochs)."""
-    items = [item.split("x") for item in text.split(",")] if text else []
-    return tuple(define.Rung(share=float(share), epochs=int(epochs)) for share, epochs in items)
 
 
 def db_path(folder: Path, sampler: str, seed: int) -> Path:
