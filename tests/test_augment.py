@@ -41,13 +41,60 @@ def test_the_shift_is_keras_s_random_translation_in_operations_every_compiler_ta
     assert not np.allclose(shifted, images) and shifted.shape == images.shape
 
 
+def test_pad_and_crop_moves_each_image_by_whole_pixels() -> None:
+    import numpy as np
+    from keras import ops
+
+    from search.train.augment import CROP_PAD, PadAndCrop
+
+    images = np.random.default_rng(0).random((64, 28, 28, 1)).astype("float32")
+    cropped = ops.convert_to_numpy(PadAndCrop(seed=2)(images, training=True))
+    padded = np.pad(images, ((0, 0), (CROP_PAD, CROP_PAD), (CROP_PAD, CROP_PAD), (0, 0)))
+    seen = set()
+    for image, out in zip(padded, cropped, strict=True):
+        # The crop of the zero-padded image at some offset, to float precision.
+        found = [
+            (dy, dx)
+            for dy in range(2 * CROP_PAD + 1)
+            for dx in range(2 * CROP_PAD + 1)
+            if np.allclose(out, image[dy : dy + 28, dx : dx + 28], atol=1e-6)
+        ]
+        assert len(found) == 1
+        seen |= set(found)
+    assert len(seen) > 10  # offsets vary from image to image
+    assert np.array_equal(ops.convert_to_numpy(PadAndCrop()(images, training=False)), images)
+
+
+def test_random_erasing_fills_one_rectangle_of_half_the_images_with_noise() -> None:
+    import numpy as np
+    from keras import ops
+
+    from search.train.augment import ERASE_AREA, RandomErasing
+
+    images = np.full((400, 28, 28, 1), 0.5, "float32")
+    erased = ops.convert_to_numpy(RandomErasing(seed=3)(images, training=True))[..., 0]
+    changed = erased != 0.5
+    hit = changed.any(axis=(1, 2))
+    assert 0.4 < hit.mean() < 0.6  # p = 0.5
+    for mask in changed[hit]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert box.all() and box.sum() == mask.sum()  # one solid rectangle, inside the image
+        assert box.size <= ERASE_AREA[1] * 28 * 28 + 2 * 28 + 1  # whole pixels round it up
+    assert 0 <= erased.min() and erased.max() <= 1
+    untouched = RandomErasing()(images, training=False)
+    assert np.array_equal(ops.convert_to_numpy(untouched), images)
+
+
 def test_an_augmented_model_saves_and_loads_back_with_its_layers(tmp_path: Path) -> None:
     import keras
     import numpy as np
 
-    model = build(Config(convs=(Conv(8, 3, True),), dense=(16,), augment="shift+flip"), flip=True)
+    model = build(
+        Config(convs=(Conv(8, 3, True),), dense=(16,), augment="crop+flip+erase"), flip=True
+    )
     names = [type(layer).__name__ for layer in model.layers]
-    assert "RandomShift" in names and "RandomFlip" in names
+    assert {"PadAndCrop", "RandomFlip", "RandomErasing"} <= set(names)
     model.save(tmp_path / "augmented.keras")
     loaded = keras.models.load_model(tmp_path / "augmented.keras")
     assert [type(layer).__name__ for layer in loaded.layers] == names
@@ -71,6 +118,10 @@ with warnings.catch_warnings(record=True) as caught:
     model = build(Config(convs=(Conv(8, 3, True),), dense=(16,), augment="shift+flip"), flip=True)
     model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
     print("augmented", model.jit_compile)
+    pieces = Config(convs=(Conv(8, 3, True),), dense=(16,), augment="crop+flip+erase", ema=True)
+    model = build(pieces, flip=True)
+    model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+    print("crop, erase, EMA", model.jit_compile)
     # Keras's own translation layer, for contrast: Keras warns and compiles without XLA.
     plain = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.RandomTranslation(0.1, 0.1)])
     plain.compile(loss="mse", jit_compile=True)
@@ -91,8 +142,8 @@ def test_an_augmented_model_stays_compiled_by_xla_through_fit_on_jax() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[:2] == ["augmented True", "RandomTranslation False"]
+    assert lines[:3] == ["augmented True", "crop, erase, EMA True", "RandomTranslation False"]
     # The one fallback warning is the contrast's: the trial's model never fell back to eager.
-    assert lines[2] == (
+    assert lines[3] == (
         '["Model doesn\'t support `jit_compile=True`. Proceeding with `jit_compile=False`."]'
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -10,7 +11,16 @@ import pytest
 
 from search.define.datasets import Split
 from search.define.space import Config, Conv
-from search.train.network import build, callbacks, decay_steps, ensemble, optimizer, targets
+from search.train.network import (
+    build,
+    callbacks,
+    decay_steps,
+    ensemble,
+    load_model,
+    optimizer,
+    targets,
+    with_flips,
+)
 from search.train.runtime import configure
 from search.train.training import History, fit
 
@@ -43,6 +53,43 @@ def test_the_optimiser_and_schedule_follow_the_configuration() -> None:
     (reduce,) = callbacks(plateau, monitor="val_loss", patience=4)
     assert isinstance(reduce, keras.callbacks.ReduceLROnPlateau) and reduce.patience == 2
     assert callbacks(SMALL, monitor="val_loss", patience=4) == []
+    averaged = dataclasses.replace(SMALL, ema=True)
+    assert optimizer(averaged).use_ema and not optimizer(SMALL).use_ema
+    # The average spans a tenth of the run: 0.9 a step for 64 steps, 0.999 for 10,000.
+    assert optimizer(averaged, decay_steps=64).ema_momentum == pytest.approx(0.9)
+    assert optimizer(averaged, decay_steps=10_000).ema_momentum == pytest.approx(0.999)
+    (swap,) = callbacks(averaged, monitor="val_loss", patience=4)
+    assert isinstance(swap, keras.callbacks.SwapEMAWeights)
+
+
+def test_averaged_weights_are_what_validates_and_what_the_model_keeps(
+    small_split: Split,
+) -> None:
+    """The same seeded training with and without an average of its weights: the steps are
+    the same, the averaged weights validate differently, and the model ends holding them."""
+    configure()
+    val = (small_split.x_val, small_split.y_val)
+    ends = {}
+    for ema in (False, True):
+        config = dataclasses.replace(SMALL, ema=ema, optimizer="adam", learning_rate=3e-3)
+        keras.utils.set_random_seed(0)
+        model = build(config, decay_steps=decay_steps(config, len(small_split.x_train), 2))
+        history = History()
+        fit(
+            model,
+            config,
+            small_split.x_train,
+            small_split.y_train,
+            epochs=2,
+            validation=val,
+            history=history,
+        )
+        assert history.val_accuracy[-1] > 0.5  # chance is 0.1
+        loss, _ = model.evaluate(*val, batch_size=1024, verbose=0)
+        assert loss == pytest.approx(history.val_loss[-1], rel=1e-4)  # the weights it kept
+        ends[ema] = history
+    assert ends[True].loss == pytest.approx(ends[False].loss, rel=1e-4)  # the same steps
+    assert abs(ends[True].val_loss[-1] - ends[False].val_loss[-1]) > 1e-3  # other weights
 
 
 def test_the_whole_recipe_trains_and_val_loss_stays_the_plain_cross_entropy(
@@ -75,6 +122,24 @@ def test_the_whole_recipe_trains_and_val_loss_stays_the_plain_cross_entropy(
     probabilities = model.predict(small_split.x_val, verbose=0)
     plain = -np.mean(np.log(probabilities[np.arange(len(probabilities)), small_split.y_val]))
     assert history.val_loss[-1] == pytest.approx(plain, rel=1e-3)
+
+
+def test_test_time_flips_average_each_image_and_its_mirror(
+    small_split: Split, tmp_path: Path
+) -> None:
+    configure()
+    keras.utils.set_random_seed(0)
+    model = build(SMALL)
+    flips = with_flips(model)
+    images = small_split.x_val[:32]
+    expected = (
+        model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)
+    ) / 2
+    assert np.allclose(flips.predict(images, verbose=0), expected, atol=1e-6)
+    assert not np.allclose(expected, model.predict(images, verbose=0), atol=1e-3)
+    flips.save(tmp_path / "flips.keras")
+    loaded = load_model(tmp_path / "flips.keras")
+    assert np.allclose(loaded.predict(images, verbose=0), expected, atol=1e-6)
 
 
 def test_an_ensemble_averages_its_members_on_raw_images(small_split: Split) -> None:

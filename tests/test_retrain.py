@@ -107,6 +107,33 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     assert attrs["test_accuracy"] == round(result.test_accuracy, 4)
 
 
+def test_a_final_model_with_test_time_flips_records_both_and_saves_the_flipping_one(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    import numpy as np
+
+    from search.define import datasets
+    from search.train.network import load_model
+
+    preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path)), final_flips=True)
+    s = study.prepare(preset, url=db_url(private_storage), name="flips").study
+    s.add_trial(trained(0.6, best_epoch=1, seed=7))
+    lines: list[str] = []
+    result = retrain_trial(s, preset, out_dir=private_storage, log=lines.append)
+    assert result.flips and result.plain_test_accuracy is not None
+    assert result.test_accuracy > 0.5 and result.plain_test_accuracy > 0.5  # chance is 0.1
+    (told,) = [line for line in lines if line.startswith("Test accuracy")]
+    assert told.endswith(
+        f"with test-time flips, against {result.plain_test_accuracy:.2%} on the images alone."
+    )
+    images, labels = datasets.load_test("fashion_mnist", fashion_dir)
+    model = load_model(Path(result.model_path))  # what a user loads does the flips itself
+    _, accuracy = model.evaluate(images, labels, batch_size=1024, verbose=0)
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+    assert s.user_attrs["retrain"]["plain_test_accuracy"] == result.plain_test_accuracy
+    assert np.mean(model.predict(images[:8], verbose=0).sum(axis=1)) == pytest.approx(1)
+
+
 def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Path) -> None:
     lab = presets.load_preset(write_preset(tmp_path))  # final_epochs 1, final_schedule "same"
     trial = trained(0.6, best_epoch=2)

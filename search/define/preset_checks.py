@@ -52,6 +52,7 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "pruner_ratio": (int, float),
     "final_epochs": (int, float),
     "final_schedule": (str,),
+    "final_flips": (bool,),
     "recycle_trials": (int,),
     "recycle_mb": (int,),
     "space": (dict,),
@@ -78,6 +79,7 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
     "padding": PADDINGS,
     "pool": (True, False),
     "batchnorm": (True, False),
+    "ema": (True, False),
     "augment": AUGMENTATIONS,
     "head": HEADS,
     "schedule": SCHEDULES,
@@ -348,6 +350,8 @@ def parse(path: Path, data: dict[str, Any]) -> presets.Preset:
     space = _space(path, data.get("space", {}))
     if not datasets.info(data["dataset"]).flip_ok and any("flip" in a for a in space.augment):
         raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
+    if not datasets.info(data["dataset"]).flip_ok and data.get("final_flips"):
+        raise _fail(path, "final_flips", "may not be true: a mirrored image is another class here")
     tables = {
         kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
         for kind in presets.ENQUEUED

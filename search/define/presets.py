@@ -97,6 +97,7 @@ class Preset:
     starts: tuple[Baseline, ...] = ()
     final_epochs: float = 1.0  # retrain-best trains this multiple of the best epoch count
     final_schedule: str = "same"  # same (the trial's schedule) or cosine, for retrain-best
+    final_flips: bool = False  # the final model averages each image and its mirror image
     # Worker processes are replaced after this many trials, or past this resident memory in
     # MB (0: never); None keeps the product's defaults (workers.py).
     recycle_trials: int | None = None
@@ -192,6 +193,7 @@ _RUN_SETTINGS = (
     "starts",
     "final_epochs",
     "final_schedule",
+    "final_flips",
     "recycle_trials",
     "recycle_mb",
 )

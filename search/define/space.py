@@ -7,6 +7,7 @@ without the preset that suggested it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +17,18 @@ SIDE = 28
 NUM_CLASSES = 10
 DROPOUT_PLACEMENTS = ("none", "blocks", "flatten", "both")
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
-AUGMENTATIONS = ("none", "flip", "shift", "shift+flip")
+# Augmentation is "none" or pieces joined by "+", in this order: a random sub-pixel shift or a
+# whole-pixel pad-and-crop (one translation at most), a horizontal mirror, random erasing.
+AUGMENT_PIECES = ("shift", "crop", "flip", "erase")
+AUGMENTATIONS = (
+    "none",
+    *(
+        "+".join(pieces)
+        for n in range(1, len(AUGMENT_PIECES) + 1)
+        for pieces in itertools.combinations(AUGMENT_PIECES, n)
+        if not {"shift", "crop"} <= set(pieces)
+    ),
+)
 HEADS = ("flatten", "gap")
 SCHEDULES = ("constant", "cosine", "plateau")
 PADDINGS = ("valid", "same")
@@ -41,7 +53,7 @@ class Config:
     dropout_rate: float = 0.3
     batchnorm: bool = False  # BatchNormalization after each conv
     padding: str = "valid"
-    augment: str = "none"  # none | flip | shift | shift+flip (flips only where a class allows)
+    augment: str = "none"  # none, or AUGMENT_PIECES joined by "+" (flips where a class allows)
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
     batch_size: int = 64
@@ -49,6 +61,7 @@ class Config:
     schedule: str = "constant"  # constant | cosine (over the planned epochs) | plateau
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     label_smoothing: float = 0.0
+    ema: bool = False  # an average of the weights over the run's last steps validates and stays
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -77,12 +90,24 @@ class Config:
         return self.dropout in ("flatten", "both") and self.dropout_rate > 0
 
     @property
+    def augment_pieces(self) -> frozenset[str]:
+        return frozenset(self.augment.split("+")) - {"none"}
+
+    @property
     def shifts(self) -> bool:
-        return self.augment in ("shift", "shift+flip")
+        return "shift" in self.augment_pieces
+
+    @property
+    def crops(self) -> bool:
+        return "crop" in self.augment_pieces
 
     @property
     def flips(self) -> bool:
-        return self.augment in ("flip", "shift+flip")
+        return "flip" in self.augment_pieces
+
+    @property
+    def erases(self) -> bool:
+        return "erase" in self.augment_pieces
 
 
 def augment_kind(value: bool | str) -> str:
@@ -118,6 +143,7 @@ class Space:
     schedule: tuple[str, ...] = ("constant",)
     weight_decay: tuple[float, float] = (1e-5, 1e-3)  # searched only for AdamW
     label_smoothing: tuple[float, float] = (0.0, 0.0)
+    ema: tuple[bool, ...] = (False,)
 
     def max_conv_layers(self) -> int:
         """The most convs that fit a 28x28 image with the smallest kernel and no pooling."""
@@ -187,6 +213,7 @@ def suggest(trial: Trial, space: Space) -> Config:
             between("weight_decay", space.weight_decay, log=True) if optimizer == "adamw" else 0.0
         ),
         label_smoothing=between("label_smoothing", space.label_smoothing, step=0.05),
+        ema=choose("ema", space.ema),
     )
 
 
@@ -275,6 +302,7 @@ def outside(config: Config, space: Space) -> str | None:
         ("augment", config.augment, space.augment),
         ("optimizer", config.optimizer, space.optimizer),
         ("batch_size", config.batch_size, space.batch_size),
+        ("ema", config.ema, space.ema),
     ]
     for conv in config.convs:
         checks += [
@@ -372,14 +400,21 @@ def size(config: Config) -> Size:
     return Size(params=params, flops=flops, activations=acts)
 
 
-AUGMENT_TOKENS = {"flip": "AugF", "shift": "AugS", "shift+flip": "Aug"}
+AUGMENT_TOKENS = {"flip": "AugF", "shift": "AugS", "shift+flip": "Aug"}  # and Aug + initials
+
+
+def augment_token(augment: str) -> str:
+    """AugF, AugS, Aug (shift and flip) as ever; other kinds Aug and their pieces' initials,
+    such as AugCFE for crop+flip+erase."""
+    pieces = augment.split("+")
+    return AUGMENT_TOKENS.get(augment) or "Aug" + "".join(p[0].upper() for p in pieces)
 
 
 def describe(config: Config) -> str:
     """A readable architecture string such as C32k3-P-C64k3-P-C64k3-F-D128."""
     parts: list[str] = []
     if config.augment != "none":
-        parts.append(AUGMENT_TOKENS[config.augment])
+        parts.append(augment_token(config.augment))
     for conv in config.convs:
         token = f"C{conv.filters}k{conv.kernel}"
         if config.padding == "same":

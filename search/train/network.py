@@ -22,6 +22,10 @@ PLATEAU_FACTOR = 0.3  # reduce-on-plateau multiplies the learning rate by this
 # epochs (val_loss 3.7 to 4.8 while its training loss fell from 1.1 to 0.54), and pruners took
 # it for a network that learns slowly. 0.9, PyTorch's default, follows within some ten steps.
 BN_MOMENTUM = 0.9
+# An average of the weights (`ema`) spans about this share of a run's steps: Keras starts the
+# average at the first step's weights, and at its usual 0.99 they still held half of it after
+# the 64 steps of a short run. Between 0.9 and 0.9999 a step.
+EMA_SPAN = 0.1
 
 
 def build(
@@ -72,7 +76,8 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
 
     x = layers.Rescaling(1.0 / 255)(inputs)
     x = layers.Reshape((SIDE, SIDE, 1))(x)
-    for layer in augmentation(shift=config.shifts, flip=config.flips and flip):
+    pieces = {"shift": config.shifts, "crop": config.crops, "erase": config.erases}
+    for layer in augmentation(flip=config.flips and flip, **pieces):
         x = layer(x)
     for conv in config.convs:
         x = layers.Conv2D(
@@ -104,11 +109,23 @@ def optimizer(config: Config, decay_steps: int | None = None) -> keras.optimizer
     rate: Any = config.learning_rate
     if config.schedule == "cosine" and decay_steps:
         rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
+    # With `ema`, Keras keeps an average of the weights and fit ends by writing it into the
+    # model; callbacks() swaps it in for each validation.
+    kw: dict[str, Any] = {"learning_rate": rate, "use_ema": config.ema}
+    if config.ema:
+        kw["ema_momentum"] = ema_momentum(decay_steps)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(weight_decay=config.weight_decay, **kw)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=rate)
-    return keras.optimizers.RMSprop(learning_rate=rate)
+        return keras.optimizers.Adam(**kw)
+    return keras.optimizers.RMSprop(**kw)
+
+
+def ema_momentum(steps: int | None) -> float:
+    """How much of the average each step keeps, for a run of `steps` (unknown: Keras's 0.99)."""
+    if not steps:
+        return 0.99
+    return min(0.9999, max(0.9, 1 - 1 / (EMA_SPAN * steps)))
 
 
 def decay_steps(config: Config, images: int, epochs: int) -> int:
@@ -117,16 +134,22 @@ def decay_steps(config: Config, images: int, epochs: int) -> int:
 
 
 def callbacks(config: Config, *, monitor: str, patience: int) -> list[keras.callbacks.Callback]:
-    """What the schedule needs during fit: reduce-on-plateau watches `monitor`."""
+    """What the configuration needs during fit: validation on the averaged weights (`ema`),
+    and reduce-on-plateau watching `monitor`."""
     import keras
 
-    if config.schedule != "plateau":
-        return []
-    # Half the early-stopping patience, so the rate drops before early stopping gives up.
-    wait = max(1, patience // 2)
-    return [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=PLATEAU_FACTOR, patience=wait)
-    ]
+    needed: list[keras.callbacks.Callback] = []
+    if config.ema:
+        needed.append(keras.callbacks.SwapEMAWeights())
+    if config.schedule == "plateau":
+        # Half the early-stopping patience, so the rate drops before early stopping gives up.
+        wait = max(1, patience // 2)
+        needed.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=PLATEAU_FACTOR, patience=wait
+            )
+        )
+    return needed
 
 
 def targets(config: Config, labels: np.ndarray, *, train: bool) -> np.ndarray:
@@ -162,9 +185,21 @@ def load_model(path: Path) -> keras.Model:
     configure()
     import keras
 
-    import search.train.augment  # noqa: F401  (registers RandomShift, which load_model must know)
+    import search.train.augment  # noqa: F401  (registers the layers that load_model must know)
 
     return keras.models.load_model(path)
+
+
+def with_flips(model: keras.Model) -> keras.Model:
+    """One model that averages `model`'s softmax on each raw image and on its mirror image
+    (test-time flips), with `model`'s own weights; ready for inference."""
+    import keras
+
+    from search.train.augment import Mirror
+
+    inputs = keras.Input(shape=(SIDE, SIDE), dtype="uint8", name="image")
+    outputs = keras.layers.Average()([model(inputs), model(Mirror()(inputs))])
+    return for_inference(keras.Model(inputs, outputs, name=f"{model.name}_flips"))
 
 
 def ensemble(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
