@@ -14,10 +14,14 @@ from typing import Any
 from search.define import datasets, presets
 from search.define.space import (
     AUGMENTATIONS,
+    DOWNSAMPLES,
     DROPOUT_PLACEMENTS,
+    FAMILIES,
     HEADS,
+    MAX_BLOCKS,
     MAX_CONV_LAYERS,
     MAX_DENSE_LAYERS,
+    MAX_STAGES,
     OPTIMIZERS,
     PADDINGS,
     SCHEDULES,
@@ -67,6 +71,8 @@ LADDER_PRUNERS = ("sha", "hyperband", "none")  # the pruners that judge a trial 
 SAMPLERS = ("tpe", "tpe-grouped")
 _RANGES = {
     "conv_layers",
+    "stages",
+    "blocks",
     "dense_layers",
     "dropout_rate",
     "learning_rate",
@@ -81,6 +87,8 @@ _ALLOWED: dict[str, tuple[Any, ...]] = {
     "batchnorm": (True, False),
     "ema": (True, False),
     "augment": AUGMENTATIONS,
+    "family": FAMILIES,
+    "downsample": DOWNSAMPLES,
     "head": HEADS,
     "schedule": SCHEDULES,
 }
@@ -151,6 +159,16 @@ def _check_space(path: Path, space: Space) -> None:
             f"must lie within [1, {MAX_DENSE_LAYERS}]",
         ),
         (
+            "space.stages",
+            1 <= space.stages[0] and space.stages[1] <= MAX_STAGES,
+            f"must lie within [1, {MAX_STAGES}]",
+        ),
+        (
+            "space.blocks",
+            1 <= space.blocks[0] and space.blocks[1] <= MAX_BLOCKS,
+            f"must lie within [1, {MAX_BLOCKS}]",
+        ),
+        (
             "space.kernel",
             all(k >= 1 and k % 2 == 1 for k in space.kernel),
             "must hold odd sizes of at least 1",
@@ -215,7 +233,7 @@ def _baseline(
 
 
 _LAB = Config(convs=())
-_LAB_FIELDS = {f.name for f in fields(Config)} - {"convs", "dense"}
+_LAB_FIELDS = {f.name for f in fields(Config)} - {"convs", "dense", "stages"}
 
 
 def _config_values(config: Config) -> list[tuple[str, Any]]:
@@ -224,6 +242,8 @@ def _config_values(config: Config) -> list[tuple[str, Any]]:
     for conv in config.convs:
         values += [("filters", conv.filters), ("kernel", conv.kernel), ("pool", conv.pool)]
     values += [("dense", units) for units in config.dense]
+    for stage in config.stages:
+        values += [("width", stage.width), ("blocks", stage.blocks)]
     return values
 
 

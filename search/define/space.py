@@ -34,6 +34,13 @@ SCHEDULES = ("constant", "cosine", "plateau")
 PADDINGS = ("valid", "same")
 MAX_CONV_LAYERS = 5
 MAX_DENSE_LAYERS = 2
+# Residual networks (family "residual"): a 3x3 stem, then stages of basic blocks, each stage
+# after the first halving the map (a stride-2 first block, or 2x2 max pooling before it) and
+# doubling the width, then global average pooling.
+FAMILIES = ("plain", "residual")
+DOWNSAMPLES = ("stride", "pool")
+MAX_STAGES = 4
+MAX_BLOCKS = 6
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,16 @@ class Conv:
     filters: int
     kernel: int
     pool: bool  # 2×2 max pooling after this conv
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A residual stage: `blocks` basic blocks of `width` filters. A basic block is two 3x3
+    convs, each with batch norm, beside an identity shortcut, or a 1x1 conv with batch norm
+    where the block changes the width or halves the map by stride."""
+
+    width: int
+    blocks: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,10 @@ class Config:
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     label_smoothing: float = 0.0
     ema: bool = False  # an average of the weights over the run's last steps validates and stays
+    # A residual network: `convs` is empty, the stem and stages replace it, with batch norm,
+    # same padding and a GAP head; dropout, if any, follows the pooling.
+    stages: tuple[Stage, ...] = ()
+    downsample: str = "stride"  # stride | pool, between residual stages
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -70,7 +91,10 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         data = dict(data)
         data["convs"] = tuple(
-            Conv(**c) if isinstance(c, dict) else Conv(*c) for c in data["convs"]
+            Conv(**c) if isinstance(c, dict) else Conv(*c) for c in data.get("convs", ())
+        )
+        data["stages"] = tuple(
+            Stage(**s) if isinstance(s, dict) else Stage(*s) for s in data.get("stages", ())
         )
         data["dense"] = tuple(data.get("dense", (128,)))
         if isinstance(data.get("augment"), bool):  # stored before augmentation had kinds
@@ -88,6 +112,10 @@ class Config:
     @property
     def has_dropout_flatten(self) -> bool:
         return self.dropout in ("flatten", "both") and self.dropout_rate > 0
+
+    @property
+    def residual(self) -> bool:
+        return bool(self.stages)
 
     @property
     def augment_pieces(self) -> frozenset[str]:
@@ -144,6 +172,11 @@ class Space:
     weight_decay: tuple[float, float] = (1e-5, 1e-3)  # searched only for AdamW
     label_smoothing: tuple[float, float] = (0.0, 0.0)
     ema: tuple[bool, ...] = (False,)
+    # Residual networks: `filters` offers the first stage's width, which each stage doubles.
+    family: tuple[str, ...] = ("plain",)
+    stages: tuple[int, int] = (2, 3)
+    blocks: tuple[int, int] = (1, 3)
+    downsample: tuple[str, ...] = DOWNSAMPLES
 
     def max_conv_layers(self) -> int:
         """The most convs that fit a 28x28 image with the smallest kernel and no pooling."""
@@ -187,33 +220,50 @@ def suggest(trial: Trial, space: Space) -> Config:
     def integer(name: str, lo: int, hi: int) -> int:
         return lo if lo == hi else trial.suggest_int(name, lo, hi)
 
-    padding = choose("padding", space.padding)
-    n_conv = integer(
-        "conv_layers", space.conv_layers[0], min(space.conv_layers[1], space.max_conv_layers())
-    )
-    convs = _suggest_convs(choose, space, n_conv, padding)
-    dropout = choose("dropout", space.dropout)
+    family = choose("family", space.family)
+    if family == "residual":
+        n_stages = integer("stages", *space.stages)
+        blocks = integer("blocks", *space.blocks)
+        width = choose("width", space.filters)
+        downsample = choose("downsample", space.downsample)
+        stages = tuple(Stage(width * 2**i, blocks) for i in range(n_stages))
+        convs: tuple[Conv, ...] = ()
+        padding = "same"
+        # Dropout follows the pooled head only: a block's shortcut would carry around it.
+        heads_only = tuple(d for d in space.dropout if d in ("none", "flatten"))
+        dropout = choose("dropout", space.dropout, heads_only or ("none",))
+    else:
+        stages, downsample = (), "stride"
+        padding = choose("padding", space.padding)
+        n_conv = integer(
+            "conv_layers", space.conv_layers[0], min(space.conv_layers[1], space.max_conv_layers())
+        )
+        convs = _suggest_convs(choose, space, n_conv, padding)
+        dropout = choose("dropout", space.dropout)
     rate = between("dropout_rate", space.dropout_rate, step=0.05) if dropout != "none" else 0.0
     n_dense = integer("dense_layers", *space.dense_layers)
     optimizer = choose("optimizer", space.optimizer)
+    residual = family == "residual"
     return Config(
         convs=convs,
         dense=tuple(choose(f"dense_units_{i}", space.dense_units) for i in range(1, n_dense + 1)),
         dropout=dropout,
         dropout_rate=rate,
-        batchnorm=choose("batchnorm", space.batchnorm),
+        batchnorm=True if residual else choose("batchnorm", space.batchnorm),
         padding=padding,
         augment=choose("augment", space.augment),
         optimizer=optimizer,
         learning_rate=between("learning_rate", space.learning_rate, log=True),
         batch_size=choose("batch_size", space.batch_size),
-        head=choose("head", space.head),
+        head="gap" if residual else choose("head", space.head),
         schedule=choose("schedule", space.schedule),
         weight_decay=(
             between("weight_decay", space.weight_decay, log=True) if optimizer == "adamw" else 0.0
         ),
         label_smoothing=between("label_smoothing", space.label_smoothing, step=0.05),
         ema=choose("ema", space.ema),
+        stages=stages,
+        downsample=downsample,
     )
 
 
@@ -252,8 +302,15 @@ class _Replay:
         values: dict[str, Any] = {
             f.name: getattr(config, f.name)
             for f in fields(config)
-            if f.name not in ("convs", "dense")
+            if f.name not in ("convs", "dense", "stages")
         }
+        values["family"] = "residual" if config.residual else "plain"
+        if config.residual:
+            values |= {
+                "stages": len(config.stages),
+                "blocks": config.stages[0].blocks,
+                "width": config.stages[0].width,
+            }
         values["conv_layers"] = len(config.convs)
         values["dense_layers"] = len(config.dense)
         for i, conv in enumerate(config.convs, start=1):
@@ -295,10 +352,10 @@ def to_params(config: Config, space: Space) -> dict[str, Any]:
 
 def outside(config: Config, space: Space) -> str | None:
     """Why `config` cannot come out of `space`, or None when it can."""
+    family = "residual" if config.residual else "plain"
     checks: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("family", family, space.family),
         ("dropout", config.dropout, space.dropout),
-        ("batchnorm", config.batchnorm, space.batchnorm),
-        ("padding", config.padding, space.padding),
         ("augment", config.augment, space.augment),
         ("optimizer", config.optimizer, space.optimizer),
         ("batch_size", config.batch_size, space.batch_size),
@@ -311,11 +368,32 @@ def outside(config: Config, space: Space) -> str | None:
             ("pool", conv.pool, space.pool),
         ]
     checks += [("dense_units", units, space.dense_units) for units in config.dense]
+    if config.residual:
+        why = _not_residual(config)
+        if why:
+            return why
+        checks += [
+            ("width", config.stages[0].width, space.filters),
+            ("downsample", config.downsample, space.downsample),
+        ]
+    else:
+        checks += [
+            ("batchnorm", config.batchnorm, space.batchnorm),
+            ("padding", config.padding, space.padding),
+        ]
     for name, value, choices in checks:
         if value not in choices:
             return f"{name} {value!r} is not among {list(choices)}"
+    layers = (
+        [
+            ("stages", len(config.stages), space.stages),
+            ("blocks", config.stages[0].blocks, space.blocks),
+        ]
+        if config.residual
+        else [("conv_layers", len(config.convs), space.conv_layers)]
+    )
     ranges: list[tuple[str, float, tuple[float, float]]] = [
-        ("conv_layers", len(config.convs), space.conv_layers),
+        *layers,
         ("dense_layers", len(config.dense), space.dense_layers),
         ("learning_rate", config.learning_rate, space.learning_rate),
     ]
@@ -324,6 +402,24 @@ def outside(config: Config, space: Space) -> str | None:
     for name, value, (lo, hi) in ranges:
         if not lo <= value <= hi:
             return f"{name} {value} is outside [{lo}, {hi}]"
+    return None
+
+
+def _not_residual(config: Config) -> str | None:
+    """Why a configuration with stages is not one the residual family builds, or None."""
+    first = config.stages[0]
+    if config.stages != tuple(
+        Stage(first.width * 2**i, first.blocks) for i in range(len(config.stages))
+    ):
+        return "residual stages must double the width each stage and keep one block count"
+    if config.convs:
+        return "a residual network has stages instead of convs, not both"
+    fixed = {"batchnorm": True, "padding": "same", "head": "gap"}
+    for name, value in fixed.items():
+        if getattr(config, name) != value:
+            return f"a residual network has {name} {value!r}, not {getattr(config, name)!r}"
+    if config.dropout not in ("none", "flatten"):
+        return f"a residual network's dropout is 'none' or 'flatten', not {config.dropout!r}"
     return None
 
 
@@ -364,14 +460,54 @@ def feature_maps(config: Config) -> list[int]:
     return sides
 
 
+@dataclass(frozen=True)
+class Block:
+    """One basic block of a residual network, as built (see :class:`Stage`)."""
+
+    inputs: int  # channels in
+    width: int  # channels out
+    stride: int  # 2: its first conv halves the map
+    pooled: bool  # 2x2 max pooling before it
+    side: int  # the side of the map it puts out
+
+    @property
+    def projection(self) -> bool:
+        """Whether its shortcut is a 1x1 conv: the width or the map changes."""
+        return self.stride != 1 or self.inputs != self.width
+
+
+def residual_blocks(config: Config) -> list[Block]:
+    """The blocks of a residual network after its stem, or raise ValueError."""
+    side, channels, blocks = SIDE, config.stages[0].width, []
+    for i, stage in enumerate(config.stages):
+        if stage.width < 1 or stage.blocks < 1:
+            raise ValueError(f"stage {i + 1} needs a positive width and block count")
+        for b in range(stage.blocks):
+            halves = i > 0 and b == 0
+            if halves and side < 2:
+                raise ValueError(f"stage {i + 1} would halve a {side}x{side} map")
+            pooled = halves and config.downsample == "pool"
+            stride = 2 if halves and config.downsample == "stride" else 1
+            side = side // 2 if pooled else -(-side // stride)
+            blocks.append(Block(channels, stage.width, stride, pooled, side))
+            channels = stage.width
+    return blocks
+
+
 def impossible(config: Config) -> str | None:
     """Why this network cannot be built, or None."""
-    if not config.convs:
+    if not config.convs and not config.residual:
         return "the network has no conv layer"
     if not config.dense:
         return "the network has no Dense layer before the softmax"
+    if config.residual:
+        if len(config.stages) > MAX_STAGES:
+            return f"a residual network has at most {MAX_STAGES} stages"
+        why = _not_residual(config)
+        if why:
+            return why
     try:
-        feature_maps(config)
+        residual_blocks(config) if config.residual else feature_maps(config)
     except ValueError as e:
         return str(e)
     return None
@@ -379,6 +515,8 @@ def impossible(config: Config) -> str | None:
 
 def size(config: Config) -> Size:
     """Parameter count (as keras' count_params) and forward FLOPs per image."""
+    if config.residual:
+        return _residual_size(config)
     side, channels, params, flops, acts = SIDE, 1, 0, 0, SIDE * SIDE
     for conv in config.convs:
         out = side - conv.kernel + 1 if config.padding == "valid" else side
@@ -392,12 +530,41 @@ def size(config: Config) -> Size:
             side //= 2
             acts += side * side * channels
     width = channels if config.head == "gap" else side * side * channels
+    return _with_head(config, width, Size(params=params, flops=flops, activations=acts))
+
+
+def _with_head(config: Config, width: int, body: Size) -> Size:
+    """`body`'s size with the Dense layers and the softmax on `width` features."""
+    params, flops, acts = body.params, body.flops, body.activations
     for units in (*config.dense, NUM_CLASSES):
         params += (width + 1) * units
         flops += 2 * width * units
         acts += units
         width = units
     return Size(params=params, flops=flops, activations=acts)
+
+
+def _residual_size(config: Config) -> Size:
+    """A residual network's size: convs without biases (batch norm follows each), four
+    batch-norm values a channel, and the GAP head."""
+    stem = config.stages[0].width
+    params = 9 * stem + 4 * stem
+    flops = 2 * SIDE * SIDE * 9 * stem
+    acts = SIDE * SIDE * (1 + 3 * stem)  # the image; the stem's conv, batch norm and ReLU
+    channels = stem
+    for block in residual_blocks(config):
+        area, width = block.side * block.side, block.width
+        if block.pooled:
+            acts += area * block.inputs
+        params += 9 * block.inputs * width + 9 * width * width + 8 * width
+        flops += 2 * area * 9 * width * (block.inputs + width)
+        acts += 6 * area * width  # conv, batch norm, ReLU, conv, batch norm, the sum's ReLU
+        if block.projection:
+            params += block.inputs * width + 4 * width
+            flops += 2 * area * block.inputs * width
+            acts += 2 * area * width
+        channels = width
+    return _with_head(config, channels, Size(params=params, flops=flops, activations=acts))
 
 
 AUGMENT_TOKENS = {"flip": "AugF", "shift": "AugS", "shift+flip": "Aug"}  # and Aug + initials
@@ -415,6 +582,15 @@ def describe(config: Config) -> str:
     parts: list[str] = []
     if config.augment != "none":
         parts.append(augment_token(config.augment))
+    if config.residual:
+        parts.append(f"C{config.stages[0].width}k3s-BN")
+        for i, stage in enumerate(config.stages):
+            if i and config.downsample == "pool":
+                parts.append("P")
+            parts.append(
+                f"R{stage.width}x{stage.blocks}"
+                + ("s2" if i and config.downsample == "stride" else "")
+            )
     for conv in config.convs:
         token = f"C{conv.filters}k{conv.kernel}"
         if config.padding == "same":

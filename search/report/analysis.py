@@ -171,12 +171,23 @@ def row(trial: FrozenTrial, config: Config) -> Row:
     pools = [str(i) for i, c in enumerate(config.convs, start=1) if c.pool]
     trained = a.get("epochs_trained", 0)
     epochs = f"{trained} (best {a['best_epoch']})" if "best_epoch" in a else str(trained)
+    if config.residual:  # a stem, then stages of two-conv blocks
+        stages = config.stages
+        layers = f"1 + {len(stages)} stages x {stages[0].blocks} blocks"
+        filters = "-".join(str(s.width) for s in stages)
+        kernel = "3x3"
+        pooling = f"between stages, by {config.downsample}" if len(stages) > 1 else "none"
+    else:
+        layers = str(len(config.convs))
+        filters = "-".join(str(c.filters) for c in config.convs)
+        kernel = "-".join(f"{c.kernel}x{c.kernel}" for c in config.convs)
+        pooling = f"after conv {', '.join(pools)}" if pools else "none"
     return Row(
         run=run,
-        layers=str(len(config.convs)),
-        filters="-".join(str(c.filters) for c in config.convs),
-        kernel="-".join(f"{c.kernel}x{c.kernel}" for c in config.convs),
-        pooling=f"after conv {', '.join(pools)}" if pools else "none",
+        layers=layers,
+        filters=filters,
+        kernel=kernel,
+        pooling=pooling,
         dropout=describe_dropout(config),
         dense="-".join(str(u) for u in config.dense),
         val_loss=num(a.get("val_loss")),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible
+from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible, residual_blocks
 
 if TYPE_CHECKING:
     import keras
@@ -79,6 +79,8 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
     pieces = {"shift": config.shifts, "crop": config.crops, "erase": config.erases}
     for layer in augmentation(flip=config.flips and flip, **pieces):
         x = layer(x)
+    if config.residual:
+        x = _residual(config, x)
     for conv in config.convs:
         x = layers.Conv2D(
             conv.filters,
@@ -100,6 +102,25 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
         x = layers.Dense(units, activation="relu")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
     return outputs
+
+
+def _residual(config: Config, x: Any) -> Any:
+    """A residual network's stem and stages (space.Stage), applied to `x`."""
+    from keras import layers
+
+    def conv_bn(x: Any, width: int, kernel: int = 3, stride: int = 1) -> Any:
+        x = layers.Conv2D(width, kernel, strides=stride, padding="same", use_bias=False)(x)
+        return layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+
+    x = layers.Activation("relu")(conv_bn(x, config.stages[0].width))
+    for block in residual_blocks(config):
+        if block.pooled:
+            x = layers.MaxPooling2D(2)(x)
+        y = layers.Activation("relu")(conv_bn(x, block.width, stride=block.stride))
+        y = conv_bn(y, block.width)
+        shortcut = conv_bn(x, block.width, 1, block.stride) if block.projection else x
+        x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+    return x
 
 
 def optimizer(config: Config, decay_steps: int | None = None) -> keras.optimizers.Optimizer:
