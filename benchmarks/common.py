@@ -195,6 +195,19 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def started_trials(url: str, name: str) -> tuple[Any, list[FrozenTrial], dt.datetime]:
+    """A stored study, its trials that started, and when the first of them did."""
+    import optuna
+
+    from search import store
+
+    study = optuna.load_study(study_name=name, storage=store.open_storage(url, must_exist=True))
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    if not trials:
+        raise SystemExit(f"Study '{name}' has no started trial yet.")
+    return study, trials, min(started(t) for t in trials)
+
+
 def started(trial: FrozenTrial) -> dt.datetime:
     """When a trial started (the benchmarks read only trials that did)."""
     assert trial.datetime_start is not None, f"trial #{trial.number} never started"

@@ -31,13 +31,7 @@ LAB_EPOCHS = 20
 
 
 def search_progress(url: str, name: str, goal: float) -> tuple[str, dict[str, Any]]:
-    import optuna
-
-    study = optuna.load_study(study_name=name, storage=store.open_storage(url, must_exist=True))
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start]
-    if not trials:
-        raise SystemExit(f"Study '{name}' has no started trial yet.")
-    start = min(common.started(t) for t in trials)
+    _, trials, start = common.started_trials(url, name)
     done = sorted(
         (t for t in trials if t.datetime_complete and t.state.is_finished()),
         key=common.ended,

@@ -1,0 +1,154 @@
+"""What one search job did, minute by minute: the figures a ladder is judged on.
+
+    .venv/bin/python benchmarks/search_job.py --storage sqlite:///PATH/search.db \\
+        [--study fashion_mnist] [--minutes 12] [--load-log FILE] [--section NAME]
+
+It reads a study that `search start` ran (or still runs) and reports how many distinct
+configurations had trained at least one complete look (a rung, or an epoch without a ladder)
+by `--minutes`, each state's count, the best searched (not enqueued) trial's val_accuracy
+against the enqueued start's, the minute a finished trial first reached 93 % and 94 %
+val_accuracy, and, once `retrain-best` has run, the final model's test accuracy.
+
+A rung's end is its trial's start plus the seconds of its rungs so far (`rungs` attribute),
+which leaves out each rung's model building: the figure by `--minutes` is at most a few
+seconds early per trial. `--load-log` reads lines of "ISO-TIME LOAD1 LOAD5 LOAD15 ..." (the
+machine's /proc/loadavg, stamped once a minute) and prints the 1-minute load over the job.
+With `--section`, the figures replace that section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import common
+
+GOALS = (0.93, 0.94)
+
+
+def looks(trial: Any) -> list[dt.datetime]:
+    """When each complete look of a trial ended: its rungs, then its full run's end."""
+    start = common.started(trial)
+    ends, spent = [], 0.0
+    for rung in trial.user_attrs.get("rungs") or []:
+        spent += float(rung["seconds"])
+        ends.append(start + dt.timedelta(seconds=spent))
+    if trial.state.name == "COMPLETE":
+        ends.append(common.ended(trial))
+    elif not ends and trial.user_attrs.get("epochs_trained") and trial.datetime_complete:
+        ends.append(common.ended(trial))  # stopped during its first run, epochs done
+    return ends
+
+
+def kind(trial: Any) -> str:
+    if "start" in trial.user_attrs:
+        return f"start: {trial.user_attrs['start']}"
+    if "baseline" in trial.user_attrs:
+        return f"lab: {trial.user_attrs['baseline']}"
+    return "searched"
+
+
+def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
+    study, trials, t0 = common.started_trials(url, name)
+    last = max((t.datetime_complete or t.datetime_start) for t in trials if t.datetime_start)
+
+    def at(moment: dt.datetime) -> float:
+        return (moment - t0).total_seconds() / 60
+
+    early = [t for t in trials if any(at(end) <= minutes for end in looks(t))]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    rejected = [t for t in trials if t.state.name == "PRUNED" and not looks(t)]
+    by_rung: dict[int, int] = {}
+    for t in trials:
+        if t.state.name == "PRUNED" and looks(t):
+            k = len(t.user_attrs.get("rungs") or [])
+            by_rung[k] = by_rung.get(k, 0) + 1
+    rows = []
+    for t in sorted(complete, key=lambda t: -float(t.user_attrs.get("val_accuracy", 0))):
+        rows.append(
+            [
+                f"#{t.number}",
+                kind(t),
+                f"`{t.user_attrs.get('architecture', '?')}`",
+                f"{t.user_attrs.get('params', 0):,}",
+                f"{float(t.user_attrs['val_accuracy']):.2%}",
+                t.user_attrs.get("epochs_trained"),
+                f"{at(common.ended(t)):.0f}",
+            ]
+        )
+    reached = []
+    for goal in GOALS:
+        hits = [at(common.ended(t)) for t in complete if t.user_attrs["val_accuracy"] >= goal]
+        reached.append(f"{goal:.0%}: {min(hits):.0f} min" if hits else f"{goal:.0%}: not reached")
+    searched = [t for t in complete if kind(t) == "searched"]
+    best_searched = max(searched, key=lambda t: t.user_attrs["val_accuracy"], default=None)
+    starts = [t for t in complete if kind(t).startswith("start")]
+    lines = [
+        f"- Trials: {len(trials)} started, {len(complete)} complete (full runs), "
+        + ", ".join(f"{n} stopped after rung {k}" for k, n in sorted(by_rung.items()))
+        + f", {len(rejected)} rejected untrained; {at(last):.0f} minutes from the first "
+        "trial's start to the last trial's end.",
+        f"- Distinct configurations with a complete look by minute {minutes:g}: "
+        f"**{len({t.user_attrs.get('architecture') for t in early})}** "
+        f"({len(early)} trials).",
+        "- A finished trial first at " + "; ".join(reached) + ".",
+    ]
+    if best_searched is not None:
+        lines.append(
+            f"- Best searched configuration: #{best_searched.number} "
+            f"`{best_searched.user_attrs['architecture']}`, "
+            f"{best_searched.user_attrs['val_accuracy']:.2%} val_accuracy"
+            + (
+                f", against the start's {starts[0].user_attrs['val_accuracy']:.2%}."
+                if starts
+                else "."
+            )
+        )
+    record = study.user_attrs.get("retrain")
+    if record:
+        lines.append(
+            f"- `retrain-best`: trial #{record['trial']} `{record['architecture']}`, "
+            f"{record['epochs']} epochs on {record['train_images']:,} images: test accuracy "
+            f"**{record['test_accuracy']:.2%}**."
+        )
+    body = "\n".join(lines) + "\n\nFull runs, best first:\n\n"
+    header = ["trial", "kind", "architecture", "params", "val_accuracy", "epochs", "ended (min)"]
+    body += common.table(header, rows)
+    return body, {"t0": t0, "last": last}
+
+
+def load_over(path: Path, t0: dt.datetime, last: dt.datetime) -> str:
+    values = []
+    for line in path.read_text().splitlines():
+        stamp, load1, *_ = line.split()
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).replace(tzinfo=None)
+        if t0 <= moment <= last:
+            values.append(float(load1))
+    return f"- 1-minute load over the job: {common.spread(values, '.1f')}" if values else ""
+
+
+def main() -> None:
+    args = options().parse_args()
+    body, span = figures(args.storage, args.study, args.minutes)
+    extra = load_over(args.load_log, span["t0"], span["last"]) if args.load_log else ""
+    if args.section:
+        common.write_section(args.section, common.section(args.title, body, extra=extra))
+    print(extra)
+    print(body)
+
+
+def options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", required=True, help="the study's storage URL")
+    parser.add_argument("--study", default="fashion_mnist")
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--load-log", type=Path, help="lines of ISO-TIME LOAD1 ...")
+    parser.add_argument("--section", help="write the figures as this section of RESULTS.md")
+    parser.add_argument("--title", default="Search job: the default preset on its ladder")
+    return parser
+
+
+if __name__ == "__main__":
+    main()
