@@ -91,7 +91,7 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
         + f", {len(rejected)} rejected untrained; {at(last):.0f} minutes from the first "
         "trial's start to the last trial's end.",
         f"- Distinct configurations with a complete look by minute {minutes:g}: "
-        f"**{len({t.user_attrs.get('architecture') for t in early})}** "
+        f"**{len({t.user_attrs.get('config') for t in early})}** "
         f"({len(early)} trials).",
         "- A finished trial first at " + "; ".join(reached) + ".",
     ]
@@ -123,7 +123,9 @@ def load_over(path: Path, t0: dt.datetime, last: dt.datetime) -> str:
     values = []
     for line in path.read_text().splitlines():
         stamp, load1, *_ = line.split()
-        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).replace(tzinfo=None)
+        # Optuna's times are naive local time.
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+        moment = moment.replace(tzinfo=None)
         if t0 <= moment <= last:
             values.append(float(load1))
     return f"- 1-minute load over the job: {common.spread(values, '.1f')}" if values else ""

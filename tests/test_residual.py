@@ -101,6 +101,10 @@ def test_a_residual_network_that_is_not_of_the_family_is_refused() -> None:
         )
         or ""
     )
+    one = dataclasses.replace(RESNET20, stages=(Stage(16, 3),), downsample="pool")
+    assert (
+        impossible(one) == "a one-stage residual network halves no map: its downsample is 'stride'"
+    )
     plain_bits = dataclasses.replace(RESNET20, convs=(Conv(8, 3, False),))
     assert impossible(plain_bits) == "a residual network has stages instead of convs, not both"
     assert impossible(dataclasses.replace(RESNET20, dropout="blocks")) == (
@@ -180,4 +184,11 @@ def test_a_preset_searches_residual_networks_from_a_residual_start(tmp_path: Pat
     wrong = path.read_text().replace("stages = [1, 2]", "stages = [1, 9]")
     path.write_text(wrong)
     with pytest.raises(presets.PresetError, match=r"'space.stages' must lie within \[1, 4\]"):
+        presets.load_preset(path)
+    path.write_text(
+        wrong.replace("stages = [1, 9]", "stages = [1, 2]").replace(
+            'dropout = ["none", "flatten"]', 'dropout = ["blocks"]'
+        )
+    )
+    with pytest.raises(presets.PresetError, match="must offer 'none' or 'flatten' for residual"):
         presets.load_preset(path)

@@ -189,6 +189,15 @@ def _check_space(path: Path, space: Space) -> None:
             "must lie within [0, 1)",
         ),
     ]
+    if "residual" in space.family:
+        checks.append(
+            (
+                "space.dropout",
+                bool({"none", "flatten"} & set(space.dropout)),
+                "must offer 'none' or 'flatten' for residual networks, whose dropout follows "
+                "the pooled head only",
+            )
+        )
     for key, ok, problem in checks:
         if not ok:
             raise _fail(path, key, problem)

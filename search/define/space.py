@@ -225,7 +225,8 @@ def suggest(trial: Trial, space: Space) -> Config:
         n_stages = integer("stages", *space.stages)
         blocks = integer("blocks", *space.blocks)
         width = choose("width", space.filters)
-        downsample = choose("downsample", space.downsample)
+        # One stage halves no map: its downsampling is moot, so not asked.
+        downsample = choose("downsample", space.downsample) if n_stages > 1 else "stride"
         stages = tuple(Stage(width * 2**i, blocks) for i in range(n_stages))
         convs: tuple[Conv, ...] = ()
         padding = "same"
@@ -372,10 +373,9 @@ def outside(config: Config, space: Space) -> str | None:
         why = _not_residual(config)
         if why:
             return why
-        checks += [
-            ("width", config.stages[0].width, space.filters),
-            ("downsample", config.downsample, space.downsample),
-        ]
+        checks.append(("width", config.stages[0].width, space.filters))
+        if len(config.stages) > 1:
+            checks.append(("downsample", config.downsample, space.downsample))
     else:
         checks += [
             ("batchnorm", config.batchnorm, space.batchnorm),
@@ -418,6 +418,8 @@ def _not_residual(config: Config) -> str | None:
     for name, value in fixed.items():
         if getattr(config, name) != value:
             return f"a residual network has {name} {value!r}, not {getattr(config, name)!r}"
+    if len(config.stages) == 1 and config.downsample != "stride":
+        return "a one-stage residual network halves no map: its downsample is 'stride'"
     if config.dropout not in ("none", "flatten"):
         return f"a residual network's dropout is 'none' or 'flatten', not {config.dropout!r}"
     return None

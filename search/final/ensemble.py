@@ -35,7 +35,7 @@ from search.final.retrain import (
 )
 from search.final.saved import foreign, identity, model_path, read_manifest
 from search.store.trials import config_of
-from search.train.network import ensemble, load_model
+from search.train.network import ensemble, load_model, with_flips
 
 if TYPE_CHECKING:
     import keras
@@ -65,6 +65,7 @@ class EnsembleResult:
     model_path: str
     max_params: int | None  # the budget the members' parameters fit together
     members_of: str = "distinct"  # one of MEMBERS
+    flips: bool = False  # each member averages each image and its mirror (final_flips)
 
 
 def _passed_over(
@@ -146,14 +147,15 @@ def copies_of_best(
 
 
 def already_trained(
-    study: optuna.Study, trial: FrozenTrial, out_dir: Path, log: Log
+    study: optuna.Study, trial: FrozenTrial, out_dir: Path, log: Log, flips: bool = False
 ) -> tuple[keras.Model, int] | None:
     """The model retrain-best saved for this trial, and its epochs, if it is still there.
 
     The final recipe is fixed by the study's preset, so training the same trial again would
     only repeat the longest part of an ensemble's work. Only a file whose manifest names this
     study and trial is used (study names repeat across storages), and only while it holds the
-    trial's network (a file replaced by hand is ignored).
+    trial's network (a file replaced by hand is ignored), with test-time flips as `flips`
+    says.
     """
     path = model_path(out_dir, study, f"trial{trial.number}")
     if not path.is_file():
@@ -166,9 +168,11 @@ def already_trained(
         model = load_model(path)
     except Exception:  # unreadable or from another Keras: train it again instead
         return None
+    record = (read_manifest(path) or {}).get("record") or {}
     if model.count_params() != size(config_of(trial)).params:
         return None
-    record = (read_manifest(path) or {}).get("record") or {}
+    if bool(record.get("flips", False)) != flips:
+        return None
     return model, int(record.get("epochs", 0))
 
 
@@ -187,7 +191,7 @@ def _train_members(
     for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
         log(f"Member {i + 1} of {len(trials)}:")
         mine = seed == seed_of(trial, preset)
-        saved = already_trained(study, trial, out_dir, log) if mine else None
+        saved = already_trained(study, trial, out_dir, log, preset.final_flips) if mine else None
         if saved is not None:
             model, n = saved
             log(
@@ -198,6 +202,8 @@ def _train_members(
             model, history, _ = train_on_all(
                 trial, preset, data_dir=data_dir, log=log, fresh=not models, seed=seed
             )
+            if preset.final_flips:  # as retrain-best saves it
+                model = with_flips(model)
             n = len(history.loss)
         models.append(model)
         epochs.append(n)
@@ -247,6 +253,7 @@ def retrain_ensemble(
         model_path=str(path),
         max_params=preset.max_params,
         members_of=members_of,
+        flips=preset.final_flips,
     )
     record = json.loads(json.dumps(asdict(result)))
     unsaved = keep(combined, path, identity(study, url, record=record))  # results, then records

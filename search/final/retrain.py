@@ -258,7 +258,11 @@ def _unrecorded(
         return None
     record = manifest["record"]
     _, epochs, _ = final_plan(trial, preset)
-    same_recipe = record.get("epochs") == epochs and record.get("seed") == seed_of(trial, preset)
+    same_recipe = (
+        record.get("epochs") == epochs
+        and record.get("seed") == seed_of(trial, preset)
+        and bool(record.get("flips", False)) == preset.final_flips
+    )
     if not same_recipe or study.user_attrs.get("retrain") == record:
         return None  # recorded already: a rerun trains again, as it always has
     return Result(**record)

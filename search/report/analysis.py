@@ -155,6 +155,8 @@ def describe_other(config: Config) -> str:
         parts.append(f"{config.schedule} schedule")
     if config.label_smoothing:
         parts.append(f"label smoothing {config.label_smoothing:g}")
+    if config.ema:
+        parts.append("weight averaging")
     return ", ".join(parts)
 
 

@@ -42,9 +42,9 @@ def rung_step(preset: Preset, k: int) -> int:
 
 
 def rung_images(rung: Rung, images: int) -> int:
-    """How many of the first training images rung `rung` trains on: the same for every trial
-    (at least preset_checks.MIN_RUNG_IMAGES)."""
-    return round(rung.share * images)
+    """How many of the first training images rung `rung` trains on: the same for every trial.
+    A preset's rungs hold at least preset_checks.MIN_RUNG_IMAGES; one made in code, one."""
+    return max(1, round(rung.share * images))
 
 
 def reject(trial: optuna.Trial, reason: str) -> None:
