@@ -5,7 +5,14 @@ Uses Keras, never Optuna. Keras itself is imported only inside functions, once
 loaded by `network` when a network is built, so it is not exported here.
 """
 
-from search.train.network import build, decay_steps, ensemble, for_inference, load_model
+from search.train.network import (
+    build,
+    decay_steps,
+    ensemble,
+    for_inference,
+    load_model,
+    with_flips,
+)
 from search.train.runtime import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -44,4 +51,5 @@ __all__ = [
     "load_model",
     "resident_memory",
     "select",
+    "with_flips",
 ]
