@@ -1,4 +1,5 @@
-"""What many test files share: the test preset and its variants, the CLI, child processes.
+"""What many test files share: the test preset and its variants, the CLI, child processes,
+a small seeded fit.
 
 conftest.py imports from here; test files import from here too (`from tests.helpers import
 run`), as a module and not as a conftest.
@@ -12,7 +13,7 @@ import subprocess
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pytest
@@ -22,6 +23,13 @@ from optuna.trial import TrialState
 from search.cli import cli
 from search.store import storage
 from search.store.trials import trained
+
+if TYPE_CHECKING:
+    import keras
+
+    from search.define.datasets import Split
+    from search.define.space import Config
+    from search.train.training import History
 
 # Heartbeats every second and a grace of 4 s: a dead worker's trial fails in 4 s, not minutes.
 HEARTBEAT = {storage.ENV_HEARTBEAT: "1", storage.ENV_GRACE: "4"}
@@ -162,3 +170,27 @@ def cgroup_tree(tmp_path: Path, own: str, files: dict[str, str]) -> tuple[Path, 
         (root / name).write_text(text + "\n")
     (tmp_path / "self-cgroup").write_text(own + "\n")
     return root, tmp_path / "self-cgroup"
+
+
+def fit_small(
+    config: Config, split: Split, *, epochs: int = 2, flip: bool = False
+) -> tuple[keras.Model, History]:
+    """`config` built and trained from seed 0 on `split`, validated each epoch on its
+    validation images, with a cosine as long as these epochs where it asks for one."""
+    import keras
+
+    from search.train.network import build, decay_steps
+    from search.train.training import fit
+
+    keras.utils.set_random_seed(0)
+    steps = decay_steps(config, len(split.x_train), epochs)
+    model = build(config, flip=flip, decay_steps=steps)
+    history = fit(
+        model,
+        config,
+        split.x_train,
+        split.y_train,
+        epochs=epochs,
+        validation=(split.x_val, split.y_val),
+    )
+    return model, history

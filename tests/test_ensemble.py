@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
@@ -16,6 +17,7 @@ from search.final import ensemble, saved
 from search.final.retrain import RetrainError
 from search.report import document as report
 from search.store import study
+from search.train.network import load_model
 from tests.helpers import db_url, run, write_preset
 
 ONE = Config(convs=(Conv(16, 3, True),), dense=(32,))
@@ -103,6 +105,25 @@ def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
     assert "best distinct trials whose parameters fit 400,000 together" in section
     both = run("retrain-best", "--study", "tiny", "--ensemble", "2", "--trial", "1")
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_an_ensemble_under_final_flips_averages_each_member_over_an_image_and_its_mirror(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    """Every member flips, so the saved ensemble answers an image and its mirror alike."""
+    preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path)), final_flips=True)
+    s = study.prepare(preset, url=db_url(private_storage), name="flips").study
+    for value, config in ((0.4, ONE), (0.6, TWO)):
+        s.add_trial(trained(value, config))
+    result = ensemble.retrain_ensemble(s, preset, 2, out_dir=private_storage, log=lambda _: None)
+    assert result.flips and s.user_attrs["ensemble"]["flips"] is True
+    assert result.test_accuracy > 0.5  # one epoch each; chance is 0.1
+    images, labels = datasets.load_test("fashion_mnist", fashion_dir)
+    model = load_model(Path(result.model_path))
+    _, accuracy = model.evaluate(images, labels, batch_size=1024, verbose=0)
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-6)
+    mirrored = model.predict(images[:64, :, ::-1], verbose=0)
+    np.testing.assert_allclose(model.predict(images[:64], verbose=0), mirrored, atol=1e-5)
 
 
 def test_a_member_that_retrain_best_saved_is_loaded_not_trained_again(

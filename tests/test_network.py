@@ -22,7 +22,7 @@ from search.train.network import (
     with_flips,
 )
 from search.train.runtime import configure
-from search.train.training import History, fit
+from tests.helpers import fit_small
 
 SMALL = Config(convs=(Conv(16, 3, True), Conv(32, 3, True)), dense=(64,), batch_size=128)
 
@@ -72,18 +72,7 @@ def test_averaged_weights_are_what_validates_and_what_the_model_keeps(
     ends = {}
     for ema in (False, True):
         config = dataclasses.replace(SMALL, ema=ema, optimizer="adam", learning_rate=3e-3)
-        keras.utils.set_random_seed(0)
-        model = build(config, decay_steps=decay_steps(config, len(small_split.x_train), 2))
-        history = History()
-        fit(
-            model,
-            config,
-            small_split.x_train,
-            small_split.y_train,
-            epochs=2,
-            validation=val,
-            history=history,
-        )
+        model, history = fit_small(config, small_split)
         assert history.val_accuracy[-1] > 0.5  # chance is 0.1
         loss, _ = model.evaluate(*val, batch_size=1024, verbose=0)
         assert loss == pytest.approx(history.val_loss[-1], rel=1e-4)  # the weights it kept
@@ -106,18 +95,7 @@ def test_the_whole_recipe_trains_and_val_loss_stays_the_plain_cross_entropy(
         label_smoothing=0.1,
         learning_rate=3e-3,
     )
-    keras.utils.set_random_seed(0)
-    model = build(recipe, flip=True, decay_steps=decay_steps(recipe, len(small_split.x_train), 2))
-    history = History()
-    fit(
-        model,
-        recipe,
-        small_split.x_train,
-        small_split.y_train,
-        epochs=2,
-        validation=(small_split.x_val, small_split.y_val),
-        history=history,
-    )
+    model, history = fit_small(recipe, small_split, flip=True)
     assert history.val_accuracy[-1] > 0.3  # ten classes: chance is 0.1
     probabilities = model.predict(small_split.x_val, verbose=0)
     plain = -np.mean(np.log(probabilities[np.arange(len(probabilities)), small_split.y_val]))

@@ -22,9 +22,9 @@ from search.define.space import (
     suggest,
     to_params,
 )
-from search.train.network import build, decay_steps
+from search.train.network import build
 from search.train.runtime import configure
-from search.train.training import History, fit
+from tests.helpers import fit_small
 
 # ResNet-20's layout (three stages of three blocks, 16-32-64) under a 64-unit head.
 RESNET20 = Config(
@@ -145,18 +145,7 @@ def test_a_residual_network_learns_fashion_mnist(small_split: Split) -> None:
         augment="crop+flip+erase",
         ema=True,
     )
-    keras.utils.set_random_seed(0)
-    model = build(config, flip=True, decay_steps=decay_steps(config, len(small_split.x_train), 2))
-    history = History()
-    fit(
-        model,
-        config,
-        small_split.x_train,
-        small_split.y_train,
-        epochs=2,
-        validation=(small_split.x_val, small_split.y_val),
-        history=history,
-    )
+    _, history = fit_small(config, small_split, flip=True)
     assert history.val_accuracy[-1] > 0.4  # chance is 0.1: two epochs of 2,000 images
 
 

@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from search.define import datasets, presets
+from search.define.residual import DOWNSAMPLES, DROPOUTS, MAX_BLOCKS, MAX_STAGES
 from search.define.space import (
     AUGMENTATIONS,
-    DOWNSAMPLES,
     DROPOUT_PLACEMENTS,
     FAMILIES,
     HEADS,
-    MAX_BLOCKS,
     MAX_CONV_LAYERS,
     MAX_DENSE_LAYERS,
-    MAX_STAGES,
     OPTIMIZERS,
     PADDINGS,
     SCHEDULES,
@@ -147,27 +145,21 @@ def _axis(path: Path, key: str, value: Any) -> tuple[Any, ...]:
 
 def _check_space(path: Path, space: Space) -> None:
     """Bounds that hold across axes: layer counts, positive sizes, rates in range."""
+    counts = {
+        "conv_layers": MAX_CONV_LAYERS,
+        "dense_layers": MAX_DENSE_LAYERS,
+        "stages": MAX_STAGES,
+        "blocks": MAX_BLOCKS,
+    }
     checks = [
         (
-            "space.conv_layers",
-            1 <= space.conv_layers[0] and space.conv_layers[1] <= MAX_CONV_LAYERS,
-            f"must lie within [1, {MAX_CONV_LAYERS}]",
-        ),
-        (
-            "space.dense_layers",
-            1 <= space.dense_layers[0] and space.dense_layers[1] <= MAX_DENSE_LAYERS,
-            f"must lie within [1, {MAX_DENSE_LAYERS}]",
-        ),
-        (
-            "space.stages",
-            1 <= space.stages[0] and space.stages[1] <= MAX_STAGES,
-            f"must lie within [1, {MAX_STAGES}]",
-        ),
-        (
-            "space.blocks",
-            1 <= space.blocks[0] and space.blocks[1] <= MAX_BLOCKS,
-            f"must lie within [1, {MAX_BLOCKS}]",
-        ),
+            f"space.{axis}",
+            1 <= min(getattr(space, axis)) and max(getattr(space, axis)) <= most,
+            f"must lie within [1, {most}]",
+        )
+        for axis, most in counts.items()
+    ]
+    checks += [
         (
             "space.kernel",
             all(k >= 1 and k % 2 == 1 for k in space.kernel),
@@ -193,7 +185,7 @@ def _check_space(path: Path, space: Space) -> None:
         checks.append(
             (
                 "space.dropout",
-                bool({"none", "flatten"} & set(space.dropout)),
+                bool(set(DROPOUTS) & set(space.dropout)),
                 "must offer 'none' or 'flatten' for residual networks, whose dropout follows "
                 "the pooled head only",
             )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from search.define import catalog, datasets
 from search.define.space import (
     Config,
+    Size,
     Space,
     augment_kind,
     impossible,
@@ -111,20 +112,24 @@ class Preset:
         runs = {"start": self.starts, "baseline": self.baselines}
         return tuple((kind, run) for kind in ENQUEUED for run in runs[kind])
 
-    def refusal(self, config: Config) -> str | None:
-        """Why the cost guard turns `config` away before training (None: it may train): a
-        network that cannot be built, or one over the parameter or FLOP budget."""
+    def screen(self, config: Config) -> tuple[Size | None, str | None]:
+        """`config`'s size, and why the cost guard turns it away before training (None: it
+        may train): a network that cannot be built, which has no size, or one over the
+        parameter or FLOP budget."""
         reason = impossible(config)
         if reason:  # its size would be meaningless: the map shrinks below zero
-            return f"impossible network: {reason}"
+            return None, f"impossible network: {reason}"
         cost = size(config)
         if self.max_params and cost.params > self.max_params:
-            return f"{cost.params:,} parameters exceed the budget of {self.max_params:,}"
+            return cost, f"{cost.params:,} parameters exceed the budget of {self.max_params:,}"
         if self.max_mflops and cost.flops / 1e6 > self.max_mflops:
-            return (
-                f"{cost.flops / 1e6:,.1f} MFLOPs exceed the budget of {self.max_mflops:,} MFLOPs"
-            )
-        return None
+            mflops = cost.flops / 1e6
+            return cost, f"{mflops:,.1f} MFLOPs exceed the budget of {self.max_mflops:,} MFLOPs"
+        return cost, None
+
+    def refusal(self, config: Config) -> str | None:
+        """Why the cost guard turns `config` away before training, or None (see screen)."""
+        return self.screen(config)[1]
 
     def _comparable(self) -> dict[str, Any]:
         """Everything that makes two trials comparable: data, budget, objective and space."""

@@ -13,6 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from search.define import residual
+from search.define.residual import DOWNSAMPLES, Stage
+
 SIDE = 28
 NUM_CLASSES = 10
 DROPOUT_PLACEMENTS = ("none", "blocks", "flatten", "both")
@@ -34,13 +37,8 @@ SCHEDULES = ("constant", "cosine", "plateau")
 PADDINGS = ("valid", "same")
 MAX_CONV_LAYERS = 5
 MAX_DENSE_LAYERS = 2
-# Residual networks (family "residual"): a 3x3 stem, then stages of basic blocks, each stage
-# after the first halving the map (a stride-2 first block, or 2x2 max pooling before it) and
-# doubling the width, then global average pooling.
+# The lab's stacks of convs, or residual stages (search.define.residual).
 FAMILIES = ("plain", "residual")
-DOWNSAMPLES = ("stride", "pool")
-MAX_STAGES = 4
-MAX_BLOCKS = 6
 
 
 @dataclass(frozen=True)
@@ -48,16 +46,6 @@ class Conv:
     filters: int
     kernel: int
     pool: bool  # 2×2 max pooling after this conv
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A residual stage: `blocks` basic blocks of `width` filters. A basic block is two 3x3
-    convs, each with batch norm, beside an identity shortcut, or a 1x1 conv with batch norm
-    where the block changes the width or halves the map by stride."""
-
-    width: int
-    blocks: int
 
 
 @dataclass(frozen=True)
@@ -116,6 +104,10 @@ class Config:
     @property
     def residual(self) -> bool:
         return bool(self.stages)
+
+    @property
+    def family(self) -> str:
+        return "residual" if self.residual else "plain"
 
     @property
     def augment_pieces(self) -> frozenset[str]:
@@ -227,11 +219,10 @@ def suggest(trial: Trial, space: Space) -> Config:
         width = choose("width", space.filters)
         # One stage halves no map: its downsampling is moot, so not asked.
         downsample = choose("downsample", space.downsample) if n_stages > 1 else "stride"
-        stages = tuple(Stage(width * 2**i, blocks) for i in range(n_stages))
+        stages = residual.stages_of(width, blocks, n_stages)
         convs: tuple[Conv, ...] = ()
         padding = "same"
-        # Dropout follows the pooled head only: a block's shortcut would carry around it.
-        heads_only = tuple(d for d in space.dropout if d in ("none", "flatten"))
+        heads_only = tuple(d for d in space.dropout if d in residual.DROPOUTS)
         dropout = choose("dropout", space.dropout, heads_only or ("none",))
     else:
         stages, downsample = (), "stride"
@@ -244,19 +235,19 @@ def suggest(trial: Trial, space: Space) -> Config:
     rate = between("dropout_rate", space.dropout_rate, step=0.05) if dropout != "none" else 0.0
     n_dense = integer("dense_layers", *space.dense_layers)
     optimizer = choose("optimizer", space.optimizer)
-    residual = family == "residual"
+    is_residual = family == "residual"  # then batch norm, same padding, a GAP head
     return Config(
         convs=convs,
         dense=tuple(choose(f"dense_units_{i}", space.dense_units) for i in range(1, n_dense + 1)),
         dropout=dropout,
         dropout_rate=rate,
-        batchnorm=True if residual else choose("batchnorm", space.batchnorm),
+        batchnorm=True if is_residual else choose("batchnorm", space.batchnorm),
         padding=padding,
         augment=choose("augment", space.augment),
         optimizer=optimizer,
         learning_rate=between("learning_rate", space.learning_rate, log=True),
         batch_size=choose("batch_size", space.batch_size),
-        head="gap" if residual else choose("head", space.head),
+        head="gap" if is_residual else choose("head", space.head),
         schedule=choose("schedule", space.schedule),
         weight_decay=(
             between("weight_decay", space.weight_decay, log=True) if optimizer == "adamw" else 0.0
@@ -305,7 +296,7 @@ class _Replay:
             for f in fields(config)
             if f.name not in ("convs", "dense", "stages")
         }
-        values["family"] = "residual" if config.residual else "plain"
+        values["family"] = config.family
         if config.residual:
             values |= {
                 "stages": len(config.stages),
@@ -353,9 +344,8 @@ def to_params(config: Config, space: Space) -> dict[str, Any]:
 
 def outside(config: Config, space: Space) -> str | None:
     """Why `config` cannot come out of `space`, or None when it can."""
-    family = "residual" if config.residual else "plain"
     checks: list[tuple[str, Any, tuple[Any, ...]]] = [
-        ("family", family, space.family),
+        ("family", config.family, space.family),
         ("dropout", config.dropout, space.dropout),
         ("augment", config.augment, space.augment),
         ("optimizer", config.optimizer, space.optimizer),
@@ -370,7 +360,7 @@ def outside(config: Config, space: Space) -> str | None:
         ]
     checks += [("dense_units", units, space.dense_units) for units in config.dense]
     if config.residual:
-        why = _not_residual(config)
+        why = residual.not_residual(config)
         if why:
             return why
         checks.append(("width", config.stages[0].width, space.filters))
@@ -402,26 +392,6 @@ def outside(config: Config, space: Space) -> str | None:
     for name, value, (lo, hi) in ranges:
         if not lo <= value <= hi:
             return f"{name} {value} is outside [{lo}, {hi}]"
-    return None
-
-
-def _not_residual(config: Config) -> str | None:
-    """Why a configuration with stages is not one the residual family builds, or None."""
-    first = config.stages[0]
-    if config.stages != tuple(
-        Stage(first.width * 2**i, first.blocks) for i in range(len(config.stages))
-    ):
-        return "residual stages must double the width each stage and keep one block count"
-    if config.convs:
-        return "a residual network has stages instead of convs, not both"
-    fixed = {"batchnorm": True, "padding": "same", "head": "gap"}
-    for name, value in fixed.items():
-        if getattr(config, name) != value:
-            return f"a residual network has {name} {value!r}, not {getattr(config, name)!r}"
-    if len(config.stages) == 1 and config.downsample != "stride":
-        return "a one-stage residual network halves no map: its downsample is 'stride'"
-    if config.dropout not in ("none", "flatten"):
-        return f"a residual network's dropout is 'none' or 'flatten', not {config.dropout!r}"
     return None
 
 
@@ -462,40 +432,6 @@ def feature_maps(config: Config) -> list[int]:
     return sides
 
 
-@dataclass(frozen=True)
-class Block:
-    """One basic block of a residual network, as built (see :class:`Stage`)."""
-
-    inputs: int  # channels in
-    width: int  # channels out
-    stride: int  # 2: its first conv halves the map
-    pooled: bool  # 2x2 max pooling before it
-    side: int  # the side of the map it puts out
-
-    @property
-    def projection(self) -> bool:
-        """Whether its shortcut is a 1x1 conv: the width or the map changes."""
-        return self.stride != 1 or self.inputs != self.width
-
-
-def residual_blocks(config: Config) -> list[Block]:
-    """The blocks of a residual network after its stem, or raise ValueError."""
-    side, channels, blocks = SIDE, config.stages[0].width, []
-    for i, stage in enumerate(config.stages):
-        if stage.width < 1 or stage.blocks < 1:
-            raise ValueError(f"stage {i + 1} needs a positive width and block count")
-        for b in range(stage.blocks):
-            halves = i > 0 and b == 0
-            if halves and side < 2:
-                raise ValueError(f"stage {i + 1} would halve a {side}x{side} map")
-            pooled = halves and config.downsample == "pool"
-            stride = 2 if halves and config.downsample == "stride" else 1
-            side = side // 2 if pooled else -(-side // stride)
-            blocks.append(Block(channels, stage.width, stride, pooled, side))
-            channels = stage.width
-    return blocks
-
-
 def impossible(config: Config) -> str | None:
     """Why this network cannot be built, or None."""
     if not config.convs and not config.residual:
@@ -503,13 +439,11 @@ def impossible(config: Config) -> str | None:
     if not config.dense:
         return "the network has no Dense layer before the softmax"
     if config.residual:
-        if len(config.stages) > MAX_STAGES:
-            return f"a residual network has at most {MAX_STAGES} stages"
-        why = _not_residual(config)
+        why = residual.not_residual(config)
         if why:
             return why
     try:
-        residual_blocks(config) if config.residual else feature_maps(config)
+        residual.blocks(config, SIDE) if config.residual else feature_maps(config)
     except ValueError as e:
         return str(e)
     return None
@@ -518,7 +452,9 @@ def impossible(config: Config) -> str | None:
 def size(config: Config) -> Size:
     """Parameter count (as keras' count_params) and forward FLOPs per image."""
     if config.residual:
-        return _residual_size(config)
+        params, flops, acts = residual.body_size(config, SIDE)
+        body = Size(params=params, flops=flops, activations=acts)
+        return _with_head(config, config.stages[-1].width, body)
     side, channels, params, flops, acts = SIDE, 1, 0, 0, SIDE * SIDE
     for conv in config.convs:
         out = side - conv.kernel + 1 if config.padding == "valid" else side
@@ -546,29 +482,6 @@ def _with_head(config: Config, width: int, body: Size) -> Size:
     return Size(params=params, flops=flops, activations=acts)
 
 
-def _residual_size(config: Config) -> Size:
-    """A residual network's size: convs without biases (batch norm follows each), four
-    batch-norm values a channel, and the GAP head."""
-    stem = config.stages[0].width
-    params = 9 * stem + 4 * stem
-    flops = 2 * SIDE * SIDE * 9 * stem
-    acts = SIDE * SIDE * (1 + 3 * stem)  # the image; the stem's conv, batch norm and ReLU
-    channels = stem
-    for block in residual_blocks(config):
-        area, width = block.side * block.side, block.width
-        if block.pooled:
-            acts += area * block.inputs
-        params += 9 * block.inputs * width + 9 * width * width + 8 * width
-        flops += 2 * area * 9 * width * (block.inputs + width)
-        acts += 6 * area * width  # conv, batch norm, ReLU, conv, batch norm, the sum's ReLU
-        if block.projection:
-            params += block.inputs * width + 4 * width
-            flops += 2 * area * block.inputs * width
-            acts += 2 * area * width
-        channels = width
-    return _with_head(config, channels, Size(params=params, flops=flops, activations=acts))
-
-
 AUGMENT_TOKENS = {"flip": "AugF", "shift": "AugS", "shift+flip": "Aug"}  # and Aug + initials
 
 
@@ -585,14 +498,7 @@ def describe(config: Config) -> str:
     if config.augment != "none":
         parts.append(augment_token(config.augment))
     if config.residual:
-        parts.append(f"C{config.stages[0].width}k3s-BN")
-        for i, stage in enumerate(config.stages):
-            if i and config.downsample == "pool":
-                parts.append("P")
-            parts.append(
-                f"R{stage.width}x{stage.blocks}"
-                + ("s2" if i and config.downsample == "stride" else "")
-            )
+        parts += residual.tokens(config)
     for conv in config.convs:
         token = f"C{conv.filters}k{conv.kernel}"
         if config.padding == "same":

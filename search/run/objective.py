@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import optuna
 
 from search.define.datasets import Split
 from search.define.presets import Preset, Rung
-from search.define.space import Config, Size, describe, impossible, size, suggest
+from search.define.space import Config, Size, describe, suggest
 from search.errors import Log, first_line
 from search.run import interrupt
 from search.store.trials import INTERRUPTED
@@ -47,7 +47,7 @@ def rung_images(rung: Rung, images: int) -> int:
     return max(1, round(rung.share * images))
 
 
-def reject(trial: optuna.Trial, reason: str) -> None:
+def reject(trial: optuna.Trial, reason: str) -> NoReturn:
     """End a trial before training, as pruned, with the reason on record."""
     trial.set_user_attr("reason", reason)
     raise optuna.TrialPruned(reason)
@@ -113,10 +113,9 @@ class Objective:
 
     def guard(self, trial: optuna.Trial, config: Config) -> Size:
         """Reject, before training, a network that cannot be built or costs too much."""
-        reason = self.preset.refusal(config)
-        if reason and impossible(config):
-            reject(trial, reason)  # its size would be meaningless, so none is recorded
-        cost = size(config)
+        cost, reason = self.preset.screen(config)
+        if cost is None:  # it cannot be built, so no size is recorded
+            reject(trial, reason or "impossible network")
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("mflops", round(cost.flops / 1e6, 3))
         if reason:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible, residual_blocks
+from search.define import residual
+from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible
 
 if TYPE_CHECKING:
     import keras
@@ -105,7 +106,7 @@ def _layers(config: Config, inputs: Any, flip: bool) -> Any:
 
 
 def _residual(config: Config, x: Any) -> Any:
-    """A residual network's stem and stages (space.Stage), applied to `x`."""
+    """A residual network's stem and stages (search.define.residual), applied to `x`."""
     from keras import layers
 
     def conv_bn(x: Any, width: int, kernel: int = 3, stride: int = 1) -> Any:
@@ -113,7 +114,7 @@ def _residual(config: Config, x: Any) -> Any:
         return layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
 
     x = layers.Activation("relu")(conv_bn(x, config.stages[0].width))
-    for block in residual_blocks(config):
+    for block in residual.blocks(config, SIDE):
         if block.pooled:
             x = layers.MaxPooling2D(2)(x)
         y = layers.Activation("relu")(conv_bn(x, block.width, stride=block.stride))
