@@ -14,6 +14,8 @@ from search.define import presets
 from search.report.analysis import savings
 from search.run.objective import rung_step
 from search.store import study
+from search.store.pruners import Ladder
+from search.store.trials import finished, trained
 from tests.helpers import load_study, run, write_preset
 
 # One rung before the full run: a quarter of the 2,000 training images ("small"), one epoch.
@@ -75,6 +77,8 @@ def test_rung_k_reports_where_the_pruners_rung_k_judges(tmp_path: Path) -> None:
             assert (made._min_resource, made._max_resource) == (1, 3)
         else:
             assert made._min_resource == 1 and made._reduction_factor == 3
+    ladder = study.pruner(presets.load_preset(write_preset(tmp_path, pruner="asha", **two)))
+    assert isinstance(ladder, Ladder) and (ladder.steps, ladder.reduction) == ([1, 3], 3)
 
 
 def test_a_preset_without_rungs_keeps_the_fingerprint_studies_stored(tmp_path: Path) -> None:
@@ -87,3 +91,41 @@ def test_a_preset_without_rungs_keeps_the_fingerprint_studies_stored(tmp_path: P
     assert laddered.rungs == (presets.Rung(share=0.25, epochs=1),)
     assert presets.from_json(laddered.to_json()) == laddered
     assert laddered.differences(preset) == ["rungs"]
+
+
+def test_on_asha_the_first_trials_wait_for_peers_and_the_best_climbs_on_later(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    # The known-good start comes first, then the lab's two runs, then sampled trials; on
+    # Optuna's successive halving the start would climb unjudged, being first at its rung.
+    preset = write_preset(tmp_path, "small", "started", pruner="asha", **LADDER)
+    result = run("start", "--preset", str(preset), "--trials", "6")
+    assert result.exit_code == 0, result.output
+    s = load_study(private_storage)
+    trials = s.get_trials()
+    start, lab, starved = trials[:3]
+    assert "start" in start.user_attrs and "baseline" in lab.user_attrs
+    # No trial climbs before three have reached the rung: the first two stop there, waiting.
+    assert start.state == lab.state == TrialState.PRUNED
+    assert start.user_attrs["epochs_trained"] == lab.user_attrs["epochs_trained"] == 1
+    # The start's peers made it one of the best: a continuation took its rung over, with its
+    # kind and seed, and trained its full run, which completed.
+    (climb,) = [t for t in trials if t.user_attrs.get("resumes") == start.number]
+    assert climb.state == TrialState.COMPLETE and climb.user_attrs["start"] == "known good"
+    assert climb.user_attrs["origin"] == start.number
+    assert climb.user_attrs["seed"] == start.user_attrs["seed"]
+    assert climb.params == start.params
+    (carried,) = climb.user_attrs["rungs"]
+    assert carried == {**start.user_attrs["rungs"][0], "from": start.number}
+    assert climb.intermediate_values == start.intermediate_values  # not trained again
+    assert climb.user_attrs["epochs_trained"] == 3 and climb.user_attrs["val_accuracy"] > 0.6
+    assert f"(#{climb.number}, continuing #{start.number}) COMPLETE" in result.output
+    assert f"trial #{start.number} is now among the best at rung 1" in result.output
+    # The total counts configurations: six first looks, however many climbed on.
+    first_looks = [t for t in trials if "resumes" not in t.user_attrs]
+    assert finished(s) == 6 == sum(trained(t) for t in first_looks)
+    # One full run at most for each configuration, and not every configuration earned one.
+    completed = [
+        t.user_attrs.get("origin", t.number) for t in trials if t.state == TrialState.COMPLETE
+    ]
+    assert len(completed) == len(set(completed)) < 6

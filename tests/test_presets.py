@@ -69,7 +69,7 @@ def test_an_unknown_pruner_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(
         PresetError,
         match=r"'pruner' must be one of \['hyperband', 'sha', "
-        r"'median', 'behind', 'none'\]",
+        r"'asha', 'median', 'behind', 'none'\]",
     ):
         presets.load_preset(write_preset(tmp_path, pruner="random"))
 

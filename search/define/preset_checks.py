@@ -65,7 +65,7 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
 FINAL_SCHEDULES = ("same", "cosine")
 MAX_RUNGS = 5
 MIN_RUNG_IMAGES = 500  # fewer would judge a network on a handful of batches
-LADDER_PRUNERS = ("sha", "hyperband", "none")  # the pruners that judge a trial per rung
+LADDER_PRUNERS = ("asha", "sha", "hyperband", "none")  # the pruners that judge a trial per rung
 SAMPLERS = ("tpe", "tpe-grouped")
 _RANGES = {
     "conv_layers",
@@ -338,6 +338,8 @@ def _rungs(path: Path, data: dict[str, Any]) -> tuple[presets.Rung, ...]:
     """The ladder: each rung dearer than the one before, the full run dearer than all."""
     items = data.get("rungs", [])
     if not items:
+        if data.get("pruner") == "asha":
+            raise _fail(path, "pruner", "asha climbs a ladder: give the preset rungs")
         return ()
     if len(items) > MAX_RUNGS:
         raise _fail(path, "rungs", f"may hold at most {MAX_RUNGS} rungs")

@@ -26,7 +26,7 @@ from search.define.space import (
 )
 from search.errors import SearchError
 
-PRUNERS = ("hyperband", "sha", "median", "behind", "none")
+PRUNERS = ("hyperband", "sha", "asha", "median", "behind", "none")
 # "val_loss": one objective, pruned on val_loss. "val_loss+params": both minimised, for a Pareto
 # front of accuracy against size; Optuna cannot prune multi-objective studies.
 OBJECTIVES = ("val_loss", "val_loss+params")

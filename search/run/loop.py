@@ -7,13 +7,14 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.define import datasets
-from search.define.presets import Preset
+from search.define.presets import ENQUEUED, Preset
 from search.errors import Log
 from search.run import interrupt
 from search.run.ending import Ending, Outcome, Watch
@@ -22,19 +23,50 @@ from search.run.progress import Progress
 from search.run.sizing import Recycle
 from search.store import faults
 from search.store import storage as storage_mod
-from search.store.trials import finished, recover, trained
+from search.store.pruners import Ladder, origin
+from search.store.trials import ORIGIN, RESUMES, counted, finished, first_look, recover
 from search.train.runtime import configure, devices, resident_memory
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 TrialFunction = Callable[[optuna.Trial], float | Sequence[float]]
 
 
-def _free_slots(study: optuna.Study, total: int) -> tuple[int, int, int]:
-    """Finished trials, running trials, and the slots left for new ones."""
+@dataclass(frozen=True)
+class Slots:
+    """What a worker finds under the trial lock: the configurations finished and running, the
+    slots left for new ones, and whether a continuation waits to climb (see _climb)."""
+
+    done: int
+    running: int
+    free: int
+    climb: bool = False
+
+
+def _free_slots(study: optuna.Study, total: int) -> Slots:
+    """Count the study's trials; a continuation takes no slot, its configuration has one."""
     trials = study.get_trials(deepcopy=False)
-    done = sum(trained(t) for t in trials)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return done, running, total - done - running
+    done = counted(trials)
+    running = sum(t.state == TrialState.RUNNING and first_look(t) for t in trials)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    # Optuna runs the oldest waiting trial first: a continuation goes beyond the total only
+    # when no first look waits before it, as one may where the total is below the preset's
+    # enqueued runs.
+    climb = bool(waiting) and not any(first_look(t) for t in waiting)
+    return Slots(done, running, total - done - running, climb)
+
+
+def _climb(study: optuna.Study, ladder: Ladder | None, log: Log) -> None:
+    """Queue a continuation of each trial stopped at a rung that its peers have since made
+    one of the best (pruners.Ladder); it carries the trial's kind (a start, a lab run)."""
+    if ladder is None:
+        return
+    for trial in ladder.due(study.get_trials(deepcopy=False)):
+        kinds = {k: trial.user_attrs[k] for k in ENQUEUED if k in trial.user_attrs}
+        study.enqueue_trial(
+            trial.params, user_attrs={RESUMES: trial.number, ORIGIN: origin(trial), **kinds}
+        )
+        rungs = len(trial.user_attrs.get("rungs") or [])
+        log(f"trial #{trial.number} is now among the best at rung {rungs}: queued to climb on.")
 
 
 def _run_one(
@@ -90,16 +122,23 @@ def _recover(study: optuna.Study, grace: int, log: Log) -> None:
 
 
 def _take_slot(
-    study: optuna.Study, storage: optuna.storages.RDBStorage, total: int, grace: int, log: Log
-) -> tuple[ExitStack, tuple[int, int, int]]:
-    """Take the trial lock, fail lost trials and count; the lock is held by the stack returned,
-    and let go at once if any of it fails, so that the whole of it can be tried again."""
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    total: int,
+    grace: int,
+    log: Log,
+    ladder: Ladder | None = None,
+) -> tuple[ExitStack, Slots]:
+    """Take the trial lock, fail lost trials, queue the climbs that are due, and count; the
+    lock is held by the stack returned, and let go at once if any of it fails, so that the
+    whole of it can be tried again."""
     slot = ExitStack()
     try:
         slot.enter_context(
             storage_mod.exclusive(storage.url, f"trials:{study.study_name}", storage.engine)
         )
         _recover(study, grace, log)
+        _climb(study, ladder, log)
         return slot, _free_slots(study, total)
     except BaseException:
         slot.close()
@@ -123,9 +162,14 @@ def run_trials(
     log: Log = print,
     callbacks: Sequence[Callback] = (),
     stop: Callable[[], Outcome | None] = lambda: None,
+    ladder: Ladder | None = None,
 ) -> Outcome:
     """Run trials until the study holds exactly `total` finished trials, beside other workers,
     or until `stop` gives a reason to stop before the next one; return how it ended.
+
+    With a `ladder`, trials that it finds due to climb are queued as continuations and run
+    first, after the total too: the total counts configurations, and a continuation goes on
+    with one that has already counted.
 
     Exactly, not at least. A worker takes a new trial only while the finished and running
     trials leave a free slot, and it counts and creates that trial under a lock that every
@@ -142,15 +186,15 @@ def run_trials(
     while (stopped := stop()) is None:
         interrupt.check()  # a deferred stop, or one whose raise was swallowed, ends it here
         # A server restarting or a lock held a moment too long passes: try again a few times.
-        slot, (done, running, free) = retrying(_take_slot, study, storage, total, grace, log)
+        slot, slots = retrying(_take_slot, study, storage, total, grace, log, ladder)
         with slot:
-            if done >= total:
+            if slots.done >= total and not slots.climb:
                 return Outcome(Ending.REACHED)
-            if free <= 0:
+            if slots.free <= 0 and not slots.climb:
                 if not waiting:
                     log(
-                        f"{done}/{total} finished; waiting for the {running} running trial(s) "
-                        "of other workers (a lost one is retried here)."
+                        f"{slots.done}/{total} finished; waiting for the {slots.running} "
+                        "running trial(s) of other workers (a lost one is retried here)."
                     )
                 waiting = True
                 slot.close()
@@ -215,4 +259,5 @@ def run_worker(
             log=log,
             callbacks=[Progress(total, log), watch],
             stop=lambda: watch.due(study),
+            ladder=pruner if isinstance(pruner := study.pruner, Ladder) else None,
         )

@@ -15,7 +15,7 @@ from search.define.presets import Preset, Rung
 from search.define.space import Config, Size, describe, suggest
 from search.errors import Log, first_line
 from search.run import interrupt
-from search.store.trials import INTERRUPTED
+from search.store.trials import INTERRUPTED, ORIGIN, RESUMES
 from search.train.runtime import available_memory, is_oom
 from search.train.training import History, build_and_fit
 
@@ -84,7 +84,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = suggest(trial, self.preset.space)
-        seed = trial_seed(self.preset, trial.number)
+        # A continuation trains on with its first look's seed: one climb, one seed.
+        seed = trial_seed(self.preset, int(trial.user_attrs.get(ORIGIN, trial.number)))
         self.start_record(trial, config, seed)
         cost = self.guard(trial, config)
         try:
@@ -141,8 +142,12 @@ class Objective:
         return [stop, interrupt.keras_callback(), KerasPruningCallback(trial, "val_loss")]
 
     def train(self, trial: optuna.Trial, config: Config, seed: int) -> History:
-        """The ladder's rungs, each judged by the pruner, then the full run."""
+        """The ladder's rungs, each judged by the pruner, then the full run; a continuation
+        takes over the rungs of the trial it goes on from and climbs from the next."""
+        climbed = self.carry_over(trial)
         for k, rung in enumerate(self.preset.rungs):
+            if k < climbed:
+                continue
             history = self.fit(trial, config, seed, rung, f"rung {k + 1}/{self.ladder} ")
             if trial.user_attrs.get("reason") or not history.val_loss:
                 return history  # diverged or stopped: rejected as a full run would be
@@ -152,6 +157,26 @@ class Objective:
                 raise optuna.TrialPruned(f"stopped after rung {k + 1}")
         label = f"rung {self.ladder}/{self.ladder} " if self.preset.rungs else ""
         return self.fit(trial, config, seed, None, label)
+
+    def carry_over(self, trial: optuna.Trial) -> int:
+        """Report, as its own, the rungs of the trial a continuation goes on from, without
+        training them again; return how many. A first look has none."""
+        if RESUMES not in trial.user_attrs:
+            return 0
+        before = trial.study.get_trials(deepcopy=False)[int(trial.user_attrs[RESUMES])]
+        rungs = [
+            {**r, "from": r.get("from", before.number)}
+            for r in before.user_attrs.get("rungs") or []
+        ]
+        for k, record in enumerate(rungs):
+            trial.report(float(record["val_loss"]), rung_step(self.preset, k))
+        trial.set_user_attr("rungs", rungs)
+        first = trial.user_attrs.get(ORIGIN, before.number)
+        self.log(
+            f"  trial {trial.number} continues #{before.number} (first look #{first}) "
+            f"after rung {len(rungs)}/{self.ladder}"
+        )
+        return len(rungs)
 
     @property
     def ladder(self) -> int:

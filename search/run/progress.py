@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import Log
-from search.store.trials import MAX_TOTAL, best, counts, pareto, trained
+from search.store.trials import MAX_TOTAL, RESUMES, best, counted, counts, pareto, trained
 
 
 def summary(trial: FrozenTrial) -> dict[str, Any]:
@@ -69,9 +69,10 @@ def timing(
 ) -> str:
     """The time since the study's first trial started and an estimate of the time left.
 
-    The estimate is plain arithmetic on what the study has done: the mean duration of its
-    trials that count toward the total (trained ones; a rejection takes no training), times
-    the trials still to come, shared among `workers` trials running at a time. It does not
+    The estimate is plain arithmetic on what the study has done: the mean training time of
+    the configurations that count toward the total (trained ones, with their continuations on
+    a ladder; a rejection takes no training), times the configurations still to come, shared
+    among `workers` trials running at a time. It does not
     guess which trials the pruner will stop early; the mean holds the share stopped so far.
     A study with a `deadline` (--hours) ends sooner where that comes first: no trial starts
     after it, and the ones running then finish, a mean trial later at most.
@@ -82,9 +83,11 @@ def timing(
     text = f"elapsed {duration(now - min(starts))}"
     ended = [t for t in trials if trained(t)]
     took = [t.duration for t in ended if t.duration is not None]
-    left = total - len(ended)
-    if took and left > 0:
-        mean = sum(took, timedelta()) / len(took)
+    configurations = counted(trials)
+    left = total - configurations
+    if took and configurations and left > 0:
+        # Per configuration: the continuations of those that climbed count in their time.
+        mean = sum(took, timedelta()) / configurations
         estimate = mean * left / max(1, min(workers, left))
         if deadline is not None:
             estimate = min(estimate, max(deadline - now, timedelta()) + mean)
@@ -117,13 +120,16 @@ class Progress:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        done = sum(trained(t) for t in trials)
+        done = counted(trials)
         # The other workers' running trials, and this worker, which goes on to its next one.
         workers = 1 + sum(t.state == TrialState.RUNNING for t in trials)
         s = summary(trial)
         rejected = trial.state == TrialState.PRUNED and not trained(trial)
         state = "REJECTED" if rejected else s["state"]
-        head = f"trial {of_total(done, self.total)} (#{trial.number}) {state}"
+        which = f"#{trial.number}"
+        if (resumed := trial.user_attrs.get(RESUMES)) is not None:
+            which += f", continuing #{resumed}"
+        head = f"trial {of_total(done, self.total)} ({which}) {state}"
         if trial.state == TrialState.COMPLETE:
             head += f": val_loss {s['val_loss']:.4f} val_accuracy {s['val_accuracy']:.4f}"
         elif s["reason"]:

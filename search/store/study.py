@@ -19,7 +19,7 @@ from search.define import presets
 from search.define.presets import ENQUEUED, Baseline, Preset
 from search.define.space import to_params
 from search.store import storage as storage_mod
-from search.store.pruners import Behind
+from search.store.pruners import Behind, Ladder
 from search.store.trials import (
     INTERRUPTED,
     MAX_TOTAL,
@@ -55,6 +55,9 @@ def pruner(preset: Preset) -> optuna.pruners.BasePruner:
     if preset.rungs and preset.pruner != "none":
         # Rung k reports at step reduction**k (objective.rung_step), where the pruner's own
         # rung k lies: each of its judgements falls on one of the ladder's rungs.
+        steps = [preset.pruner_reduction**k for k in range(len(preset.rungs))]
+        if preset.pruner == "asha":
+            return Ladder(steps, preset.pruner_reduction)
         if preset.pruner == "hyperband":
             return optuna.pruners.HyperbandPruner(
                 min_resource=1,

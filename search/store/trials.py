@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Iterable
 
 import optuna
 import sqlalchemy
@@ -25,6 +26,10 @@ METRIC = "val_loss"  # the objective: the best epoch's validation loss, minimise
 MAX_TOTAL = 100_000  # the trial total of a search bounded by --hours alone
 # A trial's recorded reason when Ctrl-C or SIGTERM stopped it (objective.py).
 INTERRUPTED = "stopped by Ctrl-C or SIGTERM before it finished"
+# A trial that goes on climbing a preset's ladder from where an earlier one stopped (a
+# continuation, pruners.Ladder) holds the number of that trial, and of its climb's first look.
+RESUMES = "resumes"
+ORIGIN = "origin"
 
 
 class StudyError(SearchError):
@@ -66,9 +71,26 @@ def trained(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.PRUNED and (epochs > 0 or bool(trial.intermediate_values))
 
 
+def first_look(trial: FrozenTrial) -> bool:
+    """Whether a trial began a configuration's climb: a continuation does not count toward
+    the total, which counts configurations."""
+    return RESUMES not in trial.user_attrs
+
+
+def counted(trials: Iterable[FrozenTrial]) -> int:
+    """The trials among `trials` that count toward the study's total (see trained())."""
+    return sum(trained(t) and first_look(t) for t in trials)
+
+
 def finished(study: optuna.Study) -> int:
     """The trials that count toward the study's total (see trained())."""
-    return sum(trained(t) for t in study.get_trials(deepcopy=False, states=FINISHED))
+    return counted(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def continued(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The trials a continuation goes on from: a later trial holds their configuration's
+    climb, and reports show that one."""
+    return {int(t.user_attrs[RESUMES]) for t in trials if RESUMES in t.user_attrs}
 
 
 def set_deadline(study: optuna.Study, hours: float | None) -> None:
