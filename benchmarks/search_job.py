@@ -29,10 +29,13 @@ GOALS = (0.93, 0.94)
 
 
 def looks(trial: Any) -> list[dt.datetime]:
-    """When each complete look of a trial ended: its rungs, then its full run's end."""
+    """When each complete look of a trial ended: its rungs, then its full run's end. A
+    continuation's rungs carried over from an earlier trial (marked "from") were that trial's."""
     start = common.started(trial)
     ends, spent = [], 0.0
     for rung in trial.user_attrs.get("rungs") or []:
+        if "from" in rung:
+            continue
         spent += float(rung["seconds"])
         ends.append(start + dt.timedelta(seconds=spent))
     if trial.state.name == "COMPLETE":
@@ -60,6 +63,7 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
     early = [t for t in trials if any(at(end) <= minutes for end in looks(t))]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     rejected = [t for t in trials if t.state.name == "PRUNED" and not looks(t)]
+    climbs = [t for t in trials if "resumes" in t.user_attrs]
     by_rung: dict[int, int] = {}
     for t in trials:
         if t.state.name == "PRUNED" and looks(t):
@@ -88,7 +92,8 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
     lines = [
         f"- Trials: {len(trials)} started, {len(complete)} complete (full runs), "
         + ", ".join(f"{n} stopped after rung {k}" for k, n in sorted(by_rung.items()))
-        + f", {len(rejected)} rejected untrained; {at(last):.0f} minutes from the first "
+        + f", {len(rejected)} rejected untrained ({len(climbs)} of all these continue an "
+        f"earlier trial's climb); {at(last):.0f} minutes from the first "
         "trial's start to the last trial's end.",
         f"- Distinct configurations with a complete look by minute {minutes:g}: "
         f"**{len({t.user_attrs.get('config') for t in early})}** "

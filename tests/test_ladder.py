@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.define import presets
-from search.report.analysis import savings
+from search.report.analysis import savings, table_trials
 from search.run.objective import rung_step
 from search.store import study
 from search.store.pruners import Ladder
@@ -129,3 +129,14 @@ def test_on_asha_the_first_trials_wait_for_peers_and_the_best_climbs_on_later(
         t.user_attrs.get("origin", t.number) for t in trials if t.state == TrialState.COMPLETE
     ]
     assert len(completed) == len(set(completed)) < 6
+    # Reports follow each climb to its latest trial: the start's first look saved nothing,
+    # since its full run did train, and a lab run that climbed on is listed once, as the climb.
+    climbed = {int(t.user_attrs["resumes"]) for t in trials if "resumes" in t.user_attrs}
+    waited = [t for t in trials if t.state == TrialState.PRUNED and t.user_attrs.get("rungs")]
+    assert (
+        savings(s, presets.load_preset(preset)).pruned
+        == len([t for t in waited if t.number not in climbed])
+        < len(waited)
+    )
+    listed = {t.number for t in table_trials(s)}
+    assert not listed & climbed and climb.number in listed

@@ -203,11 +203,15 @@ def row(trial: FrozenTrial, config: Config) -> Row:
 def table_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The lab's runs (whatever became of them) and the search's best completed trials."""
     trials = study.get_trials(deepcopy=False)
-    # A lab run killed with its worker is retried as a new trial: show the retry only.
+    # A lab run killed with its worker is retried as a new trial, and one that waited at a
+    # rung climbs on in a continuation: show the latest only.
+    later = store.continued(trials)
     lab = [
         t
         for t in trials
-        if "baseline" in t.user_attrs and t.state not in (TrialState.RUNNING, TrialState.FAIL)
+        if "baseline" in t.user_attrs
+        and t.state not in (TrialState.RUNNING, TrialState.FAIL)
+        and t.number not in later
     ]
     ours = sorted(
         (t for t in complete(study) if "baseline" not in t.user_attrs), key=value_target
@@ -259,7 +263,8 @@ class Savings:
 
 def savings(study: optuna.Study, preset: Preset) -> Savings:
     trials = study.get_trials(deepcopy=False)
-    pruned = [t for t in trials if pruned_by_pruner(t)]
+    later = store.continued(trials)  # waited at a rung and climbed on: nothing was saved
+    pruned = [t for t in trials if pruned_by_pruner(t) and t.number not in later]
     low = high = 0
     low_s = high_s = 0.0
     for t in pruned:
