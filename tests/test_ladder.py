@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from search.define import presets
 from search.report.analysis import savings, table_trials
+from search.run import sizing
 from search.run.objective import rung_step
 from search.store import study
 from search.store.pruners import Ladder
@@ -140,3 +141,26 @@ def test_on_asha_the_first_trials_wait_for_peers_and_the_best_climbs_on_later(
     )
     listed = {t.number for t in table_trials(s)}
     assert not listed & climbed and climb.number in listed
+
+
+def test_a_climb_due_after_the_total_is_run_by_a_fresh_worker_and_by_a_rerun(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three first looks and the worker retires (its limit) before it can queue the climb
+    # that the third one's peers made due: the climb outlasts the total, so it is replaced.
+    preset = write_preset(tmp_path, "small", "started", pruner="asha", **LADDER)
+    monkeypatch.setenv(sizing.ENV_RECYCLE_TRIALS, "3")
+    result = run("start", "--preset", str(preset), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    assert "retired after 3 trials (its limit)" in result.output
+    s = load_study(private_storage)
+    trials = s.get_trials()
+    assert finished(s) == 3 and len(trials) == 4
+    (climb,) = [t for t in trials if "resumes" in t.user_attrs]
+    assert climb.state == TrialState.COMPLETE and climb.user_attrs["val_accuracy"] > 0.6
+    holders = [t.user_attrs["worker"] for t in trials]
+    assert holders[0] == holders[2] != holders[3]
+    # Done: a rerun finds nothing left, neither configurations nor climbs.
+    again = run("start", "--preset", str(preset), "--trials", "3")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert len(load_study(private_storage).get_trials()) == 4

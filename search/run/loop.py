@@ -23,7 +23,7 @@ from search.run.progress import Progress
 from search.run.sizing import Recycle
 from search.store import faults
 from search.store import storage as storage_mod
-from search.store.pruners import Ladder, origin
+from search.store.pruners import Ladder, climbs_left, origin
 from search.store.trials import ORIGIN, RESUMES, counted, finished, first_look, recover
 from search.train.runtime import configure, devices, resident_memory
 
@@ -236,7 +236,7 @@ def run_worker(
     With `recycle`, stop early when this process is due to make way for a fresh one, between
     trials (the outcome says why).
     """
-    if finished(study) >= total:
+    if finished(study) >= total and not climbs_left(study):
         log(
             f"Study '{study.study_name}' already has {finished(study)} finished trials "
             f"(of {total}); nothing to do."

@@ -35,6 +35,7 @@ from search.run import gpus as gpus_mod
 from search.run import interrupt, loop, sizing
 from search.run.ending import INTERRUPTED, Ended, Ending, Outcome, of_run
 from search.store.faults import storage_fault
+from search.store.pruners import climbs_left
 from search.store.storage import open_storage, scrub
 from search.store.study import load_study
 from search.store.trials import finished, time_is_up
@@ -110,7 +111,7 @@ def run_study(
     same time. With one worker, its lines are printed as they are and its error
     is this run's error.
     """
-    if finished(study) >= total:
+    if finished(study) >= total and not climbs_left(study):
         log(
             f"Study '{study.study_name}' already has {finished(study)} finished "
             f"trials (of {total}); nothing to do."
@@ -127,7 +128,10 @@ def run_study(
         ended = spawn(
             jobs,
             log=lambda line: log(scrub(line, url)),
-            unfinished=lambda: finished(study) < total and not time_is_up(study),
+            # A ladder's waiting climbs outlast the total: a retiring worker is replaced.
+            unfinished=lambda: (
+                (finished(study) < total or climbs_left(study)) and not time_is_up(study)
+            ),
             prefixed=count > 1,
         )
     except KeyboardInterrupt:

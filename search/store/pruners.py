@@ -157,3 +157,15 @@ class Ladder(optuna.pruners.BasePruner):
                 found.append(t)
         # The highest rung first, since its climb is nearest a result; then the best value.
         return sorted(found, key=lambda t: (-self.steps.index(t.last_step or 0), _best(t)))
+
+
+def climbs_left(study: optuna.Study) -> bool:
+    """Whether a configuration of a ladder study still waits to climb on: a continuation is
+    queued, or a trial stopped at a rung is among the best there now (Ladder.due). Such a
+    study has work left after its total, which counts configurations."""
+    ladder = study.pruner
+    if not isinstance(ladder, Ladder):
+        return False
+    trials = study.get_trials(deepcopy=False)
+    queued = any(t.state == TrialState.WAITING and RESUMES in t.user_attrs for t in trials)
+    return queued or bool(ladder.due(trials))
