@@ -270,3 +270,118 @@ def test_status_shows_the_time_while_trials_run(sqlite: str) -> None:
     ]
     study.tell(study.trials[3].number, state=TrialState.FAIL)
     assert not any(line.startswith("Running:") for line in progress.status_lines(study))
+
+
+# On a ladder: first looks first, full runs later ---------------------------------------------
+LADDER = progress.LadderPlan(costs=(0.3, 1.0, 8.0), reduction=3)  # 0.1x3, 0.25x4, 8 epochs
+
+
+def rung(share: float, epochs: int, **more: object) -> dict[str, object]:
+    return {"share": share, "epochs": epochs, "val_loss": 0.5, "val_accuracy": 0.8, **more}
+
+
+def ladder_study(sqlite: str) -> optuna.Study:
+    """Two first looks stopped after rung 1 (3 min each, 0.3 passes), one running."""
+    study = optuna.create_study(storage=sqlite, study_name="ladder")
+    for start in (0, 3):
+        study.add_trial(
+            timed(
+                start,
+                start + 3,
+                state=TrialState.PRUNED,
+                intermediate_values={1: 0.5},
+                user_attrs={"rungs": [rung(0.1, 3)], "epochs_trained": 3},
+            )
+        )
+    study.add_trial(timed(6, state=TrialState.RUNNING))
+    return study
+
+
+def test_on_a_ladder_first_looks_do_not_make_the_estimate_short(sqlite: str) -> None:
+    study = ladder_study(sqlite)
+    at = minutes(8)
+    # A mean of the two first looks (3 min) says 8 more take 24 min, though a third of the
+    # configurations climb to rung 2 and a ninth train 8 full epochs.
+    assert progress.timing(study.get_trials(), 10, 1, at) == "elapsed 8m, ~24m left"
+    # 10 configurations take 10 x (0.3 + 1/3 + 8/9) = 15.22 passes; 0.6 are trained, at
+    # 10 min a pass: 146 min on one worker, 73 on two.
+    assert progress.timing(study.get_trials(), 10, 1, at, ladder=LADDER) == (
+        "elapsed 8m, ~2h 26m left"
+    )
+    assert progress.timing(study.get_trials(), 10, 2, at, ladder=LADDER) == (
+        "elapsed 8m, ~1h 13m left"
+    )
+
+
+def test_a_continuation_counts_only_what_it_trained_itself(sqlite: str) -> None:
+    study = ladder_study(sqlite)
+    # #0 climbed later: #3 carried its rung 1 over, trained rung 2 (1 pass) and the full
+    # run (8 passes) in 90 minutes, 10 min a pass like the first looks.
+    study.add_trial(
+        timed(
+            8,
+            98,
+            state=TrialState.COMPLETE,
+            value=0.3,
+            user_attrs={
+                "resumes": 0,
+                "origin": 0,
+                "rungs": [rung(0.1, 3, **{"from": 0}), rung(0.25, 4)],
+                "epochs_trained": 8,
+            },
+        )
+    )
+    trials = study.get_trials()
+    assert progress.trained_passes(trials[3]) == 9.0
+    # 15.22 passes less 9.6 trained: 56 min at 10 min a pass.
+    assert progress.timing(trials, 10, 1, minutes(98), ladder=LADDER) == (
+        "elapsed 1h 38m, ~56m left"
+    )
+    # The training of the whole study done (or more, when more climbed than a third):
+    # nothing is left to estimate.
+    assert progress.timing(trials, 5, 1, minutes(98), ladder=LADDER) == "elapsed 1h 38m"
+
+
+def test_a_preset_s_ladder_and_the_status_of_a_ladder_study(sqlite: str) -> None:
+    from search.define import presets
+
+    preset = presets.load_preset("fashion_mnist")
+    plan = progress.LadderPlan.of(preset)
+    assert plan is not None
+    assert plan.costs == tuple(r.cost for r in preset.rungs) + (float(preset.epochs),)
+    assert plan.reduction == preset.pruner_reduction
+    assert progress.LadderPlan.of(presets.load_preset("mnist")) is None
+    study = ladder_study(sqlite)
+    study.set_user_attr("trials", 10)
+    study.set_user_attr("preset", preset.to_json())
+    running = next(line for line in progress.status_lines(study) if line.startswith("Running"))
+    expected = progress.timing(study.get_trials(), 10, 1, datetime.now(), ladder=plan)
+    assert running.endswith(expected.split(", ")[1] + ".")
+
+
+def test_each_trial_s_pace_counts_once_however_many_passes_it_trained(sqlite: str) -> None:
+    study = optuna.create_study(storage=sqlite, study_name="paces")
+    # A dear network's first look, 10 min a pass; a cheap one's whole climb, 1 min a pass.
+    study.add_trial(
+        timed(
+            0,
+            3,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 0.5},
+            user_attrs={"rungs": [rung(0.1, 3)], "epochs_trained": 3},
+        )
+    )
+    study.add_trial(
+        timed(
+            0,
+            9.3,
+            state=TrialState.COMPLETE,
+            value=0.3,
+            user_attrs={"rungs": [rung(0.1, 3), rung(0.25, 4)], "epochs_trained": 8},
+        )
+    )
+    # 15.22 - 9.6 passes left at (10 + 1) / 2 min a pass: 30.9 min, where the pace of all
+    # passes together (12.3 min / 9.6) would say 7 min.
+    assert progress.timing(study.get_trials(), 10, 1, minutes(10), ladder=LADDER) == (
+        "elapsed 10m, ~30m left"
+    )

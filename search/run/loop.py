@@ -19,7 +19,7 @@ from search.errors import Log
 from search.run import interrupt
 from search.run.ending import Ending, Outcome, Watch
 from search.run.objective import Objective
-from search.run.progress import Progress
+from search.run.progress import LadderPlan, Progress
 from search.run.sizing import Recycle
 from search.store import faults
 from search.store import storage as storage_mod
@@ -257,7 +257,7 @@ def run_worker(
             total,
             storage=storage,
             log=log,
-            callbacks=[Progress(total, log), watch],
+            callbacks=[Progress(total, log, ladder=LadderPlan.of(preset)), watch],
             stop=lambda: watch.due(study),
             ladder=pruner if isinstance(pruner := study.pruner, Ladder) else None,
         )

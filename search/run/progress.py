@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.define.presets import Preset, from_json
 from search.errors import Log
 from search.store.trials import MAX_TOTAL, RESUMES, best, counted, counts, pareto, trained
 
@@ -60,20 +61,81 @@ def duration(delta: timedelta) -> str:
     return f"{days}d {hours % 24:02d}h"
 
 
+@dataclass(frozen=True)
+class LadderPlan:
+    """What configurations cost on a preset's ladder, for the estimate of the time left.
+
+    Successive halving keeps about 1/`reduction` of the configurations at each rung, so of N
+    configurations all train the first rung, N/reduction the second, and N/reduction**k the
+    k-th step; the last step is the full run. Costs are in passes over the training split
+    (a rung's share times its epochs; the full run's epochs).
+    """
+
+    costs: tuple[float, ...]  # each rung's, then the full run's
+    reduction: int
+
+    @classmethod
+    def of(cls, preset: Preset) -> LadderPlan | None:
+        """The preset's ladder; None for a preset whose trials are full runs alone."""
+        if not preset.rungs:
+            return None
+        costs = (*(rung.cost for rung in preset.rungs), float(preset.epochs))
+        return cls(costs, preset.pruner_reduction)
+
+    def passes(self, configurations: int) -> float:
+        """The training that `configurations` configurations take, climbs included."""
+        per = sum(cost / self.reduction**k for k, cost in enumerate(self.costs))
+        return configurations * per
+
+
+def trained_passes(trial: FrozenTrial) -> float:
+    """The passes over the training split a finished trial trained itself: its own rungs
+    (not those a continuation carries over from its first look) and, if it completed, its
+    full run."""
+    rungs = [r for r in trial.user_attrs.get("rungs") or [] if "from" not in r]
+    passes = sum(float(r["share"]) * int(r["epochs"]) for r in rungs)
+    if trial.state == TrialState.COMPLETE:
+        passes += float(trial.user_attrs.get("epochs_trained") or 0)
+    return passes
+
+
+def _left_on_ladder(
+    ended: Sequence[FrozenTrial], ladder: LadderPlan, configurations: int, workers: int
+) -> timedelta | None:
+    """The training still to come on a ladder: the passes that `configurations` take with
+    their climbs, less those trained, at the mean seconds a pass took the finished trials
+    (each trial counts once: a network's pass costs 30 times another's, and the cheap ones
+    finish more passes), shared among `workers`."""
+    timed = [
+        (t.duration, passes)
+        for t in ended
+        if t.duration is not None and (passes := trained_passes(t)) > 0
+    ]
+    if not timed:
+        return None
+    per_pass = sum((took / passes for took, passes in timed), timedelta()) / len(timed)
+    left = ladder.passes(configurations) - sum(passes for _, passes in timed)
+    return per_pass * left / max(1, workers) if left > 0 else None
+
+
 def timing(
     trials: Sequence[FrozenTrial],
     total: int,
     workers: int,
     now: datetime,
     deadline: datetime | None = None,
+    ladder: LadderPlan | None = None,
 ) -> str:
     """The time since the study's first trial started and an estimate of the time left.
 
     The estimate is plain arithmetic on what the study has done: the mean training time of
-    the configurations that count toward the total (trained ones, with their continuations on
-    a ladder; a rejection takes no training), times the configurations still to come, shared
-    among `workers` trials running at a time. It does not
-    guess which trials the pruner will stop early; the mean holds the share stopped so far.
+    the configurations that count toward the total (trained ones; a rejection takes no
+    training), times the configurations still to come, shared among `workers` trials
+    running at a time. It does not guess which trials the pruner will stop early; the mean
+    holds the share stopped so far. On a `ladder` the first trials are short first looks
+    and the full runs come later, so a mean of the trials so far says little: there the
+    estimate is the training the whole study takes (see LadderPlan), less what it has trained,
+    at the mean time its finished trials took per pass over the training images.
     A study with a `deadline` (--hours) ends sooner where that comes first: no trial starts
     after it, and the ones running then finish, a mean trial later at most.
     """
@@ -85,10 +147,16 @@ def timing(
     took = [t.duration for t in ended if t.duration is not None]
     configurations = counted(trials)
     left = total - configurations
-    if took and configurations and left > 0:
-        # Per configuration: the continuations of those that climbed count in their time.
-        mean = sum(took, timedelta()) / configurations
+    estimate: timedelta | None = None
+    if not took or not configurations:
+        return text
+    # Per configuration: the continuations of those that climbed count in their time.
+    mean = sum(took, timedelta()) / configurations
+    if ladder is not None:
+        estimate = _left_on_ladder(ended, ladder, max(total, configurations), workers)
+    elif left > 0:
         estimate = mean * left / max(1, min(workers, left))
+    if estimate is not None:
         if deadline is not None:
             estimate = min(estimate, max(deadline - now, timedelta()) + mean)
         text += f", ~{duration(estimate)} left"
@@ -117,6 +185,7 @@ class Progress:
     total: int
     log: Log
     now: Callable[[], datetime] = datetime.now
+    ladder: LadderPlan | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -145,7 +214,7 @@ class Progress:
                 f"val_accuracy {_val_accuracy(b):.4f}"
             )
         )
-        clock = timing(trials, self.total, workers, self.now(), deadline_of(study))
+        clock = timing(trials, self.total, workers, self.now(), deadline_of(study), self.ladder)
         self.log(f"{head} | {s['architecture']}{tail}" + (f" | {clock}" if clock else ""))
 
 
@@ -186,9 +255,26 @@ def running_line(study: optuna.Study, now: datetime) -> str | None:
         return None
     total = study.user_attrs.get("trials")
     clock = timing(
-        trials, total if isinstance(total, int) else 0, running, now, deadline_of(study)
+        trials,
+        total if isinstance(total, int) else 0,
+        running,
+        now,
+        deadline_of(study),
+        _ladder_of(study),
     )
     return f"Running: {running} trial(s) now; {clock}."
+
+
+def _ladder_of(study: optuna.Study) -> LadderPlan | None:
+    """The ladder of the preset a study stores; None without one (or a preset unreadable
+    here, which `status` still shows the trials of)."""
+    text = study.user_attrs.get("preset")
+    if not isinstance(text, str):
+        return None
+    try:
+        return LadderPlan.of(from_json(text))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def status_lines(study: optuna.Study, now: datetime | None = None) -> Iterator[str]:
