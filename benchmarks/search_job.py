@@ -9,6 +9,11 @@ by `--minutes`, each state's count, the best searched (not enqueued) trial's val
 against the enqueued start's, the minute a finished trial first reached 93 % and 94 %
 val_accuracy, and, once `retrain-best` has run, the final model's test accuracy.
 
+It also replays the time left that the progress lines gave at `--marks` minutes: the
+estimate from the preset's ladder (search.run.timing with a LadderPlan, what `search start`
+prints now) and the mean of the trials so far (without one), each as the end it foretold,
+against the search's real end (the last trial's end).
+
 A rung's end is its trial's start plus the seconds of its rungs so far (`rungs` attribute),
 which leaves out each rung's model building: the figure by `--minutes` is at most a few
 seconds early per trial. `--load-log` reads lines of "ISO-TIME LOAD1 LOAD5 LOAD15 ..." (the
@@ -19,11 +24,13 @@ With `--section`, the figures replace that section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import common
+from optuna.trial import TrialState
 
 GOALS = (0.93, 0.94)
 
@@ -124,6 +131,49 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
     return body, {"t0": t0, "last": last}
 
 
+def as_of(trial: Any, moment: dt.datetime) -> Any:
+    """The trial as the storage held it at `moment`: running if it had not ended by then
+    (its record then is not what the estimate reads: only finished trials count)."""
+    if trial.datetime_complete is not None and trial.datetime_complete <= moment:
+        return trial
+    then = copy.copy(trial)
+    then.state = TrialState.RUNNING
+    then.datetime_complete = None
+    return then
+
+
+def foretold(study: Any, trials: list[Any], t0: dt.datetime, marks: list[float]) -> str:
+    """At each mark, the end each estimate of the time left foretold, against the real one."""
+    from search.define import from_json
+    from search.run import LadderPlan, timing
+
+    ladder = LadderPlan.of(from_json(study.user_attrs["preset"]))
+    total = int(study.user_attrs.get("trials") or 0)
+    end = max(common.ended(t) for t in trials if t.datetime_complete)
+    real = (end - t0).total_seconds() / 60
+    rows = []
+    for mark in (m for m in marks if m < real):
+        moment = t0 + dt.timedelta(minutes=mark)
+        then = [as_of(t, moment) for t in trials if common.started(t) <= moment]
+        workers = max(1, sum(t.state == TrialState.RUNNING for t in then))
+        row: list[object] = [f"{mark:g}"]
+        for plan in (ladder, None):
+            text = timing(then, total, workers, moment, None, plan)
+            left = text.split("~")[1].removesuffix(" left") if "~" in text else "-"
+            row.append(left)
+        rows.append(row)
+    header = ["minute", "left, from the ladder (now)", "left, mean of the trials (before)"]
+    ended = (
+        f"the search is still running; its latest trial ended at minute {real:.0f}"
+        if any(t.state == TrialState.RUNNING for t in trials)
+        else f"the search really ended at minute {real:.0f}"
+    )
+    return (
+        f"Time left as the progress lines gave it (replayed from the study); {ended}:\n\n"
+        + common.table(header, rows)
+    )
+
+
 def load_over(path: Path, t0: dt.datetime, last: dt.datetime) -> str:
     values = []
     for line in path.read_text().splitlines():
@@ -139,6 +189,8 @@ def load_over(path: Path, t0: dt.datetime, last: dt.datetime) -> str:
 def main() -> None:
     args = options().parse_args()
     body, span = figures(args.storage, args.study, args.minutes)
+    study, trials, t0 = common.started_trials(args.storage, args.study)
+    body += "\n\n" + foretold(study, trials, t0, args.marks)
     extra = load_over(args.load_log, span["t0"], span["last"]) if args.load_log else ""
     if args.section:
         common.write_section(args.section, common.section(args.title, body, extra=extra))
@@ -151,6 +203,12 @@ def options() -> argparse.ArgumentParser:
     parser.add_argument("--storage", required=True, help="the study's storage URL")
     parser.add_argument("--study", default="fashion_mnist")
     parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument(
+        "--marks",
+        type=lambda text: [float(m) for m in text.split(",")],
+        default=[5, 10, 15, 30, 45, 60, 90, 120],
+        help="minutes at which to replay the time left, comma-separated",
+    )
     parser.add_argument("--load-log", type=Path, help="lines of ISO-TIME LOAD1 ...")
     parser.add_argument("--section", help="write the figures as this section of RESULTS.md")
     parser.add_argument("--title", default="Search job: the default preset on its ladder")

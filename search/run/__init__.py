@@ -9,7 +9,7 @@ from search.run.gpus import ENV_GPUS, GpuError, cards, parse_list
 from search.run.interrupt import sigterm_as_interrupt
 from search.run.loop import run_trials, run_worker
 from search.run.objective import Objective, trial_seed
-from search.run.progress import best_line, of_total, status_lines
+from search.run.progress import LadderPlan, best_line, of_total, status_lines, timing
 from search.run.sizing import (
     ENV_RECYCLE_MB,
     ENV_RECYCLE_TRIALS,
@@ -30,6 +30,7 @@ __all__ = [
     "RECYCLE_TRIALS",
     "Ending",
     "GpuError",
+    "LadderPlan",
     "Objective",
     "Outcome",
     "WorkerError",
@@ -43,6 +44,7 @@ __all__ = [
     "run_worker",
     "sigterm_as_interrupt",
     "status_lines",
+    "timing",
     "trial_seed",
     "worker_count",
 ]
