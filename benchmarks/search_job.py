@@ -1,7 +1,8 @@
 """What one search job did, minute by minute: the figures a ladder is judged on.
 
     .venv/bin/python benchmarks/search_job.py --storage sqlite:///PATH/search.db \\
-        [--study fashion_mnist] [--minutes 12] [--load-log FILE] [--section NAME]
+        [--study fashion_mnist] [--minutes 12] [--marks 5,10,30] [--load-log FILE]
+        [--section NAME]
 
 It reads a study that `search start` ran (or still runs) and reports how many distinct
 configurations had trained at least one complete look (a rung, or an epoch without a ladder)
@@ -12,7 +13,8 @@ val_accuracy, and, once `retrain-best` has run, the final model's test accuracy.
 It also replays the time left that the progress lines gave at `--marks` minutes: the
 estimate from the preset's ladder (search.run.timing with a LadderPlan, what `search start`
 prints now) and the mean of the trials so far (without one), each as the end it foretold,
-against the search's real end (the last trial's end).
+against the search's real end (the last trial's end; a fair end only for a search that
+ran once to its total, never stopped and resumed).
 
 A rung's end is its trial's start plus the seconds of its rungs so far (`rungs` attribute),
 which leaves out each rung's model building: the figure by `--minutes` is at most a few
@@ -149,7 +151,11 @@ def foretold(study: Any, trials: list[Any], t0: dt.datetime, marks: list[float])
 
     ladder = LadderPlan.of(from_json(study.user_attrs["preset"]))
     total = int(study.user_attrs.get("trials") or 0)
-    end = max(common.ended(t) for t in trials if t.datetime_complete)
+    stamp = study.user_attrs.get("deadline")
+    deadline = None if stamp is None else dt.datetime.fromtimestamp(stamp)
+    end = max((common.ended(t) for t in trials if t.datetime_complete), default=None)
+    if end is None:
+        return "No trial has ended yet: no time left to replay."
     real = (end - t0).total_seconds() / 60
     rows = []
     for mark in (m for m in marks if m < real):
@@ -158,7 +164,7 @@ def foretold(study: Any, trials: list[Any], t0: dt.datetime, marks: list[float])
         workers = max(1, sum(t.state == TrialState.RUNNING for t in then))
         row: list[object] = [f"{mark:g}"]
         for plan in (ladder, None):
-            text = timing(then, total, workers, moment, None, plan)
+            text = timing(then, total, workers, moment, deadline, plan)
             left = text.split("~")[1].removesuffix(" left") if "~" in text else "-"
             row.append(left)
         rows.append(row)

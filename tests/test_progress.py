@@ -385,3 +385,44 @@ def test_each_trial_s_pace_counts_once_however_many_passes_it_trained(sqlite: st
     assert progress.timing(study.get_trials(), 10, 1, minutes(10), ladder=LADDER) == (
         "elapsed 10m, ~30m left"
     )
+
+
+def test_on_a_ladder_a_deadline_ends_the_estimate_a_full_run_later(sqlite: str) -> None:
+    trials = ladder_study(sqlite).get_trials()
+    # 146 min of training left; the deadline is 12 min away, and a full run started just
+    # before it takes 8 passes at 10 min a pass.
+    assert progress.timing(trials, 10, 1, minutes(8), minutes(20), LADDER) == (
+        "elapsed 8m, ~1h 32m left"
+    )
+
+
+def test_a_diverged_trial_leaves_the_pace_alone(sqlite: str) -> None:
+    study = ladder_study(sqlite)
+    # Diverged in its second rung after an hour: that rung is in its time, not its rungs.
+    study.add_trial(
+        timed(
+            6,
+            66,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 0.5},
+            user_attrs={
+                "rungs": [rung(0.1, 3)],
+                "epochs_trained": 2,
+                "reason": "the loss became NaN or infinite at epoch 2",
+            },
+        )
+    )
+    assert progress.timing(study.get_trials(), 10, 1, minutes(66), ladder=LADDER) == (
+        "elapsed 1h 06m, ~2h 26m left"
+    )
+
+
+def test_with_no_pruner_every_configuration_climbs_every_rung() -> None:
+    from dataclasses import replace
+
+    from search.define import presets
+
+    preset = replace(presets.load_preset("fashion_mnist"), pruner="none")
+    plan = progress.LadderPlan.of(preset)
+    assert plan is not None and plan.reduction == 1
+    assert plan.passes(2) == pytest.approx(2 * sum(plan.costs))

@@ -68,7 +68,9 @@ class LadderPlan:
     Successive halving keeps about 1/`reduction` of the configurations at each rung, so of N
     configurations all train the first rung, N/reduction the second, and N/reduction**k the
     k-th step; the last step is the full run. Costs are in passes over the training split
-    (a rung's share times its epochs; the full run's epochs).
+    (a rung's share times its epochs; the full run's epochs). Exact in the long run for
+    `asha`, about right for Optuna's successive halving and Hyperband; with no pruner every
+    configuration climbs every rung.
     """
 
     costs: tuple[float, ...]  # each rung's, then the full run's
@@ -80,7 +82,7 @@ class LadderPlan:
         if not preset.rungs:
             return None
         costs = (*(rung.cost for rung in preset.rungs), float(preset.epochs))
-        return cls(costs, preset.pruner_reduction)
+        return cls(costs, 1 if preset.pruner == "none" else preset.pruner_reduction)
 
     def passes(self, configurations: int) -> float:
         """The training that `configurations` configurations take, climbs included."""
@@ -99,23 +101,22 @@ def trained_passes(trial: FrozenTrial) -> float:
     return passes
 
 
-def _left_on_ladder(
-    ended: Sequence[FrozenTrial], ladder: LadderPlan, configurations: int, workers: int
-) -> timedelta | None:
-    """The training still to come on a ladder: the passes that `configurations` take with
-    their climbs, less those trained, at the mean seconds a pass took the finished trials
-    (each trial counts once: a network's pass costs 30 times another's, and the cheap ones
-    finish more passes), shared among `workers`."""
+def _ladder_pace(ended: Sequence[FrozenTrial]) -> tuple[timedelta, float] | None:
+    """The mean time a finished trial took per pass over the training split, and the passes
+    they trained; None before any finished. Each trial counts once (a network's pass costs
+    30 times another's, and the cheap ones finish more passes). A trial stopped with a reason
+    (it diverged) is left out: the run it stopped in is in its time but not in its rungs."""
     timed = [
         (t.duration, passes)
         for t in ended
-        if t.duration is not None and (passes := trained_passes(t)) > 0
+        if t.duration is not None
+        and not t.user_attrs.get("reason")
+        and (passes := trained_passes(t)) > 0
     ]
     if not timed:
         return None
     per_pass = sum((took / passes for took, passes in timed), timedelta()) / len(timed)
-    left = ladder.passes(configurations) - sum(passes for _, passes in timed)
-    return per_pass * left / max(1, workers) if left > 0 else None
+    return per_pass, sum(passes for _, passes in timed)
 
 
 def timing(
@@ -135,9 +136,11 @@ def timing(
     holds the share stopped so far. On a `ladder` the first trials are short first looks
     and the full runs come later, so a mean of the trials so far says little: there the
     estimate is the training the whole study takes (see LadderPlan), less what it has trained,
-    at the mean time its finished trials took per pass over the training images.
+    at the mean time its finished trials took per pass over the training images, shared
+    among `workers`.
     A study with a `deadline` (--hours) ends sooner where that comes first: no trial starts
-    after it, and the ones running then finish, a mean trial later at most.
+    after it, and the ones running then finish, a mean trial (on a ladder, a full run) later
+    at most.
     """
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     if not starts:
@@ -151,14 +154,19 @@ def timing(
     if not took or not configurations:
         return text
     # Per configuration: the continuations of those that climbed count in their time.
-    mean = sum(took, timedelta()) / configurations
+    last = mean = sum(took, timedelta()) / configurations
     if ladder is not None:
-        estimate = _left_on_ladder(ended, ladder, max(total, configurations), workers)
+        pace = _ladder_pace(ended)
+        if pace is not None:
+            per_pass, done = pace
+            passes = ladder.passes(max(total, configurations)) - done
+            estimate = per_pass * passes / max(1, workers) if passes > 0 else None
+            last = per_pass * ladder.costs[-1]
     elif left > 0:
         estimate = mean * left / max(1, min(workers, left))
     if estimate is not None:
         if deadline is not None:
-            estimate = min(estimate, max(deadline - now, timedelta()) + mean)
+            estimate = min(estimate, max(deadline - now, timedelta()) + last)
         text += f", ~{duration(estimate)} left"
     return text
 
