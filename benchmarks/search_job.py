@@ -134,13 +134,21 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
 
 
 def as_of(trial: Any, moment: dt.datetime) -> Any:
-    """The trial as the storage held it at `moment`: running if it had not ended by then
-    (its record then is not what the estimate reads: only finished trials count)."""
+    """The trial as the storage held it at `moment`: running if it had not ended by then,
+    with the rungs it had finished (as looks() times them)."""
     if trial.datetime_complete is not None and trial.datetime_complete <= moment:
         return trial
     then = copy.copy(trial)
     then.state = TrialState.RUNNING
     then.datetime_complete = None
+    rungs, spent = [], 0.0
+    for rung in trial.user_attrs.get("rungs") or []:
+        if "from" not in rung:
+            spent += float(rung["seconds"])
+            if common.started(trial) + dt.timedelta(seconds=spent) > moment:
+                break
+        rungs.append(rung)
+    then.user_attrs = {**trial.user_attrs, "rungs": rungs}
     return then
 
 

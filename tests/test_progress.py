@@ -277,13 +277,19 @@ LADDER = progress.LadderPlan(costs=(0.3, 1.0, 8.0), reduction=3)  # 0.1x3, 0.25x
 
 
 def rung(share: float, epochs: int, **more: object) -> dict[str, object]:
-    return {"share": share, "epochs": epochs, "val_loss": 0.5, "val_accuracy": 0.8, **more}
+    return {
+        "share": share,
+        "epochs": epochs,
+        "val_loss": 0.5,
+        "val_accuracy": 0.8,
+        "seconds": 60.0 * share * epochs * 10,  # 10 min a pass
+        **more,
+    }
 
 
-def ladder_study(sqlite: str) -> optuna.Study:
-    """Two first looks stopped after rung 1 (3 min each, 0.3 passes), one running."""
-    study = optuna.create_study(storage=sqlite, study_name="ladder")
-    for start in (0, 3):
+def first_looks(study: optuna.Study, starts: tuple[float, ...] = (0, 3)) -> optuna.Study:
+    """First looks stopped after rung 1: 0.3 passes in 3 min each, 10 min a pass."""
+    for start in starts:
         study.add_trial(
             timed(
                 start,
@@ -293,29 +299,53 @@ def ladder_study(sqlite: str) -> optuna.Study:
                 user_attrs={"rungs": [rung(0.1, 3)], "epochs_trained": 3},
             )
         )
+    return study
+
+
+def ladder_study(sqlite: str) -> optuna.Study:
+    """Two first looks stopped after rung 1, and a third running since minute 6."""
+    study = first_looks(optuna.create_study(storage=sqlite, study_name="ladder"))
     study.add_trial(timed(6, state=TrialState.RUNNING))
     return study
 
 
 def test_on_a_ladder_first_looks_do_not_make_the_estimate_short(sqlite: str) -> None:
-    study = ladder_study(sqlite)
+    trials = ladder_study(sqlite).get_trials()
     at = minutes(8)
-    # A mean of the two first looks (3 min) says 8 more take 24 min, though a third of the
-    # configurations climb to rung 2 and a ninth train 8 full epochs.
-    assert progress.timing(study.get_trials(), 10, 1, at) == "elapsed 8m, ~24m left"
-    # 10 configurations take 10 x (0.3 + 1/3 + 8/9) = 15.22 passes; 0.6 are trained, at
-    # 10 min a pass: 146 min on one worker, 73 on two.
-    assert progress.timing(study.get_trials(), 10, 1, at, ladder=LADDER) == (
-        "elapsed 8m, ~2h 26m left"
-    )
-    assert progress.timing(study.get_trials(), 10, 2, at, ladder=LADDER) == (
-        "elapsed 8m, ~1h 13m left"
-    )
+    # A mean of the two first looks (3 min) says 8 more take 24 min, though a share of the
+    # configurations climbs to rung 2 and a share of those trains 8 full epochs.
+    assert progress.timing(trials, 10, 1, at) == "elapsed 8m, ~24m left"
+    # Climb rates with no climb yet: (0 + 1) / (2 + 3) at rung 1, (0 + 1) / (0 + 3) at
+    # rung 2, so a configuration takes 0.3 + 0.2 x 1 + 0.2 / 3 x 8 = 1.033 passes. The
+    # running one has 1 min of its first look left and 7.33 min after it; 7 more take
+    # 72.33 min at 10 min a pass: 80.7 min on one worker, 40.3 on two.
+    assert progress.timing(trials, 10, 1, at, ladder=LADDER) == "elapsed 8m, ~1h 20m left"
+    assert progress.timing(trials, 10, 2, at, ladder=LADDER) == "elapsed 8m, ~40m left"
+
+
+def test_climb_rates_are_the_study_s_own(sqlite: str) -> None:
+    study = first_looks(optuna.create_study(storage=sqlite, study_name="rates"), starts=(0,))
+    for start in (3, 6):  # two whole climbs
+        study.add_trial(
+            timed(
+                start,
+                start + 3,
+                state=TrialState.COMPLETE,
+                value=0.3,
+                user_attrs={"rungs": [rung(0.1, 3), rung(0.25, 4)], "epochs_trained": 8},
+            )
+        )
+    # In its second rung now: it went on from rung 1.
+    study.add_trial(timed(9, state=TrialState.RUNNING, user_attrs={"rungs": [rung(0.1, 3)]}))
+    climbs = LADDER.climbs(study.get_trials(), minutes(10))
+    # Rung 1: 3 of 4 went on, (3 + 1) / (4 + 3); rung 2: 2 of 2, (2 + 1) / (2 + 3).
+    assert LADDER.climb_rates(climbs) == pytest.approx((4 / 7, 3 / 5))
+    assert LADDER.passes(1) == pytest.approx(0.3 + 1 / 3 + 8 / 9)  # 1/reduction a rung
 
 
 def test_a_continuation_counts_only_what_it_trained_itself(sqlite: str) -> None:
-    study = ladder_study(sqlite)
-    # #0 climbed later: #3 carried its rung 1 over, trained rung 2 (1 pass) and the full
+    study = first_looks(optuna.create_study(storage=sqlite, study_name="climbed"))
+    # #0 climbed later: #2 carried its rung 1 over, trained rung 2 (1 pass) and the full
     # run (8 passes) in 90 minutes, 10 min a pass like the first looks.
     study.add_trial(
         timed(
@@ -332,45 +362,21 @@ def test_a_continuation_counts_only_what_it_trained_itself(sqlite: str) -> None:
         )
     )
     trials = study.get_trials()
-    assert progress.trained_passes(trials[3]) == 9.0
-    # 15.22 passes less 9.6 trained: 56 min at 10 min a pass.
+    assert progress.trained_passes(trials[2]) == 9.0
+    # Two configurations: #0's climb is whole, #1 stopped at rung 1. Rates (1 + 1) / (2 + 3)
+    # and (1 + 1) / (1 + 3): 0.3 + 0.4 + 0.4 x 0.5 x 8 = 2.3 passes for each of 8 more.
     assert progress.timing(trials, 10, 1, minutes(98), ladder=LADDER) == (
-        "elapsed 1h 38m, ~56m left"
+        "elapsed 1h 38m, ~3h 04m left"
     )
-    # The training of the whole study done (or more, when more climbed than a third):
-    # nothing is left to estimate.
-    assert progress.timing(trials, 5, 1, minutes(98), ladder=LADDER) == "elapsed 1h 38m"
+    # Every configuration in and none climbing: nothing is left to estimate.
+    assert progress.timing(trials, 2, 1, minutes(98), ladder=LADDER) == "elapsed 1h 38m"
 
 
-def test_a_preset_s_ladder_and_the_status_of_a_ladder_study(sqlite: str) -> None:
-    from search.define import presets
-
-    preset = presets.load_preset("fashion_mnist")
-    plan = progress.LadderPlan.of(preset)
-    assert plan is not None
-    assert plan.costs == tuple(r.cost for r in preset.rungs) + (float(preset.epochs),)
-    assert plan.reduction == preset.pruner_reduction
-    assert progress.LadderPlan.of(presets.load_preset("mnist")) is None
-    study = ladder_study(sqlite)
-    study.set_user_attr("trials", 10)
-    study.set_user_attr("preset", preset.to_json())
-    running = next(line for line in progress.status_lines(study) if line.startswith("Running"))
-    expected = progress.timing(study.get_trials(), 10, 1, datetime.now(), ladder=plan)
-    assert running.endswith(expected.split(", ")[1] + ".")
-
-
-def test_each_trial_s_pace_counts_once_however_many_passes_it_trained(sqlite: str) -> None:
-    study = optuna.create_study(storage=sqlite, study_name="paces")
+def test_each_configuration_s_pace_counts_once_however_many_passes_it_trained(
+    sqlite: str,
+) -> None:
+    study = first_looks(optuna.create_study(storage=sqlite, study_name="paces"), starts=(0,))
     # A dear network's first look, 10 min a pass; a cheap one's whole climb, 1 min a pass.
-    study.add_trial(
-        timed(
-            0,
-            3,
-            state=TrialState.PRUNED,
-            intermediate_values={1: 0.5},
-            user_attrs={"rungs": [rung(0.1, 3)], "epochs_trained": 3},
-        )
-    )
     study.add_trial(
         timed(
             0,
@@ -380,18 +386,19 @@ def test_each_trial_s_pace_counts_once_however_many_passes_it_trained(sqlite: st
             user_attrs={"rungs": [rung(0.1, 3), rung(0.25, 4)], "epochs_trained": 8},
         )
     )
-    # 15.22 - 9.6 passes left at (10 + 1) / 2 min a pass: 30.9 min, where the pace of all
-    # passes together (12.3 min / 9.6) would say 7 min.
+    # 8 more configurations of 2.3 passes (rates 0.4 and 0.5) at (10 + 1) / 2 min a pass:
+    # 101 min, where the pace of all passes together (12.3 min / 9.6) would say 24.
     assert progress.timing(study.get_trials(), 10, 1, minutes(10), ladder=LADDER) == (
-        "elapsed 10m, ~30m left"
+        "elapsed 10m, ~1h 41m left"
     )
 
 
 def test_on_a_ladder_a_deadline_ends_the_estimate_a_full_run_later(sqlite: str) -> None:
     trials = ladder_study(sqlite).get_trials()
-    # 146 min of training left; the deadline is 12 min away, and a full run started just
-    # before it takes 8 passes at 10 min a pass.
-    assert progress.timing(trials, 10, 1, minutes(8), minutes(20), LADDER) == (
+    # 184 min of training left for 20 configurations; the deadline is 12 min away, and a
+    # full run started just before it takes 8 passes at 10 min a pass.
+    assert progress.timing(trials, 20, 1, minutes(8), None, LADDER) == ("elapsed 8m, ~3h 04m left")
+    assert progress.timing(trials, 20, 1, minutes(8), minutes(20), LADDER) == (
         "elapsed 8m, ~1h 32m left"
     )
 
@@ -412,8 +419,11 @@ def test_a_diverged_trial_leaves_the_pace_alone(sqlite: str) -> None:
             },
         )
     )
+    # Still 10 min a pass (its own pace, 200 min, would make the mean 73). Rates 1/6 and
+    # 1/3: 0.911 passes a configuration; the running one (an hour in its first look) has
+    # 6.1 min left after it, and 6 more take 54.7 min.
     assert progress.timing(study.get_trials(), 10, 1, minutes(66), ladder=LADDER) == (
-        "elapsed 1h 06m, ~2h 26m left"
+        "elapsed 1h 06m, ~1h 00m left"
     )
 
 
@@ -426,3 +436,21 @@ def test_with_no_pruner_every_configuration_climbs_every_rung() -> None:
     plan = progress.LadderPlan.of(preset)
     assert plan is not None and plan.reduction == 1
     assert plan.passes(2) == pytest.approx(2 * sum(plan.costs))
+
+
+def test_a_preset_s_ladder_and_the_status_of_a_ladder_study(sqlite: str) -> None:
+    from search.define import presets
+
+    preset = presets.load_preset("fashion_mnist")
+    plan = progress.LadderPlan.of(preset)
+    assert plan is not None
+    assert plan.costs == tuple(r.cost for r in preset.rungs) + (float(preset.epochs),)
+    assert plan.reduction == preset.pruner_reduction
+    assert progress.LadderPlan.of(presets.load_preset("mnist")) is None
+    study = ladder_study(sqlite)
+    study.set_user_attr("trials", 10)
+    study.set_user_attr("preset", preset.to_json())
+    running = next(line for line in progress.status_lines(study) if line.startswith("Running"))
+    # The running trial started long ago: its first look counts as done.
+    expected = progress.timing(study.get_trials(), 10, 1, datetime.now(), ladder=plan)
+    assert "left" in expected and running.endswith(expected.split(", ")[1] + ".")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.define.presets import Preset, from_json
 from search.errors import Log
-from search.store.trials import MAX_TOTAL, RESUMES, best, counted, counts, pareto, trained
+from search.store.trials import MAX_TOTAL, ORIGIN, RESUMES, best, counted, counts, pareto, trained
 
 
 def summary(trial: FrozenTrial) -> dict[str, Any]:
@@ -61,20 +61,30 @@ def duration(delta: timedelta) -> str:
     return f"{days}d {hours % 24:02d}h"
 
 
+@dataclass
+class _Climb:
+    """One configuration on a ladder, as far as its trials tell."""
+
+    done: int = 0  # steps finished (rungs, then the full run)
+    active: bool = False  # a trial of it runs or waits to run: it is in step `done` + 1
+    paces: list[timedelta] = field(default_factory=list)  # each finished trial's time a pass
+    spent: timedelta = timedelta()  # how long its running trial has been in its step
+
+
 @dataclass(frozen=True)
 class LadderPlan:
     """What configurations cost on a preset's ladder, for the estimate of the time left.
 
-    Successive halving keeps about 1/`reduction` of the configurations at each rung, so of N
-    configurations all train the first rung, N/reduction the second, and N/reduction**k the
-    k-th step; the last step is the full run. Costs are in passes over the training split
-    (a rung's share times its epochs; the full run's epochs). Exact in the long run for
-    `asha`, about right for Optuna's successive halving and Hyperband; with no pruner every
-    configuration climbs every rung.
+    All configurations train the first rung, and a share of those that finish a step climb
+    to the next; the last step is the full run. Costs are in passes over the training split
+    (a rung's share times its epochs; the full run's epochs). The shares are the study's own
+    so far (:meth:`climb_rates`): successive halving keeps 1/`reduction` of a rung's peers at
+    the moment a trial reaches it, but a sampler that improves sends most of its later
+    configurations up, so the share that climbs is often far above 1/`reduction`.
     """
 
     costs: tuple[float, ...]  # each rung's, then the full run's
-    reduction: int
+    reduction: int  # 1: every configuration climbs every rung (no pruner)
 
     @classmethod
     def of(cls, preset: Preset) -> LadderPlan | None:
@@ -84,10 +94,86 @@ class LadderPlan:
         costs = (*(rung.cost for rung in preset.rungs), float(preset.epochs))
         return cls(costs, 1 if preset.pruner == "none" else preset.pruner_reduction)
 
-    def passes(self, configurations: int) -> float:
-        """The training that `configurations` configurations take, climbs included."""
-        per = sum(cost / self.reduction**k for k, cost in enumerate(self.costs))
-        return configurations * per
+    def climbs(self, trials: Sequence[FrozenTrial], now: datetime) -> dict[int, _Climb]:
+        """Each configuration that has trained or trains now, by its first look's number."""
+        found: dict[int, _Climb] = {}
+        for t in trials:
+            climb = found.setdefault(int(t.user_attrs.get(ORIGIN, t.number)), _Climb())
+            rungs = t.user_attrs.get("rungs") or []
+            steps = len(self.costs) if t.state == TrialState.COMPLETE else len(rungs)
+            climb.done = max(climb.done, steps)
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                # Its rungs so far are on record: their training time is its pace.
+                climb.active = True
+                own = [r for r in rungs if "from" not in r]
+                passes = sum(float(r["share"]) * int(r["epochs"]) for r in own)
+                seconds = sum(float(r["seconds"]) for r in own)
+                if passes > 0:
+                    climb.paces.append(timedelta(seconds=seconds / passes))
+                if t.datetime_start is not None:
+                    in_step = now - t.datetime_start - timedelta(seconds=seconds)
+                    climb.spent = max(climb.spent, in_step)
+                continue
+            passes = trained_passes(t)
+            if t.duration is not None and passes > 0 and not t.user_attrs.get("reason"):
+                climb.paces.append(t.duration / passes)
+        return {n: c for n, c in found.items() if c.done or c.active}
+
+    def climb_rates(self, climbs: dict[int, _Climb]) -> tuple[float, ...]:
+        """For each rung, the share of the configurations that finished it and went on to
+        the next step: (went on + 1) / (finished + reduction), which is 1/reduction before
+        any finished and the study's own share once many have."""
+        rates = []
+        for k in range(1, len(self.costs)):
+            at_k = [c for c in climbs.values() if c.done >= k]
+            on = sum(c.done > k or c.active for c in at_k)
+            rates.append((on + 1) / (len(at_k) + self.reduction))
+        return tuple(rates)
+
+    def passes(self, configurations: int, rates: Sequence[float] | None = None) -> float:
+        """The training that `configurations` new configurations take, climbs included, with
+        these climb rates (1/reduction at every rung by default)."""
+        return configurations * self._from(0, rates)
+
+    def _from(self, step: int, rates: Sequence[float] | None = None) -> float:
+        """The passes one configuration still trains from `step` (0: its first rung), the
+        step itself certain and each later one at its climb rate."""
+        if rates is None:
+            rates = [1 / self.reduction] * (len(self.costs) - 1)
+        passes, reach = 0.0, 1.0
+        for k in range(step, len(self.costs)):
+            passes += reach * self.costs[k]
+            if k < len(rates):
+                reach *= rates[k]
+        return passes
+
+    def time_left(
+        self, trials: Sequence[FrozenTrial], total: int, workers: int, now: datetime
+    ) -> tuple[timedelta, timedelta] | None:
+        """The training still to come, shared among `workers`, and a full run's time at the
+        mean pace; None before a trial has finished a step.
+
+        A configuration running or queued trains the rest of its step and climbs on at the
+        study's rates, at its own pace (time per pass, measured on its finished steps), or at
+        the mean pace of the configurations measured (each counts once: one network's pass
+        costs 30 times another's) where it has none yet, less the time its running trial has
+        spent in the step so far; one stopped at a rung is counted as staying there. The
+        configurations still to come train from the first rung at the mean pace."""
+        climbs = self.climbs(trials, now)
+        paces = [sum(c.paces, timedelta()) / len(c.paces) for c in climbs.values() if c.paces]
+        if not paces:
+            return None
+        mean = sum(paces, timedelta()) / len(paces)
+        rates = self.climb_rates(climbs)
+        left = timedelta()
+        for c in climbs.values():
+            if c.active and c.done < len(self.costs):
+                pace = sum(c.paces, timedelta()) / len(c.paces) if c.paces else mean
+                step = max(timedelta(), pace * self.costs[c.done] - c.spent)
+                left += step + pace * (self._from(c.done, rates) - self.costs[c.done])
+        begun = sum(1 for c in climbs.values() if c.done or c.active)
+        left += mean * self.passes(max(0, total - begun), rates)
+        return left / max(1, workers), mean * self.costs[-1]
 
 
 def trained_passes(trial: FrozenTrial) -> float:
@@ -99,24 +185,6 @@ def trained_passes(trial: FrozenTrial) -> float:
     if trial.state == TrialState.COMPLETE:
         passes += float(trial.user_attrs.get("epochs_trained") or 0)
     return passes
-
-
-def _ladder_pace(ended: Sequence[FrozenTrial]) -> tuple[timedelta, float] | None:
-    """The mean time a finished trial took per pass over the training split, and the passes
-    they trained; None before any finished. Each trial counts once (a network's pass costs
-    30 times another's, and the cheap ones finish more passes). A trial stopped with a reason
-    (it diverged) is left out: the run it stopped in is in its time but not in its rungs."""
-    timed = [
-        (t.duration, passes)
-        for t in ended
-        if t.duration is not None
-        and not t.user_attrs.get("reason")
-        and (passes := trained_passes(t)) > 0
-    ]
-    if not timed:
-        return None
-    per_pass = sum((took / passes for took, passes in timed), timedelta()) / len(timed)
-    return per_pass, sum(passes for _, passes in timed)
 
 
 def timing(
@@ -135,9 +203,9 @@ def timing(
     running at a time. It does not guess which trials the pruner will stop early; the mean
     holds the share stopped so far. On a `ladder` the first trials are short first looks
     and the full runs come later, so a mean of the trials so far says little: there the
-    estimate is the training the whole study takes (see LadderPlan), less what it has trained,
-    at the mean time its finished trials took per pass over the training images, shared
-    among `workers`.
+    estimate is the training still to come of the configurations under way and of those
+    still to come, each step at the share of configurations that has climbed to it so far
+    (see LadderPlan.time_left).
     A study with a `deadline` (--hours) ends sooner where that comes first: no trial starts
     after it, and the ones running then finish, a mean trial (on a ladder, a full run) later
     at most.
@@ -156,12 +224,9 @@ def timing(
     # Per configuration: the continuations of those that climbed count in their time.
     last = mean = sum(took, timedelta()) / configurations
     if ladder is not None:
-        pace = _ladder_pace(ended)
-        if pace is not None:
-            per_pass, done = pace
-            passes = ladder.passes(max(total, configurations)) - done
-            estimate = per_pass * passes / max(1, workers) if passes > 0 else None
-            last = per_pass * ladder.costs[-1]
+        found = ladder.time_left(trials, total, workers, now)
+        if found is not None and found[0] > timedelta():
+            estimate, last = found
     elif left > 0:
         estimate = mean * left / max(1, min(workers, left))
     if estimate is not None:
