@@ -70,6 +70,11 @@ class _Climb:
     paces: list[timedelta] = field(default_factory=list)  # each finished trial's time a pass
     spent: timedelta = timedelta()  # how long its running trial has been in its step
 
+    @property
+    def pace(self) -> timedelta | None:
+        """Its mean time per pass over the training split; None before a step finished."""
+        return sum(self.paces, timedelta()) / len(self.paces) if self.paces else None
+
 
 @dataclass(frozen=True)
 class LadderPlan:
@@ -105,9 +110,8 @@ class LadderPlan:
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 # Its rungs so far are on record: their training time is its pace.
                 climb.active = True
-                own = [r for r in rungs if "from" not in r]
-                passes = sum(float(r["share"]) * int(r["epochs"]) for r in own)
-                seconds = sum(float(r["seconds"]) for r in own)
+                passes = _own_passes(rungs)
+                seconds = sum(float(r["seconds"]) for r in rungs if "from" not in r)
                 if passes > 0:
                     climb.paces.append(timedelta(seconds=seconds / passes))
                 if t.datetime_start is not None:
@@ -160,7 +164,7 @@ class LadderPlan:
         spent in the step so far; one stopped at a rung is counted as staying there. The
         configurations still to come train from the first rung at the mean pace."""
         climbs = self.climbs(trials, now)
-        paces = [sum(c.paces, timedelta()) / len(c.paces) for c in climbs.values() if c.paces]
+        paces = [c.pace for c in climbs.values() if c.pace is not None]
         if not paces:
             return None
         mean = sum(paces, timedelta()) / len(paces)
@@ -168,7 +172,7 @@ class LadderPlan:
         left = timedelta()
         for c in climbs.values():
             if c.active and c.done < len(self.costs):
-                pace = sum(c.paces, timedelta()) / len(c.paces) if c.paces else mean
+                pace = mean if c.pace is None else c.pace
                 step = max(timedelta(), pace * self.costs[c.done] - c.spent)
                 left += step + pace * (self._from(c.done, rates) - self.costs[c.done])
         begun = sum(1 for c in climbs.values() if c.done or c.active)
@@ -180,11 +184,16 @@ def trained_passes(trial: FrozenTrial) -> float:
     """The passes over the training split a finished trial trained itself: its own rungs
     (not those a continuation carries over from its first look) and, if it completed, its
     full run."""
-    rungs = [r for r in trial.user_attrs.get("rungs") or [] if "from" not in r]
-    passes = sum(float(r["share"]) * int(r["epochs"]) for r in rungs)
+    passes = _own_passes(trial.user_attrs.get("rungs") or [])
     if trial.state == TrialState.COMPLETE:
         passes += float(trial.user_attrs.get("epochs_trained") or 0)
     return passes
+
+
+def _own_passes(rungs: Sequence[dict[str, Any]]) -> float:
+    """The passes of the rungs a trial trained itself (a continuation's carried rungs are
+    marked "from")."""
+    return sum(float(r["share"]) * int(r["epochs"]) for r in rungs if "from" not in r)
 
 
 def timing(
