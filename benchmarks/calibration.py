@@ -15,6 +15,7 @@ flips (search.train.network.with_flips). Each variant changes one thing:
     ema      its weights averaged (ema)
     resnet   ResNet-20's layout (stages 16-32-64 of three blocks) under a 64-unit head, with
              the start's recipe
+    field    the start with all of crop, flip, erasing and EMA at once: the field's recipe
 
 Each finished variant appends one JSON row to --out as it ends, so a stopped run keeps what
 it did, and a rerun skips what is there. `--part I/N` runs every N-th variant from the I-th,
@@ -34,7 +35,7 @@ from typing import Any
 
 import common
 
-VARIANTS = ("start", "crop", "erase", "ema", "resnet")
+VARIANTS = ("start", "crop", "erase", "ema", "resnet", "field")
 OUT = Path(__file__).with_name("calibration.jsonl")
 
 
@@ -48,6 +49,7 @@ def variant(name: str) -> Any:
         "crop": {"augment": "crop+flip"},
         "erase": {"augment": "flip+erase"},
         "ema": {"ema": True},
+        "field": {"augment": "crop+flip+erase", "ema": True},
         "resnet": {
             "convs": (),
             "stages": tuple(define.Stage(16 * 2**i, 3) for i in range(3)),
