@@ -37,16 +37,23 @@ from optuna.trial import TrialState
 GOALS = (0.93, 0.94)
 
 
-def looks(trial: Any) -> list[dt.datetime]:
-    """When each complete look of a trial ended: its rungs, then its full run's end. A
-    continuation's rungs carried over from an earlier trial (marked "from") were that trial's."""
-    start = common.started(trial)
-    ends, spent = [], 0.0
+def rung_ends(trial: Any) -> list[tuple[dict[str, Any], dt.datetime | None]]:
+    """Each stored rung of a trial with when it ended: its trial's start plus the seconds of its
+    own rungs so far. A continuation's rungs carried over from an earlier trial (marked "from")
+    were that trial's, and end None here."""
+    start, spent, ends = common.started(trial), 0.0, []
     for rung in trial.user_attrs.get("rungs") or []:
-        if "from" in rung:
-            continue
-        spent += float(rung["seconds"])
-        ends.append(start + dt.timedelta(seconds=spent))
+        end = None
+        if "from" not in rung:
+            spent += float(rung["seconds"])
+            end = start + dt.timedelta(seconds=spent)
+        ends.append((rung, end))
+    return ends
+
+
+def looks(trial: Any) -> list[dt.datetime]:
+    """When each complete look of a trial ended: its own rungs, then its full run's end."""
+    ends = [end for _, end in rung_ends(trial) if end is not None]
     if trial.state.name == "COMPLETE":
         ends.append(common.ended(trial))
     elif not ends and trial.user_attrs.get("epochs_trained") and trial.datetime_complete:
@@ -141,12 +148,10 @@ def as_of(trial: Any, moment: dt.datetime) -> Any:
     then = copy.copy(trial)
     then.state = TrialState.RUNNING
     then.datetime_complete = None
-    rungs, spent = [], 0.0
-    for rung in trial.user_attrs.get("rungs") or []:
-        if "from" not in rung:
-            spent += float(rung["seconds"])
-            if common.started(trial) + dt.timedelta(seconds=spent) > moment:
-                break
+    rungs = []
+    for rung, end in rung_ends(trial):
+        if end is not None and end > moment:
+            break
         rungs.append(rung)
     then.user_attrs = {**trial.user_attrs, "rungs": rungs}
     return then
