@@ -9,8 +9,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.define.anatomy import describe
 from search.define.presets import Preset
-from search.define.space import Config, Conv, Space, describe
+from search.define.space import Config, Conv, Space
 from search.report import analysis
 from search.store.trials import best
 

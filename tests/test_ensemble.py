@@ -12,7 +12,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search.define import datasets, presets
-from search.define.space import Config, Conv, size
+from search.define.anatomy import size
+from search.define.space import Config, Conv
 from search.final import ensemble, saved
 from search.final.retrain import RetrainError
 from search.report import document as report

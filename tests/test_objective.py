@@ -17,9 +17,10 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from search.define import presets
+from search.define.anatomy import describe, size
 from search.define.datasets import Split
 from search.define.presets import Preset
-from search.define.space import Config, Conv, describe, size, to_params
+from search.define.space import Config, Conv, to_params
 from search.run.objective import RUN_RECORD, Objective, record_epoch, trial_seed
 from search.train.training import History
 from tests.helpers import db_url, write_preset

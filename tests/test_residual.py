@@ -9,19 +9,9 @@ import keras
 import optuna
 import pytest
 
+from search.define.anatomy import describe, impossible, size
 from search.define.datasets import Split
-from search.define.space import (
-    Config,
-    Conv,
-    Space,
-    Stage,
-    describe,
-    impossible,
-    outside,
-    size,
-    suggest,
-    to_params,
-)
+from search.define.space import Config, Conv, Space, Stage, outside, suggest, to_params
 from search.train.network import build
 from search.train.runtime import configure
 from tests.helpers import fit_small

@@ -6,18 +6,8 @@ import optuna
 import pytest
 
 from search.define import presets
-from search.define.space import (
-    Config,
-    Conv,
-    Space,
-    describe,
-    feature_maps,
-    impossible,
-    outside,
-    size,
-    suggest,
-    to_params,
-)
+from search.define.anatomy import describe, feature_maps, impossible, size
+from search.define.space import Config, Conv, Space, outside, suggest, to_params
 from search.train.network import build
 
 # The lab's runs and the parameter counts its notebook printed for each.

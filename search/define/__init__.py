@@ -4,6 +4,7 @@ The lowest layer: it imports neither Optuna nor Keras, so a preset can be read a
 and a network's size counted, without loading either (tests/test_layers.py holds it to that).
 """
 
+from search.define.anatomy import Size, describe, impossible, size
 from search.define.catalog import find, lines
 from search.define.datasets import DATASETS, DataError, Split, info, load_test, load_train, split
 from search.define.presets import (
@@ -18,19 +19,7 @@ from search.define.presets import (
     from_json,
     load_preset,
 )
-from search.define.space import (
-    NUM_CLASSES,
-    SIDE,
-    Config,
-    Conv,
-    Size,
-    Stage,
-    describe,
-    impossible,
-    size,
-    suggest,
-    to_params,
-)
+from search.define.space import NUM_CLASSES, SIDE, Config, Conv, Stage, suggest, to_params
 
 __all__ = [
     "DATASETS",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from search.define import datasets, presets
+from search.define.anatomy import impossible, size
 from search.define.residual import DOWNSAMPLES, DROPOUTS, MAX_BLOCKS, MAX_STAGES
 from search.define.space import (
     AUGMENTATIONS,
@@ -26,9 +27,7 @@ from search.define.space import (
     Config,
     Space,
     augment_kind,
-    impossible,
     outside,
-    size,
 )
 from search.errors import TRAIN_IMAGES
 

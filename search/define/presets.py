@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from search.define import catalog, datasets
-from search.define.space import (
-    Config,
-    Size,
-    Space,
-    augment_kind,
-    impossible,
-    size,
-)
+from search.define.anatomy import Size, impossible, size
+from search.define.space import Config, Space, augment_kind
 from search.errors import SearchError
 
 PRUNERS = ("hyperband", "sha", "asha", "median", "behind", "none")

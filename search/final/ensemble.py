@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.define.anatomy import describe, size
 from search.define.presets import Preset
-from search.define.space import describe, size
 from search.errors import Log
 from search.final.retrain import (
     RetrainError,

@@ -14,8 +14,9 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from search.define import datasets
+from search.define.anatomy import describe, size
 from search.define.presets import Preset
-from search.define.space import Config, describe, size
+from search.define.space import Config
 from search.errors import Log, SearchError, first_line
 from search.final.saved import foreign, identity, model_path, read_manifest, save
 from search.store.trials import best, config_of

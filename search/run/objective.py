@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 import optuna
 
+from search.define.anatomy import Size, describe
 from search.define.datasets import Split
 from search.define.presets import Preset, Rung
-from search.define.space import Config, Size, describe, suggest
+from search.define.space import Config, suggest
 from search.errors import Log, first_line
 from search.run import interrupt
 from search.store.trials import INTERRUPTED, ORIGIN, RESUMES

@@ -18,7 +18,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.trial import FrozenTrial, TrialState
 
-from search.define.space import Config, impossible
+from search.define.anatomy import impossible
+from search.define.space import Config
 from search.errors import SearchError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

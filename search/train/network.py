@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search.define import residual
-from search.define.space import NUM_CLASSES, SIDE, Config, describe, impossible
+from search.define.anatomy import describe, impossible
+from search.define.space import NUM_CLASSES, SIDE, Config
 
 if TYPE_CHECKING:
     import keras
