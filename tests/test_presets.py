@@ -146,6 +146,23 @@ def test_a_preset_stored_before_the_recipe_axes_still_matches_its_file() -> None
     assert old.fingerprint() == demo.fingerprint() and old.space.augment == ("none",)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('final_augment = "crop+flip"', "'final_augment' may not flip"),
+        ('final_augment = "rotate"', "'final_augment' must be one of"),
+        ("final_ema = 1", "'final_ema' must be of type bool"),
+    ],
+)
+def test_a_final_recipe_a_dataset_cannot_take_is_refused_by_name(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    path = tmp_path / "digits.toml"
+    path.write_text(f'dataset = "mnist"\n{line}\n[space]\naugment = ["none", "shift"]\n')
+    with pytest.raises(presets.PresetError, match=message):
+        presets.load_preset(path)
+
+
 def test_digits_are_never_flipped(tmp_path: Path) -> None:
     path = tmp_path / "digits.toml"
     path.write_text('dataset = "mnist"\n[space]\naugment = ["none", "flip"]\n')

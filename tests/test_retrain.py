@@ -15,9 +15,10 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from search.define import presets
+from search.define.anatomy import describe
 from search.define.space import Config, Conv
 from search.final import saved
-from search.final.retrain import RetrainError, final_plan, pick, retrain_trial
+from search.final.retrain import RetrainError, final_plan, pick, retrain_trial, trained_as
 from search.store import study
 from tests.helpers import db_url, write_preset
 
@@ -146,6 +147,34 @@ def test_the_final_plan_is_fixed_by_the_preset_not_by_the_test_set(tmp_path: Pat
     config, epochs, planned = final_plan(trial, longer)
     assert (config.schedule, epochs, planned) == ("cosine", 3, 3)  # decays to zero at the end
     assert dataclasses.replace(config, schedule=SMALL.schedule) == SMALL
+    recipe = dataclasses.replace(lab, final_augment="crop+erase", final_ema=True)
+    config, epochs, _ = final_plan(trial, recipe)
+    assert (config.augment, config.ema, epochs) == ("crop+erase", True, 2)
+    assert dataclasses.replace(config, augment=SMALL.augment, ema=False) == SMALL
+
+
+def test_a_final_model_trains_with_the_recipes_pieces_and_averaged_weights(
+    tmp_path: Path, private_storage: Path, fashion_dir: Path
+) -> None:
+    """final_augment and final_ema change the final model's training, not the trial's record:
+    the result says what trained, and a saved model of another recipe is not taken for it."""
+    lab = presets.load_preset(write_preset(tmp_path))
+    preset = dataclasses.replace(lab, final_augment="crop+erase", final_ema=True)
+    s = study.prepare(preset, url=db_url(private_storage), name="recipe").study
+    s.add_trial(trained(0.6, best_epoch=1, seed=7))
+    trial = s.get_trials()[-1]
+    lines: list[str] = []
+    result = retrain_trial(s, preset, out_dir=private_storage, log=lines.append)
+    assert (result.trial, result.augment, result.ema) == (trial.number, "crop+erase", True)
+    assert result.architecture == describe(SMALL)  # the trial's network, as searched
+    assert result.test_accuracy > 0.5  # chance is 0.1
+    (told,) = [line for line in lines if line.startswith("Retraining trial #")]
+    assert "AugCE-C16k3-P-F-D32" in told and told.endswith("its weights averaged (EMA).")
+    record = s.user_attrs["retrain"]
+    assert (record["augment"], record["ema"]) == ("crop+erase", True)
+    assert trained_as(record, trial, preset)
+    assert not trained_as(record, trial, lab)  # the lab's recipe would train it again
+    assert not trained_as(record, trial, dataclasses.replace(preset, final_ema=False))
 
 
 def test_a_result_the_study_cannot_record_keeps_its_model_and_a_rerun_records_it(

@@ -7,7 +7,16 @@ import pytest
 
 from search.define import presets
 from search.define.anatomy import describe, feature_maps, impossible, size
-from search.define.space import Config, Conv, Space, outside, suggest, to_params
+from search.define.space import (
+    AUGMENTATIONS,
+    Config,
+    Conv,
+    Space,
+    outside,
+    suggest,
+    to_params,
+    with_pieces,
+)
 from search.train.network import build
 
 # The lab's runs and the parameter counts its notebook printed for each.
@@ -134,3 +143,20 @@ def test_every_suggestion_is_either_rejected_with_a_reason_or_builds_with_the_co
             assert model.count_params() == size(config).params, describe(config)
             built += 1
     assert built == 25
+
+
+@pytest.mark.parametrize(
+    ("own", "extra", "joined"),
+    [
+        ("none", "none", "none"),
+        ("flip", "none", "flip"),
+        ("none", "erase", "erase"),
+        ("flip", "crop+erase", "crop+flip+erase"),
+        ("erase+flip", "flip", "flip+erase"),  # written in AUGMENT_PIECES order
+        ("shift+flip", "crop", "crop+flip"),  # the final recipe's crop replaces a shift
+        ("crop+flip", "shift", "crop+flip"),  # one translation at most: the crop stays
+    ],
+)
+def test_final_pieces_join_a_trials_own_augmentation(own: str, extra: str, joined: str) -> None:
+    assert with_pieces(own, extra) == joined
+    assert joined in AUGMENTATIONS

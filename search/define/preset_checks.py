@@ -54,6 +54,8 @@ _TOP_TYPES: dict[str, tuple[type, ...]] = {
     "final_epochs": (int, float),
     "final_schedule": (str,),
     "final_flips": (bool,),
+    "final_augment": (str,),
+    "final_ema": (bool,),
     "recycle_trials": (int,),
     "recycle_mb": (int,),
     "space": (dict,),
@@ -265,6 +267,7 @@ _ONE_OF = {
     "objective": presets.OBJECTIVES,
     "sampler": SAMPLERS,
     "final_schedule": FINAL_SCHEDULES,
+    "final_augment": AUGMENTATIONS,
 }
 
 
@@ -374,6 +377,8 @@ def parse(path: Path, data: dict[str, Any]) -> presets.Preset:
         raise _fail(path, "space.augment", "may not flip: a mirrored image is another class here")
     if not datasets.info(data["dataset"]).flip_ok and data.get("final_flips"):
         raise _fail(path, "final_flips", "may not be true: a mirrored image is another class here")
+    if not datasets.info(data["dataset"]).flip_ok and "flip" in data.get("final_augment", ""):
+        raise _fail(path, "final_augment", "may not flip: a mirrored image is another class here")
     tables = {
         kind: tuple(_baseline(path, i, t, kind) for i, t in enumerate(data.get(kind, [])))
         for kind in presets.ENQUEUED

@@ -93,6 +93,11 @@ class Preset:
     final_epochs: float = 1.0  # retrain-best trains this multiple of the best epoch count
     final_schedule: str = "same"  # same (the trial's schedule) or cosine, for retrain-best
     final_flips: bool = False  # the final model averages each image and its mirror image
+    # The final model trains with these augmentation pieces besides the trial's own ("none",
+    # or pieces joined by "+", such as "crop+erase"), and with an average of its weights: the
+    # stronger regularisation a long final run can use and a short look cannot judge.
+    final_augment: str = "none"
+    final_ema: bool = False
     # Worker processes are replaced after this many trials, or past this resident memory in
     # MB (0: never); None keeps the product's defaults (workers.py).
     recycle_trials: int | None = None
@@ -193,6 +198,8 @@ _RUN_SETTINGS = (
     "final_epochs",
     "final_schedule",
     "final_flips",
+    "final_augment",
+    "final_ema",
     "recycle_trials",
     "recycle_mb",
 )

@@ -130,6 +130,17 @@ class Config:
         return "erase" in self.augment_pieces
 
 
+def with_pieces(augment: str, extra: str) -> str:
+    """`augment` with the pieces of `extra` added, in AUGMENT_PIECES order; a crop in `extra`
+    replaces a shift (one translation at most). "none" with "none" is "none"."""
+    pieces = (set(augment.split("+")) | set(extra.split("+"))) - {"none"}
+    if "crop" in extra.split("+"):
+        pieces.discard("shift")
+    if {"shift", "crop"} <= pieces:
+        pieces.discard("shift")
+    return "+".join(p for p in AUGMENT_PIECES if p in pieces) or "none"
+
+
 def augment_kind(value: bool | str) -> str:
     """Augmentation as a kind; `true` in older presets and records meant shifts and flips."""
     if isinstance(value, bool):

@@ -32,6 +32,7 @@ from search.final.retrain import (
     test,
     test_set,
     train_on_all,
+    trained_as,
 )
 from search.final.saved import foreign, identity, model_path, read_manifest
 from search.store.trials import config_of
@@ -147,15 +148,15 @@ def copies_of_best(
 
 
 def already_trained(
-    study: optuna.Study, trial: FrozenTrial, out_dir: Path, log: Log, flips: bool = False
+    study: optuna.Study, trial: FrozenTrial, out_dir: Path, log: Log, preset: Preset
 ) -> tuple[keras.Model, int] | None:
     """The model retrain-best saved for this trial, and its epochs, if it is still there.
 
     The final recipe is fixed by the study's preset, so training the same trial again would
     only repeat the longest part of an ensemble's work. Only a file whose manifest names this
     study and trial is used (study names repeat across storages), and only while it holds the
-    trial's network (a file replaced by hand is ignored), with test-time flips as `flips`
-    says.
+    trial's network (a file replaced by hand is ignored), trained and flipped as the preset's
+    final recipe says.
     """
     path = model_path(out_dir, study, f"trial{trial.number}")
     if not path.is_file():
@@ -171,7 +172,7 @@ def already_trained(
     record = (read_manifest(path) or {}).get("record") or {}
     if model.count_params() != size(config_of(trial)).params:
         return None
-    if bool(record.get("flips", False)) != flips:
+    if not trained_as(record, trial, preset):
         return None
     return model, int(record.get("epochs", 0))
 
@@ -191,7 +192,7 @@ def _train_members(
     for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
         log(f"Member {i + 1} of {len(trials)}:")
         mine = seed == seed_of(trial, preset)
-        saved = already_trained(study, trial, out_dir, log, preset.final_flips) if mine else None
+        saved = already_trained(study, trial, out_dir, log, preset) if mine else None
         if saved is not None:
             model, n = saved
             log(

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.define import datasets
 from search.define.anatomy import describe, size
 from search.define.presets import Preset
-from search.define.space import Config
+from search.define.space import Config, with_pieces
 from search.errors import Log, SearchError, first_line
 from search.final.saved import foreign, identity, model_path, read_manifest, save
 from search.store.trials import best, config_of
@@ -46,6 +46,10 @@ class Result:
     flips: bool = False
     plain_test_loss: float | None = None
     plain_test_accuracy: float | None = None
+    # The final model's augmentation and weight averaging: the trial's, with the preset's
+    # final_augment and final_ema (None: recorded before either existed).
+    augment: str | None = None
+    ema: bool | None = None
 
 
 class RetrainError(SearchError):
@@ -78,10 +82,16 @@ def final_plan(trial: FrozenTrial, preset: Preset) -> tuple[Config, int, int]:
 
     It trains `final_epochs` times the trial's best epoch count. With `final_schedule =
     "cosine"` the learning rate decays to zero over exactly those epochs; with "same" the
-    trial's own schedule runs over its planned epochs, scaled alike. Nothing here looks at the
-    test set.
+    trial's own schedule runs over its planned epochs, scaled alike. `final_augment` adds its
+    pieces to the trial's augmentation and `final_ema` averages the weights. Nothing here looks
+    at the test set.
     """
     config = config_of(trial)
+    config = dataclasses.replace(
+        config,
+        augment=with_pieces(config.augment, preset.final_augment),
+        ema=config.ema or preset.final_ema,
+    )
     best_epoch = int(trial.user_attrs.get("best_epoch", preset.epochs))
     epochs = max(1, round(preset.final_epochs * best_epoch))
     planned = max(epochs, round(preset.final_epochs * preset.epochs))
@@ -128,7 +138,8 @@ def train_on_all(
     images, labels = final_images(preset, data_dir)
     log(
         f"Retraining trial #{trial.number} {describe(config)} ({size(config).params:,} params) "
-        f"on {len(images):,} images for {epochs} epochs, seed {seed}."
+        f"on {len(images):,} images for {epochs} epochs, seed {seed}"
+        + (", its weights averaged (EMA)." if config.ema else ".")
     )
     log(f"Backend: {devices()}")
 
@@ -197,7 +208,7 @@ def retrain_trial(
     if preset.final_flips:
         model = with_flips(model)
         test_loss, test_accuracy = test(model, images_and_labels)
-    config = config_of(trial)
+    config, final = config_of(trial), final_plan(trial, preset)[0]
     result = Result(
         trial=trial.number,
         architecture=describe(config),
@@ -213,6 +224,8 @@ def retrain_trial(
         flips=preset.final_flips,
         plain_test_loss=plain_loss if preset.final_flips else None,
         plain_test_accuracy=plain_accuracy if preset.final_flips else None,
+        augment=final.augment,
+        ema=final.ema,
     )
     unsaved = keep(model, path, identity(study, url, trial=trial.number, record=_json(result)))
     delta = (result.test_accuracy - result.lab_test_accuracy) * 100
@@ -262,11 +275,23 @@ def _unrecorded(
     same_recipe = (
         record.get("epochs") == epochs
         and record.get("seed") == seed_of(trial, preset)
-        and bool(record.get("flips", False)) == preset.final_flips
+        and trained_as(record, trial, preset)
     )
     if not same_recipe or study.user_attrs.get("retrain") == record:
         return None  # recorded already: a rerun trains again, as it always has
     return Result(**record)
+
+
+def trained_as(record: dict[str, Any], trial: FrozenTrial, preset: Preset) -> bool:
+    """Whether a saved final model's record shows the preset's final recipe: its augmentation,
+    weight averaging and test-time flips. A record from before final_augment and final_ema
+    trained with the trial's own augmentation and averaging."""
+    own, final = config_of(trial), final_plan(trial, preset)[0]
+    return (
+        bool(record.get("flips", False)) == preset.final_flips
+        and record.get("augment", own.augment) == final.augment
+        and bool(record.get("ema", own.ema)) == final.ema
+    )
 
 
 def _record(study: optuna.Study, result: Result, path: Path) -> None:
