@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/calibration.py [--epochs 30] [--variants start,crop,...]
         [--part I/N] [--threads 1] [--out benchmarks/calibration.jsonl] [--images N]
+    .venv/bin/python benchmarks/calibration.py --storage URL --trial N [--study NAME] ...
     .venv/bin/python benchmarks/calibration.py --report
 
 The Fashion-MNIST preset's start network, trained the product's way (search.train.
@@ -9,13 +10,17 @@ build_and_fit: its seed, its cosine decay over --epochs) on the preset's 55,000 
 images and validated on its 5,000 every epoch, then tested once, with and without test-time
 flips (search.train.network.with_flips). Each variant changes one thing:
 
-    start    the preset's start as it is (flips, AdamW on a cosine, batch 128)
-    crop     its flips with pad-and-crop (augment "crop+flip")
-    erase    its flips with random erasing (augment "flip+erase")
+    start    the preset's start as it is (flips, AdamW on a cosine, batch 128), or the trial's
+    crop     its augmentation with pad-and-crop (for the start, "crop+flip")
+    erase    its augmentation with random erasing ("flip+erase")
     ema      its weights averaged (ema)
     resnet   ResNet-20's layout (stages 16-32-64 of three blocks) under a 64-unit head, with
              the start's recipe
     field    the start with all of crop, flip, erasing and EMA at once: the field's recipe
+
+With --trial, the variants change a stored trial's network instead (its own augmentation with
+the pieces added, on a cosine as retrain-best's final recipe trains it): what the preset's
+final_augment and final_ema are chosen on, on validation.
 
 Each finished variant appends one JSON row to --out as it ends, so a stopped run keeps what
 it did, and a rerun skips what is there. `--part I/N` runs every N-th variant from the I-th,
@@ -39,17 +44,31 @@ VARIANTS = ("start", "crop", "erase", "ema", "resnet", "field")
 OUT = Path(__file__).with_name("calibration.jsonl")
 
 
-def variant(name: str) -> Any:
-    """The start's configuration with one piece changed."""
+def base(args: argparse.Namespace) -> Any:
+    """The network the variants change: the preset's start, or a stored trial's on a cosine."""
     from search import define
 
-    start = define.load_preset("fashion_mnist").starts[0].config
+    if args.trial is None:
+        return define.load_preset("fashion_mnist").starts[0].config
+    import optuna
+
+    from search.store.trials import config_of
+
+    study = optuna.load_study(study_name=args.study, storage=args.storage)
+    return dataclasses.replace(config_of(study.trials[args.trial]), schedule="cosine")
+
+
+def variant(name: str, start: Any) -> Any:
+    """`start` with one piece changed."""
+    from search import define
+    from search.define.space import with_pieces
+
     changes: dict[str, dict[str, Any]] = {
         "start": {},
-        "crop": {"augment": "crop+flip"},
-        "erase": {"augment": "flip+erase"},
+        "crop": {"augment": with_pieces(start.augment, "crop")},
+        "erase": {"augment": with_pieces(start.augment, "erase")},
         "ema": {"ema": True},
-        "field": {"augment": "crop+flip+erase", "ema": True},
+        "field": {"augment": with_pieces(start.augment, "crop+erase"), "ema": True},
         "resnet": {
             "convs": (),
             "stages": tuple(define.Stage(16 * 2**i, 3) for i in range(3)),
@@ -70,11 +89,17 @@ def train(args: argparse.Namespace) -> None:
     x, y = define.load_train(preset.dataset, args.data_dir)
     data = define.split(x, y, preset.val_size, train_size=preset.train_size)
     tests = define.load_test(preset.dataset, args.data_dir)
-    seen = {json.loads(line)["variant"] for line in _lines(args.out)}
+    start = base(args)
+    here = "start" if args.trial is None else f"#{args.trial}"
+    seen = {
+        json.loads(line)["variant"]
+        for line in _lines(args.out)
+        if json.loads(line).get("base", "start") == here
+    }
     index, parts = (int(v) for v in args.part.split("/"))
     names = [n for i, n in enumerate(args.variants) if i % parts == index and n not in seen]
     for name in names:
-        config = variant(name)
+        config = variant(name, start)
         started = time.perf_counter()
 
         def on_epoch(history: Any, epoch: int, name: str = name) -> None:
@@ -102,6 +127,7 @@ def train(args: argparse.Namespace) -> None:
         _, plain = model.evaluate(*tests, batch_size=1024, verbose=0)
         _, flipped = flips.evaluate(*tests, batch_size=1024, verbose=0)
         row = {
+            "base": here,
             "variant": name,
             "architecture": define.describe(config),
             "params": define.size(config).params,
@@ -133,6 +159,7 @@ def _lines(path: Path) -> list[str]:
 def report(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in _lines(args.out)]
     header = [
+        "network",
         "variant",
         "architecture",
         "params",
@@ -149,6 +176,7 @@ def report(args: argparse.Namespace) -> None:
         header,
         [
             [
+                r.get("base", "start"),
                 r["variant"],
                 f"`{r['architecture']}`",
                 f"{r['params']:,}",
@@ -187,6 +215,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--images", type=int, help="the first N training images (a smoke run)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--storage", help="with --trial: the study's storage URL")
+    parser.add_argument("--study", help="with --trial: the study (default: the only one)")
+    parser.add_argument("--trial", type=int, help="change this stored trial's network instead")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     report(args) if args.report else train(args)
