@@ -72,7 +72,9 @@ def retrain_best(
 
     The final model trains for the preset's multiple (final_epochs) of the trial's best epoch
     count, on the preset's schedule (final_schedule). By default that is the lab's protocol
-    (1 times, the trial's schedule); the fashion_mnist preset trains 1.5 times, on a cosine.
+    (1 times, the trial's schedule); the fashion_mnist preset trains 3.5 times, on a cosine.
+    A preset's final_augment and final_ema add augmentation and an average of the weights to
+    the final run alone.
 
     \b
     Example:
