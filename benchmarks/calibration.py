@@ -52,16 +52,16 @@ def base(args: argparse.Namespace) -> Any:
         return define.load_preset("fashion_mnist").starts[0].config
     import optuna
 
-    from search.store.trials import config_of
+    from search import store
 
     study = optuna.load_study(study_name=args.study, storage=args.storage)
-    return dataclasses.replace(config_of(study.trials[args.trial]), schedule="cosine")
+    return dataclasses.replace(store.config_of(study.trials[args.trial]), schedule="cosine")
 
 
 def variant(name: str, start: Any) -> Any:
     """`start` with one piece changed."""
     from search import define
-    from search.define.space import with_pieces
+    from search.define import with_pieces
 
     changes: dict[str, dict[str, Any]] = {
         "start": {},

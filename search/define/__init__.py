@@ -19,7 +19,16 @@ from search.define.presets import (
     from_json,
     load_preset,
 )
-from search.define.space import NUM_CLASSES, SIDE, Config, Conv, Stage, suggest, to_params
+from search.define.space import (
+    NUM_CLASSES,
+    SIDE,
+    Config,
+    Conv,
+    Stage,
+    suggest,
+    to_params,
+    with_pieces,
+)
 
 __all__ = [
     "DATASETS",
@@ -52,4 +61,5 @@ __all__ = [
     "split",
     "suggest",
     "to_params",
+    "with_pieces",
 ]
