@@ -195,9 +195,10 @@ def report(args: argparse.Namespace) -> None:
     print(table)
     if not args.no_write:
         extra = (
-            f"- Each variant trained by this command without --report, {args.epochs} epochs on "
-            "the preset's 55,000 training images, seed 42, one `--part I/N` process per core"
-        )
+            "- Each row: this script without --report, for the row's epochs (`--epochs`) on "
+            "the preset's 55,000 training images, seed 42; a stored trial's network with "
+            "`--storage URL --trial N`; one process per core, one thread each\n"
+        ) + "".join(f"- {note}\n" for note in args.note)
         common.write_section(
             "calibration",
             common.section("9. Calibration: one network, each piece", table, extra=extra),
@@ -219,6 +220,9 @@ def main() -> None:
     parser.add_argument("--study", help="with --trial: the study (default: the only one)")
     parser.add_argument("--trial", type=int, help="change this stored trial's network instead")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--note", action="append", default=[], help="with --report: a line for the section"
+    )
     args = parser.parse_args()
     report(args) if args.report else train(args)
 
