@@ -131,12 +131,10 @@ class Config:
 
 
 def with_pieces(augment: str, extra: str) -> str:
-    """`augment` with the pieces of `extra` added, in AUGMENT_PIECES order; a crop in `extra`
-    replaces a shift (one translation at most). "none" with "none" is "none"."""
+    """`augment` with the pieces of `extra` added, in AUGMENT_PIECES order; a crop on either
+    side replaces a shift (one translation at most). "none" with "none" is "none"."""
     pieces = (set(augment.split("+")) | set(extra.split("+"))) - {"none"}
-    if "crop" in extra.split("+"):
-        pieces.discard("shift")
-    if {"shift", "crop"} <= pieces:
+    if "crop" in pieces:
         pieces.discard("shift")
     return "+".join(p for p in AUGMENT_PIECES if p in pieces) or "none"
 
