@@ -61,8 +61,8 @@ def base(args: argparse.Namespace) -> Any:
 def variant(name: str, start: Any) -> Any:
     """`start` with one piece changed."""
     from search import define
-    from search.define import with_pieces
 
+    with_pieces = define.with_pieces
     changes: dict[str, dict[str, Any]] = {
         "start": {},
         "crop": {"augment": with_pieces(start.augment, "crop")},
@@ -91,11 +91,8 @@ def train(args: argparse.Namespace) -> None:
     tests = define.load_test(preset.dataset, args.data_dir)
     start = base(args)
     here = "start" if args.trial is None else f"#{args.trial}"
-    seen = {
-        json.loads(line)["variant"]
-        for line in _lines(args.out)
-        if json.loads(line).get("base", "start") == here
-    }
+    rows = [json.loads(line) for line in _lines(args.out)]
+    seen = {r["variant"] for r in rows if r.get("base", "start") == here}
     index, parts = (int(v) for v in args.part.split("/"))
     names = [n for i, n in enumerate(args.variants) if i % parts == index and n not in seen]
     for name in names:
@@ -183,9 +180,9 @@ def report(args: argparse.Namespace) -> None:
                 r["mflops"],
                 r["epochs"],
                 r["minutes"],
-                f"{r.get('val_accuracy_final', r['val_accuracy']):.2%}",
-                f"{r['val_accuracy_final_flips']:.2%}" if "val_accuracy_final_flips" in r else "",
-                f"{r['train_accuracy']:.2%}" if "train_accuracy" in r else "",
+                f"{r['val_accuracy_final']:.2%}",
+                f"{r['val_accuracy_final_flips']:.2%}",
+                f"{r['train_accuracy']:.2%}",
                 f"{r['test_accuracy']:.2%}",
                 f"{r['test_accuracy_flips']:.2%}",
             ]
