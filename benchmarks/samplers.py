@@ -55,9 +55,10 @@ def preset_for(sampler: str, seed: int, args: argparse.Namespace) -> define.Pres
         epochs=args.epochs,
         patience=args.patience,
         seed=seed,
-        # With a ladder, successive halving judges each trial at each rung (the product's
-        # ladder); without, no pruning, so every learning curve stays whole.
-        pruner="sha" if args.ladder else "none",
+        # With a ladder, the preset's own pruner (asynchronous successive halving) judges each
+        # trial at each rung, as in the product; without, no pruning, so every learning curve
+        # stays whole.
+        pruner=base.pruner if args.ladder else "none",
         rungs=common.ladder(args.ladder),
         sampler="tpe" if sampler in ("random", "gp") else sampler,
         baselines=(),
@@ -105,10 +106,17 @@ def read_run(path: Path, marks: list[int]) -> dict[str, object]:
         for t in trials
         if t.state.name == "COMPLETE" and t.datetime_complete is not None
     ]
+    # On a ladder, a trial's first look is its first rung's end.
+    looks = [
+        (t.datetime_start - t0).total_seconds() / 60 + t.user_attrs["rungs"][0]["seconds"] / 60
+        for t in trials
+        if t.datetime_start is not None and t.user_attrs.get("rungs")
+    ]
     row: dict[str, object] = {"marks": {}}
     for mark in marks:
         by = [d for d in done if d[0] <= mark]
         row["marks"][mark] = {  # type: ignore[index]
+            "looks": sum(minute <= mark for minute in looks),
             "trained": len(by),
             "val_accuracy": max((d[1] for d in by), default=None),
             "val_loss": min((d[2] for d in by), default=None),
@@ -271,6 +279,7 @@ def tables(
                     cell(s, mark, "val_loss", ".4f"),
                     cell(s, mark, "trained", "d"),
                 ]
+                + ([cell(s, mark, "looks", "d")] if args.ladder else [])
             )
     seeds = ", ".join(map(str, args.seeds))
     body = common.table(
@@ -280,7 +289,8 @@ def tables(
             f"best val_accuracy (seed {seeds})",
             "best val_loss",
             "trials complete",
-        ],
+        ]
+        + (["trials with a first rung"] if args.ladder else []),
         rows,
     )
     totals = common.table(
