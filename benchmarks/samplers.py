@@ -241,7 +241,7 @@ def report(args: argparse.Namespace, runs: list[tuple[str, int]], load: float | 
         store.open_storage(f"sqlite:///{db_path(args.folder, *runs[0])}"), "samplers"
     )[1]
     started = f" (load average {load:.1f} before they started)" if load is not None else ""
-    pruning = f"the ladder {args.ladder} with successive halving" if args.ladder else "no pruning"
+    pruning = f"the ladder {args.ladder}, pruner {preset.pruner}" if args.ladder else "no pruning"
     title = "8b. Samplers on the ladder" if args.ladder else "8. Samplers"
     extra = (
         f"- Study: the fashion_mnist preset's space without its enqueued networks, "
