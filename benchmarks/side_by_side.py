@@ -7,11 +7,12 @@
 Each job is a study that `search start` ran, on its own machine time. Each is read as it
 stood `--minutes` after its first trial started (a trial not ended by then counts as running,
 with the rungs it had finished), so two jobs of different lengths compare at equal wall time.
-Per job: the distinct configurations with a complete look (a rung, or an epoch without a
-ladder) by `--early` and by `--minutes`, the full runs finished, the best searched (not
-enqueued) configuration's full-run val_accuracy, the best overall, the minute a finished
-trial first reached 93 % and 94 %, and the test accuracy `retrain-best` recorded on the study
-(whenever it ran: it is the job's answer, not a figure as of the minute).
+Per job: the distinct configurations with a finished look (a rung, or without a ladder a
+trial that ended after training) by `--early` and by `--minutes`, the full runs finished,
+the best searched (not enqueued) configuration's full-run val_accuracy, the best overall, the
+minute a finished trial first reached 93 % and 94 %, and the test accuracy `retrain-best`
+recorded on the study (whenever it ran: it is the job's answer, not a figure as of the
+minute).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def read(url: str, name: str, minutes: float, early: float) -> dict[str, str]:
             + f": #{record['trial']}, {record['epochs']} epochs"
         )
     return {
-        f"distinct configurations with a complete look by minute {early:g}": distinct(early),
-        f"distinct configurations with a complete look by minute {minutes:g}": distinct(minutes),
+        f"distinct configurations with a finished look by minute {early:g}": distinct(early),
+        f"distinct configurations with a finished look by minute {minutes:g}": distinct(minutes),
         "full runs finished": str(len(done)),
         "best searched configuration's full run": best([t for t in done if kind(t) == "searched"]),
         "best overall": best(done),
