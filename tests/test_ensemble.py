@@ -111,11 +111,12 @@ def test_retrain_best_ensemble_saves_one_model_and_records_every_accuracy(
 def test_an_ensemble_under_final_flips_averages_each_member_over_an_image_and_its_mirror(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
-    """Every member flips, so the saved ensemble answers an image and its mirror alike."""
+    """Every member trained on mirrors flips, so the saved ensemble answers an image and its
+    mirror alike."""
     preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path)), final_flips=True)
     s = study.prepare(preset, url=db_url(private_storage), name="flips").study
     for value, config in ((0.4, ONE), (0.6, TWO)):
-        s.add_trial(trained(value, config))
+        s.add_trial(trained(value, dataclasses.replace(config, augment="flip")))
     result = ensemble.retrain_ensemble(s, preset, 2, out_dir=private_storage, log=lambda _: None)
     assert result.flips and s.user_attrs["ensemble"]["flips"] is True
     assert result.test_accuracy > 0.5  # one epoch each; chance is 0.1

@@ -108,6 +108,21 @@ def test_retrain_trains_on_all_training_images_tests_once_and_saves(
     assert attrs["test_accuracy"] == round(result.test_accuracy, 4)
 
 
+def test_a_network_that_never_saw_a_mirror_is_tested_without_one(
+    tmp_path: Path, private_storage: Path
+) -> None:
+    preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path)), final_flips=True)
+    s = study.prepare(preset, url=db_url(private_storage), name="unflipped").study
+    s.add_trial(trained(0.6, best_epoch=1, seed=7))  # SMALL trains without augmentation
+    lines: list[str] = []
+    result = retrain_trial(s, preset, out_dir=private_storage, log=lines.append)
+    assert not result.flips and result.plain_test_accuracy is None
+    assert result.test_accuracy > 0.5  # chance is 0.1
+    (told,) = [line for line in lines if line.startswith("Test accuracy")]
+    assert told.endswith(" points.")
+    assert trained_as(s.user_attrs["retrain"], s.best_trial, preset)
+
+
 def test_a_final_model_with_test_time_flips_records_both_and_saves_the_flipping_one(
     tmp_path: Path, private_storage: Path, fashion_dir: Path
 ) -> None:
@@ -118,7 +133,8 @@ def test_a_final_model_with_test_time_flips_records_both_and_saves_the_flipping_
 
     preset = dataclasses.replace(presets.load_preset(write_preset(tmp_path)), final_flips=True)
     s = study.prepare(preset, url=db_url(private_storage), name="flips").study
-    s.add_trial(trained(0.6, best_epoch=1, seed=7))
+    flipped = dataclasses.replace(SMALL, augment="flip")  # it learns mirrored images too
+    s.add_trial(trained(0.6, best_epoch=1, seed=7, config=flipped.to_json()))
     lines: list[str] = []
     result = retrain_trial(s, preset, out_dir=private_storage, log=lines.append)
     assert result.flips and result.plain_test_accuracy is not None

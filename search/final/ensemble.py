@@ -24,7 +24,9 @@ from search.define.presets import Preset
 from search.errors import Log
 from search.final.retrain import (
     RetrainError,
+    final_plan,
     keep,
+    mirrored,
     pick,
     raise_unsaved,
     record_or_explain,
@@ -66,7 +68,7 @@ class EnsembleResult:
     model_path: str
     max_params: int | None  # the budget the members' parameters fit together
     members_of: str = "distinct"  # one of MEMBERS
-    flips: bool = False  # each member averages each image and its mirror (final_flips)
+    flips: bool = False  # members that trained on mirrors average each image and its mirror
 
 
 def _passed_over(
@@ -203,7 +205,7 @@ def _train_members(
             model, history, _ = train_on_all(
                 trial, preset, data_dir=data_dir, log=log, fresh=not models, seed=seed
             )
-            if preset.final_flips:  # as retrain-best saves it
+            if mirrored(final_plan(trial, preset)[0], preset):  # as retrain-best saves it
                 model = with_flips(model)
             n = len(history.loss)
         models.append(model)
@@ -254,7 +256,7 @@ def retrain_ensemble(
         model_path=str(path),
         max_params=preset.max_params,
         members_of=members_of,
-        flips=preset.final_flips,
+        flips=any(mirrored(final_plan(t, preset)[0], preset) for t in trials),
     )
     record = json.loads(json.dumps(asdict(result)))
     unsaved = keep(combined, path, identity(study, url, record=record))  # results, then records
