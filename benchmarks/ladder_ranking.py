@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/ladder_ranking.py [--configs 24] [--rungs 0.05x2,0.1x3,0.25x4]
         [--full-epochs 8] [--part 0/1] [--threads T]
     .venv/bin/python benchmarks/ladder_ranking.py --report
+    .venv/bin/python benchmarks/ladder_ranking.py --warm [--part 0/1] [--threads T]
+    .venv/bin/python benchmarks/ladder_ranking.py --warm --report
 
 The configurations are the Fashion-MNIST preset's start and lab runs (those its cost guard
 lets through), then seeded random draws from its space, skipping what the guard rejects.
@@ -17,6 +19,13 @@ dearer than that (forward MFLOPs an image) from the draws. `--report` reads the 
 RESULTS.md section: Spearman's rank correlation of each rung's val_loss with the full run's, how
 many of the full run's top 3 each rung keeps in its top third (what successive halving with
 reduction 3 promotes), and each rung's cost against the full run's, in images seen and in seconds.
+
+`--warm` asks whether a rung should continue the previous rung's weights instead of starting
+from the seeded initialisation: each configuration trains the first rung from scratch, then
+every later rung and the full run from the weights the one before ended with (a new optimizer,
+its cosine decaying within the new run), into a file of its own. Its report sets these beside
+the runs from scratch: how the continued rungs rank against the full run from scratch, and
+whether the full run that continues the ladder ends better or worse than the one that does not.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from typing import Any
 import common
 
 DEFAULT_OUT = common.ROOT / "benchmarks" / "ladder_ranking.jsonl"
+WARM_OUT = common.ROOT / "benchmarks" / "ladder_warm.jsonl"
 FULL = "full"
+WARM = " warm"  # a label's suffix: this run continued the previous rung's weights
 
 
 def configs(count: int, seed: int, max_mflops: float | None = None) -> list[tuple[str, Any]]:
@@ -84,6 +95,7 @@ def train(args: argparse.Namespace) -> None:
     objective = run.Objective(preset, data, log=lambda line: None)
     index, parts = (int(v) for v in args.part.split("/"))
     seen = done(args.out)
+    compared = {name for name, label in done(DEFAULT_OUT) if label == FULL}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = configs(args.configs, args.seed, args.max_mflops)
     # The cheapest first, so that a run stopped early has the most configurations whole.
@@ -93,12 +105,25 @@ def train(args: argparse.Namespace) -> None:
             continue
         name, config = chosen[number]
         seed = run.trial_seed(preset, number)
-        for rung in (*ladder, None):
+        # --warm: only what has a full run from scratch to compare with; a rung continues
+        # the one before, so a configuration is trained whole.
+        if args.warm and (
+            name not in compared or set(labels(ladder)) <= {r for c, r in seen if c == name}
+        ):
+            continue
+        weights = None  # --warm: what the previous rung ended with
+        for k, rung in enumerate((*ladder, None)):
             label = FULL if rung is None else f"{rung.share:g}x{rung.epochs}"
-            if (name, label) in seen:
+            label += WARM if args.warm and k else ""
+            if args.warm:
+                history, weights = continued(preset, data, config, seed, rung, weights)
+                if (name, label) in seen:
+                    continue
+            elif (name, label) in seen:
                 continue
-            trial = optuna.create_study().ask()
-            history = objective.fit(trial, config, seed, rung, "")
+            else:
+                trial = optuna.create_study().ask()
+                history = objective.fit(trial, config, seed, rung, "")
             best = history.best_epoch - 1
             row = {
                 "config": name,
@@ -118,6 +143,48 @@ def train(args: argparse.Namespace) -> None:
                 f"({row['seconds']:.0f} s)",
                 flush=True,
             )
+
+
+def labels(ladder: tuple[Any, ...]) -> list[str]:
+    """--warm's labels: the first rung's, then each later one's and the full run's, continued."""
+    rest = [f"{r.share:g}x{r.epochs}{WARM}" for r in ladder[1:]]
+    return [f"{ladder[0].share:g}x{ladder[0].epochs}", *rest, FULL + WARM]
+
+
+def continued(
+    preset: Any, data: Any, config: Any, seed: int, rung: Any, weights: list[Any] | None
+) -> tuple[Any, list[Any]]:
+    """One run as the product's trial trains it (run.Objective.fit: the rung's first images,
+    its own cosine, early stopping, the whole validation split), starting from `weights` when
+    given; returns its history and the weights it ended with."""
+    import keras
+
+    from search import train
+
+    epochs = rung.epochs if rung else preset.epochs
+    images = max(1, round(rung.share * len(data.x_train))) if rung else len(data.x_train)
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
+    model = train.build(
+        config,
+        flip=preset.flip_ok,
+        steps_per_execution=preset.steps_per_execution,
+        decay_steps=train.decay_steps(config, images, epochs),
+    )
+    if weights is not None:
+        model.set_weights(weights)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=preset.patience)
+    history = train.fit(
+        model,
+        config,
+        data.x_train[:images],
+        data.y_train[:images],
+        epochs=epochs,
+        validation=(data.x_val, data.y_val),
+        callbacks=[stop],
+        patience=preset.patience,
+    )
+    return history, model.get_weights()
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -179,6 +246,63 @@ def report(args: argparse.Namespace) -> str:
     return f"{common.table(HEADER, table)}\n\nThe full run's top 3 (val_accuracy): {best}.\n"
 
 
+def _by_rung(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["rung"], {})[r["config"]] = r
+    return by
+
+
+def warm_report(args: argparse.Namespace) -> str:
+    """The continued ladder (args.out) beside the ladder from scratch (DEFAULT_OUT)."""
+    scratch, warm = _by_rung(DEFAULT_OUT), _by_rung(args.out)
+    full = scratch[FULL]
+    order = [*labels(common.ladder(args.rungs))]
+    table = [
+        _rung_row(label, warm[label], full)
+        for label in order
+        if label in warm and sum(n in full for n in warm[label]) >= 3
+    ]
+    table += [
+        _rung_row(f"{label} (from scratch)", scratch[label], full)
+        for label in (lab.removesuffix(WARM) for lab in order[1:-1])
+        if label in scratch
+    ]
+    ended = warm.get(FULL + WARM, {})
+    names = sorted((n for n in ended if n in full), key=lambda n: full[n]["val_loss"])
+    pairs = [
+        [
+            f"{n} ({full[n]['architecture']})",
+            f"{full[n]['val_loss']:.4f}",
+            f"{ended[n]['val_loss']:.4f}",
+            f"{full[n]['val_accuracy']:.4f}",
+            f"{ended[n]['val_accuracy']:.4f}",
+            f"{full[n]['epochs']} / {ended[n]['epochs']}",
+        ]
+        for n in names
+    ]
+    better = sum(ended[n]["val_loss"] < full[n]["val_loss"] for n in names)
+    gain = [full[n]["val_accuracy"] - ended[n]["val_accuracy"] for n in names]
+    summary = (
+        f"The full run that continues the ladder ended with the lower val_loss for {better} of "
+        f"{len(names)} configurations; val_accuracy from scratch minus continued: median "
+        f"{common.median(gain) * 100:+.2f} points (min {min(gain) * 100:+.2f}, max "
+        f"{max(gain) * 100:+.2f})."
+        if names
+        else "No configuration has both full runs yet."
+    )
+    head = [
+        "configuration (best full run from scratch first)",
+        "val_loss, from scratch",
+        "val_loss, continued",
+        "val_accuracy, from scratch",
+        "val_accuracy, continued",
+        "epochs",
+    ]
+    return f"{common.table(HEADER, table)}\n\n{summary}\n\n{common.table(head, pairs)}\n"
+
+
 def main() -> None:
     parser = common.add_common(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--configs", type=int, default=24)
@@ -190,11 +314,35 @@ def main() -> None:
     )
     parser.add_argument("--part", default="0/1", help="I/N: every N-th configuration from I")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help="the JSON-lines file (one per mode by default)")
+    parser.add_argument(
+        "--warm", action="store_true", help="each rung continues the previous rung's weights"
+    )
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
+    args.out = args.out or (WARM_OUT if args.warm else DEFAULT_OUT)
     if not args.report:
         train(args)
+        return
+    if args.warm:
+        body = warm_report(args)
+        print(body)
+        if not args.no_write:
+            extra = (
+                "- Each configuration of section 3c trained again through this ladder, every "
+                "rung after the first and the full run starting from the weights the run "
+                "before ended with; the full run from scratch is 3c's. A rung's cost is the "
+                "same either way: a trial on the ladder trains every rung below the one it "
+                "reaches"
+            )
+            common.write_section(
+                "ladder warm",
+                common.section(
+                    "3d. Ladder: rungs that continue the previous rung's weights",
+                    body,
+                    extra=extra,
+                ),
+            )
         return
     body = report(args)
     print(body)
