@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,20 @@ def kind(trial: Any) -> str:
     return "searched"
 
 
+def looked_by(trials: list[Any], minute: Callable[[dt.datetime], float], by: float) -> list[Any]:
+    """The trials with a finished look (a rung, or a run) by minute `by` of the job."""
+    return [t for t in trials if any(minute(end) <= by for end in looks(t))]
+
+
+def first_reached(complete: list[Any], minute: Callable[[dt.datetime], float]) -> list[str]:
+    """For each of GOALS, the minute a finished trial first reached it, or "not reached"."""
+    reached = []
+    for goal in GOALS:
+        hits = [minute(common.ended(t)) for t in complete if t.user_attrs["val_accuracy"] >= goal]
+        reached.append(f"{min(hits):.0f}" if hits else "not reached")
+    return reached
+
+
 def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
     study, trials, t0 = common.started_trials(url, name)
     last = max((t.datetime_complete or t.datetime_start) for t in trials if t.datetime_start)
@@ -76,7 +91,7 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
     def at(moment: dt.datetime) -> float:
         return (moment - t0).total_seconds() / 60
 
-    early = [t for t in trials if any(at(end) <= minutes for end in looks(t))]
+    early = looked_by(trials, at, minutes)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     rejected = [t for t in trials if t.state.name == "PRUNED" and not looks(t)]
     climbs = [t for t in trials if "resumes" in t.user_attrs]
@@ -98,10 +113,10 @@ def figures(url: str, name: str, minutes: float) -> tuple[str, dict[str, Any]]:
                 f"{at(common.ended(t)):.0f}",
             ]
         )
-    reached = []
-    for goal in GOALS:
-        hits = [at(common.ended(t)) for t in complete if t.user_attrs["val_accuracy"] >= goal]
-        reached.append(f"{goal:.0%}: {min(hits):.0f} min" if hits else f"{goal:.0%}: not reached")
+    reached = [
+        f"{goal:.0%}: {minute}" + (" min" if minute != "not reached" else "")
+        for goal, minute in zip(GOALS, first_reached(complete, at), strict=True)
+    ]
     searched = [t for t in complete if kind(t) == "searched"]
     best_searched = max(searched, key=lambda t: t.user_attrs["val_accuracy"], default=None)
     starts = [t for t in complete if kind(t).startswith("start")]

@@ -22,7 +22,7 @@ import datetime as dt
 from typing import Any
 
 import common
-from search_job import GOALS, kind, looks
+from search_job import first_reached, kind, looked_by
 
 
 def read(url: str, name: str, minutes: float, early: float) -> dict[str, str]:
@@ -33,7 +33,7 @@ def read(url: str, name: str, minutes: float, early: float) -> dict[str, str]:
         return (when - t0).total_seconds() / 60
 
     def distinct(by: float) -> str:
-        seen = [t for t in trials if any(at(end) <= by for end in looks(t))]
+        seen = looked_by(trials, at, by)
         return f"{len({t.user_attrs.get('config') for t in seen})} ({len(seen)} trials)"
 
     done = [t for t in trials if t.state.name == "COMPLETE" and common.ended(t) <= moment]
@@ -47,10 +47,6 @@ def read(url: str, name: str, minutes: float, early: float) -> dict[str, str]:
             f"{t.user_attrs.get('epochs_trained')} epochs, minute {at(common.ended(t)):.0f}"
         )
 
-    reached = []
-    for goal in GOALS:
-        hits = [at(common.ended(t)) for t in done if float(t.user_attrs["val_accuracy"]) >= goal]
-        reached.append(f"{min(hits):.0f}" if hits else "not reached")
     record = study.user_attrs.get("retrain")
     answer = "not run"
     if record:
@@ -66,7 +62,7 @@ def read(url: str, name: str, minutes: float, early: float) -> dict[str, str]:
         "full runs finished": str(len(done)),
         "best searched configuration's full run": best([t for t in done if kind(t) == "searched"]),
         "best overall": best(done),
-        "a finished trial first at 93 % / 94 % (minute)": " / ".join(reached),
+        "a finished trial first at 93 % / 94 % (minute)": " / ".join(first_reached(done, at)),
         "`retrain-best` test accuracy": answer,
     }
 
