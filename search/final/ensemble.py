@@ -184,14 +184,16 @@ def _train_members(
     preset: Preset,
     trials: list[FrozenTrial],
     seeds: list[int],
+    flips: list[bool],
     data_dir: Path | None,
     log: Log,
     out_dir: Path,
 ) -> tuple[list[keras.Model], list[int]]:
-    """Each member's model and its epochs: loaded where retrain-best saved it, else trained."""
+    """Each member's model and its epochs: loaded where retrain-best saved it, else trained,
+    and then averaged over mirrors where `flips` says so, as retrain-best saves it."""
     models: list[keras.Model] = []
     epochs: list[int] = []
-    for i, (trial, seed) in enumerate(zip(trials, seeds, strict=True)):
+    for i, (trial, seed, flipped) in enumerate(zip(trials, seeds, flips, strict=True)):
         log(f"Member {i + 1} of {len(trials)}:")
         mine = seed == seed_of(trial, preset)
         saved = already_trained(study, trial, out_dir, log, preset) if mine else None
@@ -205,7 +207,7 @@ def _train_members(
             model, history, _ = train_on_all(
                 trial, preset, data_dir=data_dir, log=log, fresh=not models, seed=seed
             )
-            if mirrored(final_plan(trial, preset)[0], preset):  # as retrain-best saves it
+            if flipped:
                 model = with_flips(model)
             n = len(history.loss)
         models.append(model)
@@ -235,7 +237,8 @@ def retrain_ensemble(
     else:
         trials = distinct_best(study, k, preset.max_params, log)
         seeds = [seed_of(t, preset) for t in trials]
-    models, epochs = _train_members(study, preset, trials, seeds, data_dir, log, out_dir)
+    flips = [mirrored(final_plan(t, preset)[0], preset) for t in trials]
+    models, epochs = _train_members(study, preset, trials, seeds, flips, data_dir, log, out_dir)
     tests = test_set(preset, data_dir)  # read once, for the members and the ensemble
     members = []
     for trial, model, n, seed in zip(trials, models, epochs, seeds, strict=True):
@@ -256,7 +259,7 @@ def retrain_ensemble(
         model_path=str(path),
         max_params=preset.max_params,
         members_of=members_of,
-        flips=any(mirrored(final_plan(t, preset)[0], preset) for t in trials),
+        flips=any(flips),
     )
     record = json.loads(json.dumps(asdict(result)))
     unsaved = keep(combined, path, identity(study, url, record=record))  # results, then records
