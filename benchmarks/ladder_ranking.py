@@ -258,7 +258,7 @@ def warm_report(args: argparse.Namespace) -> str:
     """The continued ladder (args.out) beside the ladder from scratch (DEFAULT_OUT)."""
     scratch, warm = _by_rung(DEFAULT_OUT), _by_rung(args.out)
     full = scratch[FULL]
-    order = [*labels(common.ladder(args.rungs))]
+    order = labels(common.ladder(args.rungs))
     table = [
         _rung_row(label, warm[label], full)
         for label in order

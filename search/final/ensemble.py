@@ -189,8 +189,8 @@ def _train_members(
     log: Log,
     out_dir: Path,
 ) -> tuple[list[keras.Model], list[int]]:
-    """Each member's model and its epochs: loaded where retrain-best saved it, else trained,
-    and then averaged over mirrors where `flips` says so, as retrain-best saves it."""
+    """Each member's model and its epochs: loaded where retrain-best saved it, else trained
+    and, where `flips` says so, averaged over mirrors as retrain-best saves it."""
     models: list[keras.Model] = []
     epochs: list[int] = []
     for i, (trial, seed, flipped) in enumerate(zip(trials, seeds, flips, strict=True)):
