@@ -226,11 +226,17 @@ HEADER = [
 ]
 
 
-def report(args: argparse.Namespace) -> str:
-    rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+def by_rung(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """A results file's rows: rung label -> configuration -> row."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["rung"], {})[r["config"]] = r
+    return by
+
+
+def report(args: argparse.Namespace) -> str:
+    by = by_rung(args.out)
     full = by.pop(FULL, {})
     table = [
         _rung_row(label, results, full)
@@ -246,17 +252,9 @@ def report(args: argparse.Namespace) -> str:
     return f"{common.table(HEADER, table)}\n\nThe full run's top 3 (val_accuracy): {best}.\n"
 
 
-def _by_rung(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by: dict[str, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault(r["rung"], {})[r["config"]] = r
-    return by
-
-
 def warm_report(args: argparse.Namespace) -> str:
     """The continued ladder (args.out) beside the ladder from scratch (DEFAULT_OUT)."""
-    scratch, warm = _by_rung(DEFAULT_OUT), _by_rung(args.out)
+    scratch, warm = by_rung(DEFAULT_OUT), by_rung(args.out)
     full = scratch[FULL]
     order = labels(common.ladder(args.rungs))
     table = [
